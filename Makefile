@@ -1,0 +1,50 @@
+# The few commands a person types. `make test` and `make bench` set everything up
+# on a fresh clone (a .venv with torch, the package and its native extension).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch first: building a PyTorch extension needs it installed (no build isolation).
+TORCH_REQ ?= "torch>=2.4" torchvision
+EXTRAS ?= test,dncut,bench,dev
+CSRC   := $(shell find csrc -type f) setup.py
+PYTEST_ARGS ?=
+
+.PHONY: all install ext test bench lint format demo clean
+
+all: test
+
+$(VENV)/.deps: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(TORCH_REQ) setuptools wheel ninja
+	DIFFEIG_SKIP_EXT=1 $(PIP) install --quiet --no-build-isolation -e ".[$(EXTRAS)]"
+	touch $@
+
+# The extension is built in place and incrementally (ninja, build/), so editing one
+# kernel recompiles one file.
+$(VENV)/.ext: $(VENV)/.deps $(CSRC)
+	$(PY) setup.py --quiet build_ext --inplace
+	$(PY) -c "import diffeig; assert diffeig.has_ops(), 'diffeig._C did not load'; print('diffeig native ops:', diffeig.has_ops(), '| CUDA kernels compiled:', diffeig.has_cuda_kernels())"
+	touch $@
+
+install: $(VENV)/.ext
+
+ext: $(VENV)/.ext
+
+test: $(VENV)/.ext
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: $(VENV)/.ext
+	$(PY) benchmarks/backward_timing.py --json bench-results/backward_timing.json
+
+lint: $(VENV)/.deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.deps
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+clean:
+	rm -rf build diffeig/_C*.so $(VENV)/.ext

@@ -1,0 +1,36 @@
+// The diffeig operator library: every schema is declared here, once.
+//
+// Kernels live in csrc/cpu/<op>_cpu.cpp and csrc/cuda/<op>_cuda.cu and register
+// themselves with TORCH_LIBRARY_IMPL. Autograd formulas, fake (meta) kernels and
+// vmap rules are registered from Python (diffeig/_ops.py), so that the ops work
+// under torch.compile, torch.func and torch.library.opcheck.
+
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing diffeig._C loads this shared object, which runs the static
+// registrations below. The module itself carries no Python functions.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "diffeig native kernels", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(diffeig, m) {
+  // M[..., i, s] = X[..., i, s] / (l[s] - l[i]) for i != s, masked to 0 where
+  // |l[s] - l[i]| < gap_atol + gap_rtol * max|l| (or the gap is exactly 0);
+  // M[..., s, s] = grad_eigenvalues[..., s]. X holds the first k columns of
+  // V^H gV, so M is the middle factor of the eigenvector backward:
+  // gA = herm(V M V[..., :k]^H).
+  m.def(
+      "eigh_backward_core(Tensor eigenvalues, Tensor X, Tensor? grad_eigenvalues, "
+      "float gap_rtol, float gap_atol) -> Tensor");
+  // Degrees d = W 1 and the Laplacian: D - W, or I - D^-1/2 W D^-1/2 when
+  // normalized. Returns (L, d).
+  m.def("laplacian(Tensor W, bool normalized) -> (Tensor, Tensor)");
+  // out[i, j] = -scale[i] scale[j] (P[i] . V[j] + P[j] . V[i]) / 2 + (diag_term[i] + diag_term[j]) / 2:
+  // the gradient of an NCut affinity assembled from rank-k factors, written once.
+  m.def("ncut_grad_assemble(Tensor P, Tensor V, Tensor scale, Tensor diag_term) -> Tensor");
+}

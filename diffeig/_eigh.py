@@ -1,0 +1,265 @@
+"""``diffeig.eigh`` and ``diffeig.eigvalsh``: drop-ins for ``torch.linalg``'s.
+
+The forward is ``torch.linalg.eigh`` (LAPACK / cuSOLVER through ATen). The backward
+is Giles' formula with masked reciprocal eigen-gaps (``docs/math.md``), so that it
+stays finite when eigenvalues tie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+
+import torch
+
+from diffeig import _ops
+
+__all__ = ["eigh", "eigvalsh", "patch_torch", "gap_tolerances"]
+
+# Kept before any patching, so that diffeig never calls itself through patch_torch.
+_torch_eigh = torch.linalg.eigh
+_torch_eigvalsh = torch.linalg.eigvalsh
+
+_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def gap_tolerances(gap_eps: float | None, n: int, dtype: torch.dtype) -> tuple[float, float]:
+    """The ``(gap_rtol, gap_atol)`` pair for a user's ``gap_eps``.
+
+    ``gap_eps=None`` (the default) treats two eigenvalues of an n x n matrix as tied
+    when ``|l_i - l_j| < n * eps(dtype) * max|l|``: the rounding error LAPACK's
+    eigenvalues carry, and the tolerance of ``torch.linalg.matrix_rank``. A number is
+    an absolute threshold (the paper uses ``1e-9``).
+    """
+    if gap_eps is None:
+        return max(n, 1) * torch.finfo(dtype).eps, 0.0
+    if isinstance(gap_eps, bool) or not isinstance(gap_eps, (int, float)):
+        raise ValueError(f"gap_eps must be None or a non-negative number, got {gap_eps!r}")
+    if not math.isfinite(gap_eps) or gap_eps < 0:
+        raise ValueError(f"gap_eps must be None or a non-negative number, got {gap_eps!r}")
+    return 0.0, float(gap_eps)
+
+
+def _check_square(A, name: str, dtypes) -> None:
+    if not isinstance(A, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
+    if A.dim() < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (*, n, n), got shape {tuple(A.shape)}"
+        )
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"{name} must be a batch of square matrices, got shape {tuple(A.shape)}")
+    if A.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{name} must have dtype {names}; got {A.dtype}")
+
+
+def _check_uplo(UPLO) -> None:
+    if UPLO not in ("L", "U"):
+        raise ValueError(f"UPLO must be 'L' or 'U', got {UPLO!r}")
+
+
+def _is_traced(t: torch.Tensor) -> bool:
+    """True under torch.compile or a torch.func transform, where values can't be read."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _check_phase_invariance(X: torch.Tensor) -> None:
+    # Complex eigenvectors are defined up to a phase e^{i phi}; a loss that depends on
+    # it has Im(diag(V^H gV)) != 0 and no well-defined gradient. Same test and message
+    # as torch.linalg.eigh's backward.
+    if not X.is_complex() or _is_traced(X):
+        return
+    im = torch.diagonal(X, dim1=-2, dim2=-1).imag
+    if not torch.allclose(im, torch.zeros_like(im), rtol=1e-2, atol=1e-2):
+        raise RuntimeError(
+            "linalg_eigh_backward: The eigenvectors in the complex case are specified up to "
+            "multiplication by e^{i phi}. The specified loss function depends on this "
+            "quantity, so it is ill-defined."
+        )
+
+
+def eigh_backward(L, V, grad_L, grad_V, gap_rtol: float, gap_atol: float):
+    """``gA = herm(V (diag(gL) + K^T o V^H gV) V^H)`` with masked reciprocal gaps.
+
+    Written with differentiable operations (and ``eigh_backward_core`` has its own
+    autograd formula), so it can itself be differentiated.
+    """
+    if grad_V is None:
+        if grad_L is None:
+            return None
+        return (V * grad_L.to(V.dtype).unsqueeze(-2)) @ V.mH
+    X = V.mH @ grad_V
+    _check_phase_invariance(X)
+    M = _ops.eigh_backward_core(L, X, grad_L, gap_rtol, gap_atol)
+    gA = V @ M @ V.mH
+    return 0.5 * (gA + gA.mH)
+
+
+class _Eigh(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A, UPLO, gap_rtol, gap_atol):
+        return _torch_eigh(A, UPLO=UPLO)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        L, V = output
+        ctx.gaps = inputs[2:]
+        ctx.save_for_backward(L, V)
+        ctx.save_for_forward(L, V)
+
+    @staticmethod
+    def backward(ctx, grad_L, grad_V):
+        L, V = ctx.saved_tensors
+        return eigh_backward(L, V, grad_L, grad_V, *ctx.gaps), None, None, None
+
+    @staticmethod
+    def jvp(ctx, dA, *_):
+        L, V = ctx.saved_tensors
+        X = V.mH @ dA @ V
+        dL = torch.diagonal(X, dim1=-2, dim2=-1)
+        dL = dL.real if dL.is_complex() else dL
+        dV = V @ _ops.eigh_backward_core(L, X, None, *ctx.gaps)
+        return dL, dV
+
+
+def eigh(A: torch.Tensor, UPLO: str = "L", *, gap_eps: float | None = None):
+    r"""Eigendecomposition of Hermitian matrices whose gradient survives tied eigenvalues.
+
+    Same contract as :func:`torch.linalg.eigh`: ascending eigenvalues, orthonormal
+    eigenvectors in the columns, only the ``UPLO`` triangle read. The backward is
+
+    .. math::
+        \bar A = V \big(\operatorname{diag}(\bar\lambda) + K^T \circ
+        \operatorname{skew}(V^H \bar V)\big) V^H,
+        \qquad K_{ij} = \frac{1}{\lambda_i - \lambda_j},
+
+    with ``K_ij = 0`` where ``|l_i - l_j| < gap`` (and on the diagonal). Masking is exact
+    for losses that are invariant to rotations inside a degenerate eigenspace and for
+    losses that use only non-degenerate eigenvectors, e.g. the top eigenvector of
+    ``diag(4, 1, 1)``, where ``torch.linalg.eigh`` returns NaN. Like torch, the gradient
+    is returned as a Hermitian matrix.
+
+    Args:
+        A: ``(*, n, n)`` Hermitian matrices, float32/float64/complex64/complex128.
+        UPLO: ``'L'`` or ``'U'``, the triangle of ``A`` that is read.
+        gap_eps: eigenvalues closer than this are treated as tied in the backward.
+            ``None`` (default) is dtype-aware: ``n * eps(dtype) * max|l|`` per matrix,
+            the rounding error of the computed eigenvalues. ``1e-9`` reproduces the
+            DNCut paper.
+
+    Returns:
+        ``torch.return_types.linalg_eigh(eigenvalues, eigenvectors)``.
+
+    Shape:
+        ``eigenvalues``: ``(*, n)`` real; ``eigenvectors``: ``(*, n, n)``.
+
+    Numerical notes:
+        Non-finite input gives what ``torch.linalg.eigh`` gives (NaN eigenvalues, or its
+        convergence error). For complex input a loss that depends on the eigenvectors'
+        phases raises torch's error. Double backward and forward-mode AD (``jvp``) are
+        supported; so are ``torch.compile``, ``torch.func.vmap`` and ``jacrev``.
+
+    Example:
+        >>> import torch, diffeig
+        >>> Q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+        >>> A = (Q @ torch.diag(torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64)) @ Q.T)
+        >>> A = A.requires_grad_()
+        >>> L, V = diffeig.eigh(A)
+        >>> V[:, -1].abs().sum().backward()
+        >>> bool(A.grad.isfinite().all())
+        True
+    """
+    _check_square(A, "A", _DTYPES)
+    _check_uplo(UPLO)
+    gap_rtol, gap_atol = gap_tolerances(gap_eps, A.shape[-1], A.dtype)
+    L, V = _Eigh.apply(A, UPLO, gap_rtol, gap_atol)
+    return torch.return_types.linalg_eigh((L, V))
+
+
+def _needs_derivative(A: torch.Tensor) -> bool:
+    if A.requires_grad or _is_traced(A):
+        return True
+    return torch.autograd.forward_ad.unpack_dual(A).tangent is not None
+
+
+def eigvalsh(A: torch.Tensor, UPLO: str = "L") -> torch.Tensor:
+    """Eigenvalues of Hermitian matrices, ascending: a drop-in for ``torch.linalg.eigvalsh``.
+
+    Eigenvalue gradients (``V diag(gl) V^H``) are finite even for tied eigenvalues;
+    when ``A`` needs no derivative the eigenvectors are not computed.
+
+    Args:
+        A: ``(*, n, n)`` Hermitian matrices (float32/float64/complex64/complex128).
+        UPLO: ``'L'`` or ``'U'``, the triangle of ``A`` that is read.
+
+    Returns:
+        ``(*, n)`` real eigenvalues in ascending order.
+
+    Example:
+        >>> import torch, diffeig
+        >>> diffeig.eigvalsh(torch.eye(2, dtype=torch.float64) * 3)
+        tensor([3., 3.], dtype=torch.float64)
+    """
+    _check_square(A, "A", _DTYPES)
+    _check_uplo(UPLO)
+    if _needs_derivative(A):
+        return eigh(A, UPLO).eigenvalues
+    return _torch_eigvalsh(A, UPLO=UPLO)
+
+
+class patch_torch(contextlib.ContextDecorator):
+    """Make ``torch.linalg.eigh`` and ``torch.linalg.eigvalsh`` diffeig's, then restore them.
+
+    For third-party code that calls ``torch.linalg.eigh`` by attribute lookup; code that
+    bound the function earlier (``from torch.linalg import eigh``) is not affected.
+    The patch is process-wide (not thread-local); nested uses restore correctly.
+
+    Args:
+        gap_eps: passed to :func:`diffeig.eigh` (``None``: the dtype-aware default).
+
+    Example:
+        >>> import torch, diffeig
+        >>> A = torch.diag(torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64))
+        >>> A = A.requires_grad_()
+        >>> with diffeig.patch_torch():
+        ...     V = torch.linalg.eigh(A).eigenvectors  # diffeig's backward
+        >>> V[:, -1].sum().backward()
+        >>> bool(A.grad.isfinite().all())
+        True
+        >>> @diffeig.patch_torch(gap_eps=1e-9)
+        ... def spectral_layer(x):
+        ...     return torch.linalg.eigh(x @ x.mT).eigenvalues
+    """
+
+    def __init__(self, gap_eps: float | None = None):
+        gap_tolerances(gap_eps, 1, torch.float64)  # validate now, not on first call
+        self.gap_eps = gap_eps
+        self._saved: list[tuple] = []
+
+    def __enter__(self):
+        gap_eps = self.gap_eps
+
+        @functools.wraps(_torch_eigh)
+        def patched_eigh(A, UPLO="L", *, out=None):
+            if out is not None:  # the out= variant has no autograd in torch either
+                return _torch_eigh(A, UPLO=UPLO, out=out)
+            return eigh(A, UPLO, gap_eps=gap_eps)
+
+        @functools.wraps(_torch_eigvalsh)
+        def patched_eigvalsh(A, UPLO="L", *, out=None):
+            if out is not None:
+                return _torch_eigvalsh(A, UPLO=UPLO, out=out)
+            return eigvalsh(A, UPLO)
+
+        self._saved.append((torch.linalg.eigh, torch.linalg.eigvalsh))
+        torch.linalg.eigh = patched_eigh
+        torch.linalg.eigvalsh = patched_eigvalsh
+        return self
+
+    def __exit__(self, *exc):
+        torch.linalg.eigh, torch.linalg.eigvalsh = self._saved.pop()
+        return False

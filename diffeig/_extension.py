@@ -1,0 +1,87 @@
+"""Loading the native extension ``diffeig._C``.
+
+Importing ``diffeig._C`` registers the ``torch.ops.diffeig`` operators (schemas in
+``csrc/diffeig.cpp``, CPU and CUDA kernels beside it). A missing or broken build never
+makes ``import diffeig`` fail: every operator then runs its pure-PyTorch twin from
+``diffeig/_reference.py``, which gives the same numbers, only slower.
+
+Set ``DIFFEIG_NO_EXT=1`` to ignore a built extension (the reference path alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import torch
+
+__all__ = ["has_ops", "has_cuda_kernels", "load_error", "use_native"]
+
+_LOAD_ERROR: str | None = None
+_LOADED = False
+_FORCE_REFERENCE = False
+
+
+def _load() -> None:
+    global _LOADED, _LOAD_ERROR
+    if os.environ.get("DIFFEIG_NO_EXT", "0") == "1":
+        _LOAD_ERROR = "disabled by DIFFEIG_NO_EXT=1"
+        return
+    try:
+        from diffeig import _C  # noqa: F401  (importing registers the ops)
+    except (ImportError, OSError) as exc:
+        _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            "diffeig: the native extension diffeig._C could not be loaded "
+            f"({_LOAD_ERROR}); using the pure-PyTorch reference kernels, which give the "
+            "same results more slowly. Rebuild with `make ext` or "
+            "`pip install --no-build-isolation -e .`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    _LOADED = hasattr(torch.ops.diffeig, "eigh_backward_core")
+    if not _LOADED:
+        _LOAD_ERROR = "diffeig._C imported but registered no operators"
+
+
+def has_ops() -> bool:
+    """Whether the native kernels of ``diffeig._C`` are loaded and in use.
+
+    Returns:
+        ``True`` when the compiled operators are registered (and not switched off by
+        :func:`use_native`), ``False`` when diffeig runs its pure-PyTorch reference path.
+    """
+    return _LOADED and not _FORCE_REFERENCE
+
+
+def has_cuda_kernels() -> bool:
+    """Whether ``diffeig._C`` was compiled with its CUDA kernels."""
+    return _LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "diffeig::eigh_backward_core", "CUDA"
+    )
+
+
+def load_error() -> str | None:
+    """Why the native extension is not in use, or ``None`` when it is loaded."""
+    return _LOAD_ERROR
+
+
+@contextlib.contextmanager
+def use_native(enabled: bool):
+    """Switch the native kernels off (``False``) or back on inside a ``with`` block.
+
+    Used by the tests to run the reference path beside the native one. Under
+    ``torch.compile`` the choice is fixed when a function is traced.
+    """
+    global _FORCE_REFERENCE
+    previous = _FORCE_REFERENCE
+    _FORCE_REFERENCE = not enabled
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE = previous
+
+
+_load()

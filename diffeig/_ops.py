@@ -1,0 +1,145 @@
+"""The ``torch.ops.diffeig`` operators as Python functions, with their registrations.
+
+Each function calls the native operator when ``diffeig._C`` is loaded and its
+pure-PyTorch twin from :mod:`diffeig._reference` otherwise. For the native operators
+this module registers, from Python, what makes them first-class PyTorch ops:
+fake (shape-only) kernels for ``torch.compile``, vmap rules for ``torch.func`` and
+the autograd formula of ``eigh_backward_core`` (so that ``diffeig.eigh`` has a
+double backward).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffeig import _extension, _reference
+
+__all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble"]
+
+
+def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_atol: float):
+    if _extension.has_ops():
+        return torch.ops.diffeig.eigh_backward_core(
+            eigenvalues, X, grad_eigenvalues, float(gap_rtol), float(gap_atol)
+        )
+    return _reference.eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol)
+
+
+def laplacian(W, normalized: bool):
+    if _extension.has_ops():
+        return torch.ops.diffeig.laplacian(W, bool(normalized))
+    return _reference.laplacian(W, normalized)
+
+
+def ncut_grad_assemble(P, V, scale, diag_term):
+    if _extension.has_ops():
+        return torch.ops.diffeig.ncut_grad_assemble(P, V, scale, diag_term)
+    return _reference.ncut_grad_assemble(P, V, scale, diag_term)
+
+
+# --------------------------------------------------------------------------- fake kernels
+
+
+def _fake_core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol):
+    torch._check(X.dim() == eigenvalues.dim() + 1, lambda: "X must have shape (*, n, k)")
+    torch._check(X.shape[-2] == eigenvalues.shape[-1], lambda: "X must have n rows")
+    return X.new_empty(X.shape)
+
+
+def _fake_laplacian(W, normalized):
+    torch._check(W.dim() >= 2 and W.shape[-1] == W.shape[-2], lambda: "W must be (*, n, n)")
+    return W.new_empty(W.shape), W.new_empty(W.shape[:-1])
+
+
+def _fake_assemble(P, V, scale, diag_term):
+    torch._check(P.shape == V.shape, lambda: "V must have the shape of P")
+    return P.new_empty((*P.shape[:-1], P.shape[-2]))
+
+
+# ------------------------------------------------------------------------------ vmap rules
+
+
+def _batched_first(info, in_dims, args):
+    """Move every vmapped dimension to the front; broadcast unbatched tensors."""
+    out = []
+    for arg, dim in zip(args, in_dims):
+        if isinstance(arg, torch.Tensor):
+            if dim is None:
+                arg = arg.unsqueeze(0).expand(info.batch_size, *arg.shape)
+            else:
+                arg = arg.movedim(dim, 0)
+        out.append(arg)
+    return out
+
+
+def _vmap_core(info, in_dims, eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol):
+    l, x, gl = _batched_first(info, in_dims[:3], (eigenvalues, X, grad_eigenvalues))
+    return torch.ops.diffeig.eigh_backward_core(l, x, gl, gap_rtol, gap_atol), 0
+
+
+def _vmap_laplacian(info, in_dims, W, normalized):
+    (w,) = _batched_first(info, in_dims[:1], (W,))
+    return torch.ops.diffeig.laplacian(w, normalized), (0, 0)
+
+
+def _vmap_assemble(info, in_dims, P, V, scale, diag_term):
+    args = _batched_first(info, in_dims, (P, V, scale, diag_term))
+    return torch.ops.diffeig.ncut_grad_assemble(*args), 0
+
+
+# -------------------------------------------------------------------------------- autograd
+
+
+def _core_setup_context(ctx, inputs, output):
+    eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol = inputs
+    ctx.save_for_backward(eigenvalues, X)
+    ctx.gaps = (gap_rtol, gap_atol)
+    ctx.has_gl = grad_eigenvalues is not None
+
+
+def core_vjp(grad_M, eigenvalues, X, gap_rtol, gap_atol, needs):
+    """Gradients of ``M = eigh_backward_core(l, X, gl)`` w.r.t. ``(l, X, gl)``.
+
+    ``M[i, s] = X[i, s] / (l[s] - l[i])`` off the masked set, ``M[s, s] = gl[s]``. The
+    mask is piecewise constant, so it contributes no derivative.
+    """
+    n, k = X.shape[-2], X.shape[-1]
+    g_l = g_X = g_gl = None
+    if needs[1]:
+        # M is linear in X with the same real factor: its adjoint is the op itself.
+        g_X = eigh_backward_core(eigenvalues, grad_M, None, gap_rtol, gap_atol)
+    if needs[2]:
+        g_gl = torch.diagonal(grad_M[..., :k, :], dim1=-2, dim2=-1)
+        g_gl = g_gl.real if g_gl.is_complex() else g_gl
+    if needs[0]:
+        K = _reference.masked_reciprocal_gaps(eigenvalues, k, gap_rtol, gap_atol)
+        P = grad_M * X.conj()
+        P = P.real if P.is_complex() else P
+        Q = P * K * K
+        # d K[i, s] / d l[i] = K^2 and d K[i, s] / d l[s] = -K^2.
+        g_l = Q.sum(-1) - torch.nn.functional.pad(Q.sum(-2), (0, n - k))
+    return g_l, g_X, g_gl
+
+
+def _core_backward(ctx, grad_M):
+    eigenvalues, X = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    g_l, g_X, g_gl = core_vjp(grad_M, eigenvalues, X, *ctx.gaps, needs[:3])
+    return g_l, g_X, (g_gl if ctx.has_gl else None), None, None
+
+
+def _register() -> None:
+    if not _extension._LOADED:
+        return
+    torch.library.register_fake("diffeig::eigh_backward_core")(_fake_core)
+    torch.library.register_fake("diffeig::laplacian")(_fake_laplacian)
+    torch.library.register_fake("diffeig::ncut_grad_assemble")(_fake_assemble)
+    torch.library.register_vmap("diffeig::eigh_backward_core", _vmap_core)
+    torch.library.register_vmap("diffeig::laplacian", _vmap_laplacian)
+    torch.library.register_vmap("diffeig::ncut_grad_assemble", _vmap_assemble)
+    torch.library.register_autograd(
+        "diffeig::eigh_backward_core", _core_backward, setup_context=_core_setup_context
+    )
+
+
+_register()

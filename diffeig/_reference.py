@@ -1,0 +1,119 @@
+"""Pure-PyTorch twins of every ``torch.ops.diffeig`` operator.
+
+Each function here has the schema's semantics exactly. They serve three purposes:
+the fallback when the native extension is missing, the oracle the tests compare the
+native kernels against, and (being plain differentiable tensor code) the formulas
+used for higher-order derivatives.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "gap_mask",
+    "masked_reciprocal_gaps",
+    "eigh_backward_core",
+    "laplacian",
+    "laplacian_backward",
+    "ncut_grad_assemble",
+]
+
+
+def gap_mask(eigenvalues: torch.Tensor, k: int, gap_rtol: float, gap_atol: float):
+    """Differences ``d[..., i, s] = l[s] - l[i]`` (s < k) and where they count as ties.
+
+    Returns ``(d, mask)``; ``mask`` is True where ``d == 0`` (which includes i == s) or
+    ``|d| < gap_atol + gap_rtol * max|l|`` (one threshold per matrix).
+    """
+    l = eigenvalues
+    d = l[..., None, :k] - l[..., :, None]
+    thr = gap_atol + gap_rtol * l.detach().abs().amax(-1, keepdim=True).unsqueeze(-1)
+    mask = (d == 0) | (d.abs() < thr)
+    return d, mask
+
+
+def masked_reciprocal_gaps(eigenvalues: torch.Tensor, k: int, gap_rtol: float, gap_atol: float):
+    """``K^T[..., :, :k]``: ``1 / (l[s] - l[i])``, zero on ties and on the diagonal."""
+    d, mask = gap_mask(eigenvalues, k, gap_rtol, gap_atol)
+    # The division happens on a safe denominator so that the masked branch never
+    # produces inf (whose gradient would turn the zero into a NaN).
+    safe = torch.where(mask, torch.ones_like(d), d)
+    return torch.where(mask, torch.zeros_like(d), 1 / safe)
+
+
+def eigh_backward_core(
+    eigenvalues: torch.Tensor,
+    X: torch.Tensor,
+    grad_eigenvalues: torch.Tensor | None,
+    gap_rtol: float,
+    gap_atol: float,
+) -> torch.Tensor:
+    """Reference of ``diffeig::eigh_backward_core`` (see ``csrc/diffeig.cpp``)."""
+    n, k = X.shape[-2], X.shape[-1]
+    if X.numel() == 0 or n == 0:
+        return torch.empty_like(X, memory_format=torch.contiguous_format)
+    d, mask = gap_mask(eigenvalues, k, gap_rtol, gap_atol)
+    safe = torch.where(mask, torch.ones_like(d), d)
+    if X.is_complex():
+        # Divide the real and imaginary parts by the real gap, as the kernels do.
+        parts = torch.view_as_real(X) / safe.unsqueeze(-1)
+        out = torch.where(mask.unsqueeze(-1), torch.zeros_like(parts), parts)
+        M = torch.view_as_complex(out.contiguous())
+    else:
+        M = torch.where(mask, torch.zeros_like(X), X / safe)
+    if grad_eigenvalues is not None:
+        eye = torch.eye(n, k, dtype=eigenvalues.dtype, device=X.device)
+        M = M + eye * grad_eigenvalues.unsqueeze(-2)
+    return M
+
+
+def laplacian(W: torch.Tensor, normalized: bool):
+    """Reference of ``diffeig::laplacian``: ``(L, d)`` with ``d = W 1``."""
+    d = W.sum(-1)
+    eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
+    if normalized:
+        dis = d.rsqrt()
+        L = eye - (dis.unsqueeze(-1) * W) * dis.unsqueeze(-2)
+    else:
+        L = torch.diag_embed(d) - W
+    return L, d
+
+
+def laplacian_backward(
+    grad_L: torch.Tensor,
+    grad_d: torch.Tensor | None,
+    W: torch.Tensor,
+    d: torch.Tensor,
+    normalized: bool,
+) -> torch.Tensor:
+    """Exact gradient of :func:`laplacian` w.r.t. ``W`` (a general, unsymmetrized matrix).
+
+    ``d_i = sum_j W_ij``; normalized: ``L_ij = delta_ij - dis_i W_ij dis_j`` with
+    ``dis = d^-1/2``; unnormalized: ``L = diag(d) - W``.
+    """
+    gd = torch.zeros_like(d) if grad_d is None else grad_d
+    if normalized:
+        dis = d.rsqrt()
+        T = grad_L * W
+        # Both the row and the column of L hold dis_i.
+        s = (T * dis.unsqueeze(-2)).sum(-1) + (T * dis.unsqueeze(-1)).sum(-2)
+        gd = gd + 0.5 * dis**3 * s
+        return -(dis.unsqueeze(-1) * grad_L) * dis.unsqueeze(-2) + gd.unsqueeze(-1)
+    gd = gd + torch.diagonal(grad_L, dim1=-2, dim2=-1)
+    return -grad_L + gd.unsqueeze(-1)
+
+
+def ncut_grad_assemble(
+    P: torch.Tensor, V: torch.Tensor, scale: torch.Tensor, diag_term: torch.Tensor
+) -> torch.Tensor:
+    """Reference of ``diffeig::ncut_grad_assemble``.
+
+    ``out_ij = -scale_i scale_j (P_i . V_j + P_j . V_i) / 2 + (diag_term_i + diag_term_j) / 2``.
+    """
+    S = P @ V.mT
+    S = S + S.mT
+    c = scale
+    return (-0.5 * c.unsqueeze(-1)) * c.unsqueeze(-2) * S + 0.5 * (
+        diag_term.unsqueeze(-1) + diag_term.unsqueeze(-2)
+    )

@@ -1,0 +1,117 @@
+"""The pseudo-inverse eigenvector gradient (Magnus & Neudecker; the DNCut paper's Eqn. 7).
+
+The baseline that ``diffeig.sym_eigh_ncut``'s backward replaces:
+``dv_k = (l_k I - A)^+ dA v_k``, so ``gA = sym((l_k I - A)^+ g_k v_k^T)``: one N x N
+pseudo-inverse (an SVD) per used eigenvector per matrix, O(N^3) each. Kept for the
+timing table (``benchmarks/backward_timing.py``) and as an independent check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from diffeig import _reference
+from diffeig.ncut import (
+    _check_k,
+    _check_options,
+    _ncut_forward,
+    _ncut_grad_inputs,
+    check_affinity,
+)
+
+__all__ = ["pinv_eigh_backward", "sym_eigh_ncut_pinv"]
+
+
+def pinv_eigh_backward(
+    A: torch.Tensor,
+    eigenvalues: torch.Tensor,
+    eigenvectors: torch.Tensor,
+    grad_eigenvectors: torch.Tensor,
+    indices: Sequence[int],
+    *,
+    hermitian: bool = False,
+) -> torch.Tensor:
+    """``gA = sum_t sym((l_t I - A)^+ g_t v_t^T)`` over the eigenvectors ``indices``.
+
+    Args:
+        A: ``(*, N, N)`` symmetric matrices.
+        eigenvalues: ``(*, N)`` all eigenvalues of ``A``.
+        eigenvectors: ``(*, N, N)`` all eigenvectors (columns).
+        grad_eigenvectors: ``(*, N, m)`` cotangents of the ``m`` eigenvectors ``indices``.
+        indices: which eigenvectors the cotangents belong to.
+        hermitian: use ``torch.linalg.pinv(..., hermitian=True)`` (an eigh) instead of the
+            SVD the paper's formula implies.
+
+    Returns:
+        ``(*, N, N)`` symmetric gradient w.r.t. ``A``.
+    """
+    indices = list(indices)
+    if grad_eigenvectors.shape[-1] != len(indices):
+        raise ValueError(
+            f"grad_eigenvectors must have one column per index ({len(indices)}), "
+            f"got shape {tuple(grad_eigenvectors.shape)}"
+        )
+    n = A.shape[-1]
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    gA = torch.zeros_like(A)
+    for t, idx in enumerate(indices):
+        shifted = eigenvalues[..., idx, None, None] * eye - A
+        pinv = torch.linalg.pinv(shifted, hermitian=hermitian)
+        g = grad_eigenvectors[..., t : t + 1]
+        v = eigenvectors[..., idx : idx + 1]
+        gA = gA + (pinv @ g) @ v.mT
+    return 0.5 * (gA + gA.mT)
+
+
+class _NCutPinv(torch.autograd.Function):
+    """``sym_eigh_ncut`` with the pseudo-inverse backward (same forward, same numbers)."""
+
+    @staticmethod
+    def forward(W, k, normalized, sign, hermitian):
+        return _ncut_forward(W, k, normalized, sign)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        W, k, normalized, _, hermitian = inputs
+        _, _, lam, V, d = output
+        ctx.mark_non_differentiable(lam, V, d)
+        ctx.save_for_backward(W, lam, V, d)
+        ctx.args = (k, normalized, hermitian)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lam, grad_Z, *_):
+        W, lam, V, d = ctx.saved_tensors
+        k, normalized, hermitian = ctx.args
+        Vk = V[..., :k]
+        grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, V, d, k, normalized)
+        L = _reference.laplacian(W, normalized)[0]
+        gL = pinv_eigh_backward(L, lam, V, grad_U, range(k), hermitian=hermitian)
+        if grad_lam is not None:
+            gL = gL + (Vk * grad_lam.unsqueeze(-2)) @ Vk.mT
+        G = _reference.laplacian_backward(gL, grad_d, W, d, normalized)
+        return 0.5 * (G + G.mT), None, None, None, None
+
+
+def sym_eigh_ncut_pinv(
+    W: torch.Tensor,
+    k: int = 2,
+    *,
+    laplacian: str = "ncut",
+    sign: str | None = "max",
+    hermitian: bool = False,
+):
+    """:func:`diffeig.sym_eigh_ncut` whose backward is the pseudo-inverse formula.
+
+    Same forward and outputs; the backward runs one pseudo-inverse per returned
+    eigenvector (the generic Eqn. 7 cannot know which ones the loss uses) and then the
+    chain rule through the degrees. For benchmarks and cross-checks.
+    """
+    _check_options(laplacian, sign)
+    normalized = laplacian == "ncut"
+    check_affinity(W, normalized=normalized)
+    _check_k(k, W.shape[-1])
+    lam, Z, *_ = _NCutPinv.apply(W, k, normalized, sign, hermitian)
+    return lam, Z

@@ -1,0 +1,283 @@
+"""The normalized-cut eigenproblem with an O(N^2 k) backward, and its graph helpers.
+
+``sym_eigh_ncut`` returns the k smallest eigenpairs of a graph Laplacian built from a
+symmetric non-negative affinity ``W``; its backward re-uses the forward's eigenvectors
+(the DNCut paper's Eqn. 8), so a gradient costs a few skinny matrix products and one
+write of ``dL/dW``. ``docs/ncut.md`` has the math.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffeig import _ops
+from diffeig._eigh import _is_traced, _torch_eigh, gap_tolerances
+
+__all__ = ["sym_eigh_ncut", "affinity", "bipartition", "seed", "LAPLACIANS", "SIGN_RULES"]
+
+LAPLACIANS = ("ncut", "unnormalized")
+SIGN_RULES = ("max", "sum", None)
+
+
+def _sign(Z: torch.Tensor, rule: str | None) -> torch.Tensor:
+    """``(*, 1, k)`` signs (+-1) that make each column of ``Z`` follow ``rule``."""
+    if rule is None:
+        return torch.ones_like(Z[..., :1, :])
+    if rule == "max":
+        idx = Z.abs().argmax(-2, keepdim=True)
+        ref = torch.gather(Z, -2, idx)
+    else:  # "sum"
+        ref = Z.sum(-2, keepdim=True)
+    return torch.where(ref < 0, -torch.ones_like(ref), torch.ones_like(ref))
+
+
+def _ncut_forward(W, k: int, normalized: bool, sign: str | None):
+    """Shared by the O(N^2 k) and the pseudo-inverse variants: the same numbers."""
+    L, d = _ops.laplacian(W, normalized)
+    lam, V = _torch_eigh(L)
+    Vk = V[..., :k]
+    dis = d.rsqrt() if normalized else None
+    s = _sign(Vk * dis.unsqueeze(-1) if normalized else Vk, sign)
+    # Flip the columns of V itself, so that the backward sees one consistent basis.
+    Vk.mul_(s)
+    Z = Vk * dis.unsqueeze(-1) if normalized else Vk.clone()
+    return lam[..., :k].clone(), Z, lam, V, d
+
+
+def _ncut_grad_inputs(grad_lam, grad_Z, V, d, k: int, normalized: bool):
+    """Cotangents of the symmetric eigenproblem, and the part of dL/dd that z = D^-1/2 u adds."""
+    Vk = V[..., :k]
+    if grad_Z is None:
+        grad_Z = torch.zeros_like(Vk)
+    if normalized:
+        dis = d.rsqrt()
+        grad_U = grad_Z * dis.unsqueeze(-1)
+        # z_is = dis_i u_is: d loss / d dis_i = sum_s gZ_is u_is, and d dis / d d = -dis^3 / 2.
+        grad_d = -0.5 * dis**3 * (grad_Z * Vk).sum(-1)
+    else:
+        grad_U = grad_Z
+        grad_d = None
+    return grad_U, grad_d
+
+
+class _NCut(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(W, k, normalized, sign, gap_rtol, gap_atol):
+        return _ncut_forward(W, k, normalized, sign)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, k, normalized, _, gap_rtol, gap_atol = inputs
+        _, _, lam, V, d = output
+        ctx.mark_non_differentiable(lam, V, d)
+        ctx.save_for_backward(lam, V, d)
+        ctx.args = (k, normalized, gap_rtol, gap_atol)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lam, grad_Z, *_):
+        lam, V, d = ctx.saved_tensors
+        k, normalized, gap_rtol, gap_atol = ctx.args
+        Vk = V[..., :k]
+        grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, V, d, k, normalized)
+        # The k-column form of the eigenvector backward (design.md §1):
+        # gL = sym(P Vk^T) with P = V M and M = K^T[:, :k] o (V^T gU) + diag(gl).
+        M = _ops.eigh_backward_core(lam, V.mT @ grad_U, grad_lam, gap_rtol, gap_atol)
+        if normalized:
+            dis = d.rsqrt()
+            PQ = V @ torch.cat([M, lam.unsqueeze(-1) * M], -1)
+            P, Q = PQ[..., :k], PQ[..., k:]
+            # Chain rule through dis = d^-1/2 needs sum_j gL_ij W_ij dis_j. With
+            # dis_i W_ij dis_j = delta_ij - L_ij and L = V diag(l) V^T it is
+            # (gL_ii - (gL L)_ii) / dis_i, where (gL L)_ii comes from P, Q and Vk:
+            # no pass over W or over an N x N gL.
+            gL_diag = (P * Vk).sum(-1)
+            gLL_diag = 0.5 * ((P * Vk * lam[..., None, :k]).sum(-1) + (Vk * Q).sum(-1))
+            s = 2.0 * (gL_diag - gLL_diag) / dis
+            grad_d = grad_d + 0.5 * dis**3 * s
+            gW = _ops.ncut_grad_assemble(P, Vk, dis, grad_d)
+        else:
+            P = V @ M
+            gW = _ops.ncut_grad_assemble(P, Vk, torch.ones_like(d), (P * Vk).sum(-1))
+        return gW, None, None, None, None, None
+
+
+def _check_k(k, n: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N] = [1, {n}], got {k}")
+
+
+def _check_options(laplacian: str, sign) -> None:
+    if laplacian not in LAPLACIANS:
+        raise ValueError(f"laplacian must be one of {LAPLACIANS}, got {laplacian!r}")
+    if sign not in SIGN_RULES:
+        raise ValueError(f"sign must be one of {SIGN_RULES}, got {sign!r}")
+
+
+def check_affinity(W: torch.Tensor, *, normalized: bool, sym_rtol: float | None = None) -> None:
+    """Raise ``ValueError`` unless ``W`` is a valid affinity (finite, >= 0, symmetric).
+
+    For the normalized cut every node also needs a positive degree. The value checks
+    read the data, so they are skipped under ``torch.compile`` and ``torch.func``.
+    """
+    from diffeig._eigh import _check_square
+
+    _check_square(W, "W", (torch.float32, torch.float64))
+    if W.numel() == 0 or _is_traced(W):
+        return
+    if not bool(torch.isfinite(W).all()):
+        raise ValueError("W must be finite, got NaN or inf entries")
+    if bool((W < 0).any()):
+        raise ValueError(f"W must be non-negative, got a minimum of {W.min().item():.3g}")
+    scale = W.abs().amax().item()
+    asym = (W - W.mT).abs().amax().item()
+    tol = (torch.finfo(W.dtype).eps ** 0.5 if sym_rtol is None else sym_rtol) * max(scale, 1e-30)
+    if asym > tol:
+        raise ValueError(
+            f"W must be symmetric: max |W - W^T| = {asym:.3g} exceeds {tol:.3g} "
+            "(symmetrize it with (W + W.mT) / 2)"
+        )
+    if normalized:
+        zero = (W.sum(-1) <= 0).sum().item()
+        if zero:
+            raise ValueError(
+                f"W has {zero} node(s) with zero degree: the normalized cut (D - W) z = l D z "
+                "needs D > 0. Add a small floor to the affinity (affinity(..., eps=1e-6)) "
+                "or use laplacian='unnormalized'"
+            )
+
+
+def sym_eigh_ncut(
+    W: torch.Tensor,
+    k: int = 2,
+    *,
+    laplacian: str = "ncut",
+    gap_eps: float | None = None,
+    sign: str | None = "max",
+):
+    r"""The k smallest eigenpairs of a graph's normalized cut, with a cheap exact backward.
+
+    ``laplacian='ncut'`` solves the generalized problem of Shi & Malik,
+    :math:`(D - W) z = \lambda D z` with :math:`D = \operatorname{diag}(W 1)`, through
+    :math:`L_{sym} = I - D^{-1/2} W D^{-1/2}` and :math:`z = D^{-1/2} u`; the vectors
+    are D-orthonormal (:math:`z^T D z = 1`, as ``scipy.linalg.eigh(D - W, D)``).
+    ``laplacian='unnormalized'`` solves :math:`(D - W) z = \lambda z` with orthonormal
+    z: what the DNCut authors' code trains with.
+
+    The backward uses only the k returned columns: ``O(N^2 k)`` per graph given the
+    forward's eigenvectors, masked reciprocal eigen-gaps (``gap_eps``) and the chain
+    rule through ``D``, assembled by fused kernels. The gradient w.r.t. ``W`` is
+    returned symmetric (``W`` is a symmetric matrix). Double backward is not supported.
+
+    Args:
+        W: ``(*, N, N)`` symmetric non-negative affinities, float32 or float64.
+        k: number of eigenpairs, ``1 <= k <= N``. Index 0 is the trivial pair
+            (``l = 0``, ``z`` constant on a connected graph); index 1 is the Fiedler vector.
+        laplacian: ``'ncut'`` or ``'unnormalized'``.
+        gap_eps: tie threshold of the backward: ``None`` for ``N * eps(dtype) * max|l|``,
+            a number for an absolute threshold (``1e-9`` is the paper's).
+        sign: ``'max'`` (default) flips each eigenvector so its entry of largest magnitude
+            is positive; ``'sum'`` so that its sum is >= 0 (the authors' code);
+            ``None`` keeps LAPACK's signs.
+
+    Returns:
+        ``(eigenvalues, eigenvectors)``: ``(*, k)`` ascending and ``(*, N, k)``.
+
+    Raises:
+        ValueError: for a bad shape, dtype, ``k``, option, or (outside ``torch.compile``)
+            non-finite, negative or asymmetric ``W``, or a zero-degree node with
+            ``laplacian='ncut'``.
+
+    Example:
+        >>> import torch, diffeig
+        >>> f = torch.nn.functional.normalize(torch.randn(16, 8, dtype=torch.float64), dim=-1)
+        >>> W = diffeig.ncut.affinity(f).requires_grad_()
+        >>> lam, z = diffeig.sym_eigh_ncut(W, k=2)
+        >>> (torch.sigmoid(z[:, 1] / 0.05) ** 2).sum().backward()
+        >>> W.grad.shape
+        torch.Size([16, 16])
+    """
+    _check_options(laplacian, sign)
+    normalized = laplacian == "ncut"
+    check_affinity(W, normalized=normalized)
+    _check_k(k, W.shape[-1])
+    gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
+    lam, Z, *_ = _NCut.apply(W, k, normalized, sign, gap_rtol, gap_atol)
+    return lam, Z
+
+
+def affinity(
+    features: torch.Tensor, *, tau: float = 0.0, eps: float = 1e-6, mode: str = "weighted"
+) -> torch.Tensor:
+    """Token affinities from features: cosine similarity, thresholded.
+
+    ``A = f f^T`` with ``f`` L2-normalized over channels (and symmetrized exactly).
+    ``mode='weighted'``: ``W = A where A > tau else eps`` (the DNCut training graph,
+    ``tau=0``, ``eps=1e-6``), differentiable in ``features``. ``mode='binary'``:
+    ``W = 1 where A > tau else eps`` (TokenCut: ``tau=0.2``, ``eps=1e-5``), piecewise
+    constant, so its gradient is zero.
+
+    Args:
+        features: ``(*, N, C)``.
+        tau: similarity threshold.
+        eps: weight of the pairs at or below ``tau`` (keeps the graph connected).
+        mode: ``'weighted'`` or ``'binary'``.
+
+    Returns:
+        ``(*, N, N)`` affinity of the features' dtype.
+    """
+    if not isinstance(features, torch.Tensor) or features.dim() < 2:
+        raise ValueError(
+            "features must be a tensor of shape (*, N, C), got "
+            f"{getattr(features, 'shape', type(features).__name__)}"
+        )
+    if mode not in ("weighted", "binary"):
+        raise ValueError(f"mode must be 'weighted' or 'binary', got {mode!r}")
+    if eps < 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
+    f = torch.nn.functional.normalize(features, dim=-1)
+    A = f @ f.mT
+    A = 0.5 * (A + A.mT)
+    keep = A > tau
+    if mode == "weighted":
+        return torch.where(keep, A, torch.full_like(A, eps))
+    return torch.where(keep, torch.ones_like(A), torch.full_like(A, eps)).detach()
+
+
+def seed(z: torch.Tensor) -> torch.Tensor:
+    """Index of the entry of largest magnitude (TokenCut's seed), ``(*, N) -> (*)``."""
+    return z.abs().argmax(-1)
+
+
+def bipartition(z: torch.Tensor, *, rule: str = "zero", foreground: str | None = None):
+    """Split nodes in two by an eigenvector and say which side is foreground.
+
+    Args:
+        z: ``(*, N)`` eigenvector (the Fiedler vector ``z2``).
+        rule: ``'zero'`` splits at ``z > 0``; ``'mean'`` at ``z > mean(z)`` (TokenCut).
+        foreground: which side is foreground: ``'smaller'`` (the side with fewer nodes,
+            the DNCut "Simple" post-processing; on a tie the ``z > threshold`` side) or
+            ``'seed'`` (the side holding ``argmax |z|``, TokenCut). Default: ``'smaller'``
+            for ``rule='zero'`` and ``'seed'`` for ``rule='mean'``.
+
+    Returns:
+        ``(*, N)`` boolean foreground mask.
+    """
+    if rule not in ("zero", "mean"):
+        raise ValueError(f"rule must be 'zero' or 'mean', got {rule!r}")
+    if foreground is None:
+        foreground = "smaller" if rule == "zero" else "seed"
+    if foreground not in ("smaller", "seed"):
+        raise ValueError(f"foreground must be 'smaller' or 'seed', got {foreground!r}")
+    thr = 0.0 if rule == "zero" else z.mean(-1, keepdim=True)
+    above = z > thr
+    if foreground == "smaller":
+        n_above = above.sum(-1, keepdim=True)
+        flip = 2 * n_above > z.shape[-1]
+    else:
+        flip = ~torch.gather(above, -1, seed(z).unsqueeze(-1))
+    return above ^ flip

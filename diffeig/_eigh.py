@@ -102,7 +102,8 @@ class _Eigh(torch.autograd.Function):
 
     @staticmethod
     def forward(A, UPLO, gap_rtol, gap_atol):
-        return _torch_eigh(A, UPLO=UPLO)
+        L, V = _torch_eigh(A, UPLO=UPLO)
+        return L, V  # a plain tuple: torch.func flattens outputs as pytrees
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -115,6 +116,12 @@ class _Eigh(torch.autograd.Function):
     def backward(ctx, grad_L, grad_V):
         L, V = ctx.saved_tensors
         return eigh_backward(L, V, grad_L, grad_V, *ctx.gaps), None, None, None
+
+
+
+class _EighWithJvp(_Eigh):
+    """``_Eigh`` plus forward-mode AD. Dynamo cannot trace a Function that defines
+    ``jvp``, so ``torch.compile`` gets :class:`_Eigh` and eager code gets this one."""
 
     @staticmethod
     def jvp(ctx, dA, *_):
@@ -176,7 +183,8 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, gap_eps: float | None = None):
     _check_square(A, "A", _DTYPES)
     _check_uplo(UPLO)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, A.shape[-1], A.dtype)
-    L, V = _Eigh.apply(A, UPLO, gap_rtol, gap_atol)
+    fn = _Eigh if torch.compiler.is_compiling() else _EighWithJvp
+    L, V = fn.apply(A, UPLO, gap_rtol, gap_atol)
     return torch.return_types.linalg_eigh((L, V))
 
 

@@ -1,0 +1,222 @@
+"""The torch.ops.diffeig operators: native kernels against their reference twins,
+opcheck, argument checks, and the registered autograd of eigh_backward_core."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICES, assert_close
+from torch.autograd import gradcheck, gradgradcheck
+
+import diffeig
+from diffeig import _extension, _ops, _reference
+
+needs_ext = pytest.mark.skipif(
+    not _extension._LOADED, reason=f"native extension not built: {diffeig.load_error()}"
+)
+
+
+def core_samples(device="cpu", requires_grad=False):
+    """(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol) covering ties, k < n, batches."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128):
+        real = torch.empty(0, dtype=dtype).real.dtype
+        for batch, n, k in [((), 5, 5), ((3,), 6, 2), ((2, 2), 4, 1), ((0,), 3, 3)]:
+            lam = torch.randn(*batch, n, dtype=real, generator=g).sort(-1).values
+            if n >= 3:  # an exact tie and a rounding-level one
+                lam[..., 1] = lam[..., 0]
+                lam[..., 2] = lam[..., 1] + 1e-3 * torch.finfo(real).eps
+            X = torch.randn(*batch, n, k, dtype=dtype, generator=g)
+            gl = torch.randn(*batch, k, dtype=real, generator=g)
+            for gl_ in (gl, None):
+                args = [lam, X, gl_]
+                args = [
+                    a.to(device).requires_grad_(requires_grad and a.dtype.is_floating_point)
+                    if a is not None
+                    else None
+                    for a in args
+                ]
+                out.append((*args, n * torch.finfo(real).eps, 0.0))
+            out.append((lam.to(device), X.to(device), None, 0.0, 1e-1))
+    return out
+
+
+def laplacian_samples(device="cpu"):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        for shape in [(5, 5), (3, 7, 7), (0, 4, 4)]:
+            W = torch.rand(*shape, dtype=dtype, generator=g) + 0.1
+            for normalized in (True, False):
+                out.append((W.to(device), normalized))
+    return out
+
+
+def assemble_samples(device="cpu"):
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        for batch, n, k in [((), 6, 2), ((3,), 5, 3), ((2,), 4, 0), ((0,), 3, 2)]:
+            P = torch.randn(*batch, n, k, dtype=dtype, generator=g)
+            V = torch.randn(*batch, n, k, dtype=dtype, generator=g)
+            c = torch.rand(*batch, n, dtype=dtype, generator=g)
+            t = torch.randn(*batch, n, dtype=dtype, generator=g)
+            out.append(tuple(x.to(device) for x in (P, V, c, t)))
+    return out
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_core_native_equals_reference(device):
+    for args in core_samples(device):
+        native = torch.ops.diffeig.eigh_backward_core(*args)
+        ref = _reference.eigh_backward_core(*args)
+        assert native.shape == args[1].shape
+        assert_close(native, ref)
+        # Non-contiguous X gives the same result.
+        X = args[1]
+        if X.dim() >= 2 and X.numel():
+            Xt = X.mT.contiguous().mT
+            assert_close(torch.ops.diffeig.eigh_backward_core(args[0], Xt, *args[2:]), ref)
+
+
+def test_core_masks_ties_and_fills_diagonal():
+    lam = torch.tensor([1.0, 1.0, 1.0 + 1e-12, 3.0], dtype=torch.float64)
+    X = torch.ones(4, 4, dtype=torch.float64)
+    gl = torch.tensor([10.0, 20.0, 30.0, 40.0], dtype=torch.float64)
+    for use in (True, False):
+        with _extension.use_native(use and _extension._LOADED):
+            M = _ops.eigh_backward_core(lam, X, gl, 0.0, 1e-9)
+        expected = torch.tensor(
+            [
+                [10.0, 0.0, 0.0, 1 / 2],
+                [0.0, 20.0, 0.0, 1 / 2],
+                [0.0, 0.0, 30.0, 1 / (2 - 1e-12)],
+                [-1 / 2, -1 / 2, -1 / (2 - 1e-12), 40.0],
+            ],
+            dtype=torch.float64,
+        )
+        assert_close(M, expected)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_laplacian_native_equals_reference(device):
+    for W, normalized in laplacian_samples(device):
+        L, d = torch.ops.diffeig.laplacian(W, normalized)
+        Lr, dr = _reference.laplacian(W, normalized)
+        assert_close(L, Lr)
+        assert_close(d, dr)
+        assert_close(torch.ops.diffeig.laplacian(W.mT, normalized)[0],
+                     _reference.laplacian(W.mT, normalized)[0])
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_assemble_native_equals_reference(device):
+    for args in assemble_samples(device):
+        out = torch.ops.diffeig.ncut_grad_assemble(*args)
+        assert out.shape == (*args[0].shape[:-1], args[0].shape[-2])
+        assert_close(out, _reference.ncut_grad_assemble(*args))
+
+
+@needs_ext
+def test_opcheck():
+    for args in core_samples(requires_grad=True):
+        torch.library.opcheck(torch.ops.diffeig.eigh_backward_core.default, args)
+    for args in laplacian_samples():
+        torch.library.opcheck(torch.ops.diffeig.laplacian.default, args)
+    for args in assemble_samples():
+        torch.library.opcheck(torch.ops.diffeig.ncut_grad_assemble.default, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_core_gradcheck_and_gradgradcheck(dtype, backend):
+    g = torch.Generator().manual_seed(3)
+    lam = torch.randn(2, 5, dtype=torch.float64, generator=g).sort(-1).values
+    lam[:, 1] = lam[:, 0]  # a masked pair: its derivative is zero, not NaN
+    X = torch.randn(2, 5, 3, dtype=dtype, generator=g)
+    gl = torch.randn(2, 3, dtype=torch.float64, generator=g)
+    args = [t.requires_grad_() for t in (lam, X, gl)]
+
+    def f(lam, X, gl):
+        # The tie stays masked under the finite-difference step (1e-6 < gap_atol).
+        return _ops.eigh_backward_core(lam, X, gl, 0.0, 1e-3)
+
+    assert gradcheck(f, args)
+    assert gradgradcheck(f, args)
+
+
+@needs_ext
+def test_core_vmap_rule():
+    args = core_samples()[3]  # float32, batch (3,), with grad_eigenvalues
+    lam, X, gl = args[:3]
+    out = torch.func.vmap(lambda l, x, g: torch.ops.diffeig.eigh_backward_core(l, x, g, *args[3:]),
+                          in_dims=(0, 0, None))(lam, X, gl[0])
+    ref = _reference.eigh_backward_core(lam, X, gl[0].expand_as(gl), *args[3:])
+    assert_close(out, ref)
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(4, 2), None, 0.0, 0.0),
+         "X must have n = 3 rows"),
+        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(3, 4), None, 0.0, 0.0),
+         "X must have at most n = 3 columns"),
+        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3, dtype=torch.int32),
+                                                      torch.ones(3, 2), None, 0.0, 0.0),
+         "eigenvalues must be float32 or float64"),
+        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(3, 2), torch.ones(3),
+                                                      0.0, 0.0),
+         "grad_eigenvalues must have k = 2"),
+        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(3, 2), None, -1.0, 0.0),
+         "gap_rtol and gap_atol must be non-negative"),
+        (lambda: torch.ops.diffeig.laplacian(torch.ones(3, 4), True), "W must be a batch of square"),
+        (lambda: torch.ops.diffeig.laplacian(torch.ones(3, 3, dtype=torch.int64), True),
+         "W must be float32 or float64"),
+        (lambda: torch.ops.diffeig.ncut_grad_assemble(torch.ones(3, 2), torch.ones(3, 1),
+                                                      torch.ones(3), torch.ones(3)),
+         "V must have the shape of P"),
+        (lambda: torch.ops.diffeig.ncut_grad_assemble(torch.ones(3, 2), torch.ones(3, 2),
+                                                      torch.ones(4), torch.ones(3)),
+         "scale and diag_term must have n = 3"),
+    ],
+)
+def test_kernel_argument_errors(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+def test_fallback_without_extension_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch, diffeig\n"
+        "assert not diffeig.has_ops(), diffeig.load_error()\n"
+        "A = torch.diag(torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64)).requires_grad_()\n"
+        "diffeig.eigh(A).eigenvectors[:, -1].pow(2).sum().backward()\n"
+        "assert torch.isfinite(A.grad).all()\n"
+        "W = diffeig.ncut.affinity(torch.randn(10, 4, dtype=torch.float64)).requires_grad_()\n"
+        "diffeig.sym_eigh_ncut(W)[1][:, 1].sum().backward()\n"
+        "assert torch.isfinite(W.grad).all()\n"
+        "print('ok', diffeig.load_error())\n"
+    )
+    env = {**__import__("os").environ, "DIFFEIG_NO_EXT": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "ok disabled by DIFFEIG_NO_EXT=1" in res.stdout
+
+
+def test_has_ops_reports_the_switch():
+    with _extension.use_native(False):
+        assert not diffeig.has_ops()
+    assert diffeig.has_ops() == _extension._LOADED
+
+
+@pytest.mark.cuda
+def test_cuda_kernels_compiled():
+    assert diffeig.has_cuda_kernels()

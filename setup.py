@@ -58,6 +58,12 @@ def _extensions():
 
     sources = [os.path.join("csrc", "diffeig.cpp"), *sorted(glob.glob("csrc/cpu/*.cpp"))]
     extra = {"cxx": ["-O3"]}
+    link_args = []
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        # at::parallel_for is inline OpenMP: without -fopenmp the kernels run on one
+        # thread. The loader reuses the libgomp.so.1 that torch has already loaded.
+        extra["cxx"].append("-fopenmp")
+        link_args.append("-fopenmp")
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -73,12 +79,13 @@ def _extensions():
 
     print(
         "diffeig build: torch {} (CUDA {}), CUDA_HOME={}, CUDA kernels: {}, "
-        "TORCH_CUDA_ARCH_LIST={}, sources: {}".format(
+        "TORCH_CUDA_ARCH_LIST={}, OpenMP: {}, sources: {}".format(
             torch.__version__,
             torch.version.cuda,
             cuda_home,
             "yes" if with_cuda else "no",
             os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else "-",
+            "yes" if link_args else "no",
             len(sources),
         )
     )
@@ -87,6 +94,7 @@ def _extensions():
         sources,
         include_dirs=include_dirs,
         extra_compile_args=extra,
+        extra_link_args=link_args,
         py_limited_api=True,
     )
     return [ext], {"build_ext": BuildExtension}

@@ -97,4 +97,40 @@ inline AssembleShapes check_assemble_args(const at::Tensor& P, const at::Tensor&
   return {c10::multiply_integers(batch), P.size(-2), P.size(-1)};
 }
 
+struct NcutBackwardShapes {
+  int64_t batch;
+  int64_t n;
+  int64_t k;
+};
+
+inline NcutBackwardShapes check_ncut_backward_args(const at::Tensor& V, const at::Tensor& eigenvalues,
+                                                   const at::Tensor& degree,
+                                                   const at::Tensor& grad_Z,
+                                                   const at::Tensor& grad_eigenvalues,
+                                                   double gap_rtol, double gap_atol) {
+  check_floating(V, "V");
+  TORCH_CHECK(V.dim() >= 2 && V.size(-1) == V.size(-2),
+              "V must be a batch of square matrices (*, n, n), got ", V.sizes());
+  const auto batch = V.sizes().slice(0, V.dim() - 2);
+  const int64_t n = V.size(-1);
+  check_batch(eigenvalues, batch, 1, "eigenvalues", "(*, n)");
+  check_batch(degree, batch, 1, "degree", "(*, n)");
+  check_batch(grad_Z, batch, 2, "grad_Z", "(*, n, k)");
+  check_batch(grad_eigenvalues, batch, 1, "grad_eigenvalues", "(*, k)");
+  TORCH_CHECK(eigenvalues.size(-1) == n && degree.size(-1) == n && grad_Z.size(-2) == n,
+              "eigenvalues, degree and grad_Z must have n = ", n, " rows");
+  TORCH_CHECK(grad_Z.size(-1) <= n && grad_eigenvalues.size(-1) == grad_Z.size(-1),
+              "grad_Z (*, n, k) and grad_eigenvalues (*, k) must agree on k <= n, got ",
+              grad_Z.sizes(), " and ", grad_eigenvalues.sizes());
+  for (const auto* t : {&eigenvalues, &degree, &grad_Z, &grad_eigenvalues}) {
+    TORCH_CHECK(t->scalar_type() == V.scalar_type(),
+                "eigenvalues, degree, grad_Z and grad_eigenvalues must have V's dtype ",
+                V.scalar_type(), ", got ", t->scalar_type());
+    check_same_device(V, *t, "V", "eigenvalues, degree, grad_Z and grad_eigenvalues");
+  }
+  TORCH_CHECK(gap_rtol >= 0 && gap_atol >= 0,
+              "gap_rtol and gap_atol must be non-negative, got ", gap_rtol, " and ", gap_atol);
+  return {c10::multiply_integers(batch), n, grad_Z.size(-1)};
+}
+
 }  // namespace diffeig

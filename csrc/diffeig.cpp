@@ -33,4 +33,12 @@ TORCH_LIBRARY(diffeig, m) {
   // out[i, j] = -scale[i] scale[j] (P[i] . V[j] + P[j] . V[i]) / 2 + (diag_term[i] + diag_term[j]) / 2:
   // the gradient of an NCut affinity assembled from rank-k factors, written once.
   m.def("ncut_grad_assemble(Tensor P, Tensor V, Tensor scale, Tensor diag_term) -> Tensor");
+  // The whole NCut backward for one batch of graphs, given the forward's full
+  // eigenvectors V (first k columns sign-fixed), eigenvalues and degrees: dL/dW from
+  // the cotangents of the k returned eigenvectors (grad_Z) and eigenvalues. Per graph
+  // it reads V from memory once and writes dL/dW once (CPU kernel; elsewhere the same
+  // computation runs as ATen products plus the two ops above).
+  m.def(
+      "ncut_backward(Tensor V, Tensor eigenvalues, Tensor degree, Tensor grad_Z, "
+      "Tensor grad_eigenvalues, bool normalized, float gap_rtol, float gap_atol) -> Tensor");
 }

@@ -14,7 +14,7 @@ import torch
 
 from diffeig import _extension, _reference
 
-__all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble"]
+__all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble", "ncut_backward"]
 
 
 def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_atol: float):
@@ -37,6 +37,16 @@ def ncut_grad_assemble(P, V, scale, diag_term):
     return _reference.ncut_grad_assemble(P, V, scale, diag_term)
 
 
+def ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, gap_rtol, gap_atol):
+    args = (V, eigenvalues, degree, grad_Z, grad_eigenvalues, bool(normalized))
+    gaps = (float(gap_rtol), float(gap_atol))
+    if _extension.has_ops() and V.device.type == "cpu":
+        return torch.ops.diffeig.ncut_backward(*args, *gaps)
+    # Elsewhere (CUDA) the same computation runs as batched ATen products around the
+    # native core and assemble kernels; without the extension, all in PyTorch.
+    return _reference.ncut_backward(*args, *gaps, core=eigh_backward_core, assemble=ncut_grad_assemble)
+
+
 # --------------------------------------------------------------------------- fake kernels
 
 
@@ -54,6 +64,11 @@ def _fake_laplacian(W, normalized):
 def _fake_assemble(P, V, scale, diag_term):
     torch._check(P.shape == V.shape, lambda: "V must have the shape of P")
     return P.new_empty((*P.shape[:-1], P.shape[-2]))
+
+
+def _fake_ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, rtol, atol):
+    torch._check(V.dim() >= 2 and V.shape[-1] == V.shape[-2], lambda: "V must be (*, n, n)")
+    return V.new_empty(V.shape)
 
 
 # ------------------------------------------------------------------------------ vmap rules
@@ -85,6 +100,11 @@ def _vmap_laplacian(info, in_dims, W, normalized):
 def _vmap_assemble(info, in_dims, P, V, scale, diag_term):
     args = _batched_first(info, in_dims, (P, V, scale, diag_term))
     return torch.ops.diffeig.ncut_grad_assemble(*args), 0
+
+
+def _vmap_ncut_backward(info, in_dims, V, eigenvalues, degree, grad_Z, grad_eigenvalues, *rest):
+    args = _batched_first(info, in_dims[:5], (V, eigenvalues, degree, grad_Z, grad_eigenvalues))
+    return torch.ops.diffeig.ncut_backward(*args, *rest), 0
 
 
 # -------------------------------------------------------------------------------- autograd
@@ -134,7 +154,9 @@ def _register() -> None:
     torch.library.register_fake("diffeig::eigh_backward_core")(_fake_core)
     torch.library.register_fake("diffeig::laplacian")(_fake_laplacian)
     torch.library.register_fake("diffeig::ncut_grad_assemble")(_fake_assemble)
+    torch.library.register_fake("diffeig::ncut_backward")(_fake_ncut_backward)
     torch.library.register_vmap("diffeig::eigh_backward_core", _vmap_core)
+    torch.library.register_vmap("diffeig::ncut_backward", _vmap_ncut_backward)
     torch.library.register_vmap("diffeig::laplacian", _vmap_laplacian)
     torch.library.register_vmap("diffeig::ncut_grad_assemble", _vmap_assemble)
     torch.library.register_autograd(

@@ -17,6 +17,7 @@ __all__ = [
     "laplacian",
     "laplacian_backward",
     "ncut_grad_assemble",
+    "ncut_backward",
 ]
 
 
@@ -117,3 +118,46 @@ def ncut_grad_assemble(
     return (-0.5 * c.unsqueeze(-1)) * c.unsqueeze(-2) * S + 0.5 * (
         diag_term.unsqueeze(-1) + diag_term.unsqueeze(-2)
     )
+
+
+def ncut_backward(
+    V: torch.Tensor,
+    eigenvalues: torch.Tensor,
+    degree: torch.Tensor,
+    grad_Z: torch.Tensor,
+    grad_eigenvalues: torch.Tensor,
+    normalized: bool,
+    gap_rtol: float,
+    gap_atol: float,
+    *,
+    core=eigh_backward_core,
+    assemble=ncut_grad_assemble,
+) -> torch.Tensor:
+    """Reference of ``diffeig::ncut_backward``: dL/dW of ``sym_eigh_ncut`` (symmetric).
+
+    ``V``, ``eigenvalues``: the full eigendecomposition of the Laplacian (the first k
+    columns of ``V`` sign-fixed as returned); ``degree = W 1``. With ``k`` columns used,
+    ``gU = D^-1/2 gZ`` (normalized) or ``gZ``, ``M = K^T[:, :k] o (V^T gU) + diag(gl)``,
+    ``P = V M`` and ``gL = sym(P V_k^T)``, never formed. The chain rule through the
+    degrees needs ``sum_j gL_ij W_ij dis_j``; with ``dis_i W_ij dis_j = delta_ij - L_ij``
+    and ``L = V diag(l) V^T`` it comes from ``P``, ``Q = V diag(l) M`` and ``V_k``.
+    ``core`` and ``assemble`` let the native kernels of those two steps stand in.
+    """
+    k = grad_Z.shape[-1]
+    Vk = V[..., :k]
+    if normalized:
+        dis = degree.rsqrt()
+        X = V.mT @ (grad_Z * dis.unsqueeze(-1))
+        M = core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol)
+        PQ = V @ torch.cat([M, eigenvalues.unsqueeze(-1) * M], -1)
+        P, Q = PQ[..., :k], PQ[..., k:]
+        gL_diag = (P * Vk).sum(-1)
+        gLL_diag = 0.5 * ((P * Vk * eigenvalues[..., None, :k]).sum(-1) + (Vk * Q).sum(-1))
+        s = 2.0 * (gL_diag - gLL_diag) / dis
+        # z = D^-1/2 u: d loss / d dis_i = sum_s gZ_is u_is; d dis / d d = -dis^3 / 2.
+        grad_d = 0.5 * dis**3 * (s - (grad_Z * Vk).sum(-1))
+        return assemble(P, Vk, dis, grad_d)
+    X = V.mT @ grad_Z
+    M = core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol)
+    P = V @ M
+    return assemble(P, Vk, torch.ones_like(degree), (P * Vk).sum(-1))

@@ -79,6 +79,7 @@ class _NCutPinv(torch.autograd.Function):
         ctx.mark_non_differentiable(lam, V, d)
         ctx.save_for_backward(W, lam, V, d)
         ctx.args = (k, normalized, hermitian)
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -74,33 +74,20 @@ class _NCut(torch.autograd.Function):
         ctx.mark_non_differentiable(lam, V, d)
         ctx.save_for_backward(lam, V, d)
         ctx.args = (k, normalized, gap_rtol, gap_atol)
+        # The non-differentiable outputs (full spectrum, degrees) never get a cotangent:
+        # don't let autograd fill an N x N zero tensor for them.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lam, grad_Z, *_):
         lam, V, d = ctx.saved_tensors
         k, normalized, gap_rtol, gap_atol = ctx.args
-        Vk = V[..., :k]
-        grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, V, d, k, normalized)
-        # The k-column form of the eigenvector backward (design.md §1):
-        # gL = sym(P Vk^T) with P = V M and M = K^T[:, :k] o (V^T gU) + diag(gl).
-        M = _ops.eigh_backward_core(lam, V.mT @ grad_U, grad_lam, gap_rtol, gap_atol)
-        if normalized:
-            dis = d.rsqrt()
-            PQ = V @ torch.cat([M, lam.unsqueeze(-1) * M], -1)
-            P, Q = PQ[..., :k], PQ[..., k:]
-            # Chain rule through dis = d^-1/2 needs sum_j gL_ij W_ij dis_j. With
-            # dis_i W_ij dis_j = delta_ij - L_ij and L = V diag(l) V^T it is
-            # (gL_ii - (gL L)_ii) / dis_i, where (gL L)_ii comes from P, Q and Vk:
-            # no pass over W or over an N x N gL.
-            gL_diag = (P * Vk).sum(-1)
-            gLL_diag = 0.5 * ((P * Vk * lam[..., None, :k]).sum(-1) + (Vk * Q).sum(-1))
-            s = 2.0 * (gL_diag - gLL_diag) / dis
-            grad_d = grad_d + 0.5 * dis**3 * s
-            gW = _ops.ncut_grad_assemble(P, Vk, dis, grad_d)
-        else:
-            P = V @ M
-            gW = _ops.ncut_grad_assemble(P, Vk, torch.ones_like(d), (P * Vk).sum(-1))
+        if grad_Z is None:
+            grad_Z = V.new_zeros((*V.shape[:-1], k))
+        if grad_lam is None:
+            grad_lam = lam.new_zeros((*lam.shape[:-1], k))
+        gW = _ops.ncut_backward(V, lam, d, grad_Z, grad_lam, normalized, gap_rtol, gap_atol)
         return gW, None, None, None, None, None
 
 

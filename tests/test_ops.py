@@ -220,3 +220,72 @@ def test_has_ops_reports_the_switch():
 @pytest.mark.cuda
 def test_cuda_kernels_compiled():
     assert diffeig.has_cuda_kernels()
+
+
+def ncut_backward_samples(device="cpu"):
+    """Full eigendecompositions of real Laplacians with random cotangents."""
+    from diffeig.ncut import affinity
+
+    g = torch.Generator().manual_seed(4)
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        for batch, n, k in [((), 7, 2), ((3,), 9, 3), ((2,), 5, 1), ((0,), 4, 2)]:
+            W = affinity(torch.randn(*batch, n, 4, dtype=dtype, generator=g))
+            for normalized in (True, False):
+                L, d = _reference.laplacian(W, normalized)
+                lam, V = torch.linalg.eigh(L)  # column-major V, as the forward saves it
+                gZ = torch.randn(*batch, n, k, dtype=dtype, generator=g)
+                gl = torch.randn(*batch, k, dtype=dtype, generator=g)
+                out.append((V.to(device), lam.to(device), d.to(device), gZ.to(device),
+                            gl.to(device), normalized, n * torch.finfo(dtype).eps, 0.0))
+    return out
+
+
+@needs_ext
+def test_ncut_backward_fused_equals_composite_and_reference():
+    for args in ncut_backward_samples():
+        fused = torch.ops.diffeig.ncut_backward(*args)
+        # The composite with the native core and assemble kernels: what CUDA runs.
+        composite = _reference.ncut_backward(*args, core=torch.ops.diffeig.eigh_backward_core,
+                                             assemble=torch.ops.diffeig.ncut_grad_assemble)
+        ref = _reference.ncut_backward(*args)
+        assert fused.shape == args[0].shape
+        assert_close(fused, ref, scale=10)
+        assert_close(composite, ref, scale=10)
+        # A row-major V gives the same result.
+        assert_close(torch.ops.diffeig.ncut_backward(args[0].contiguous(), *args[1:]), fused)
+
+
+@needs_ext
+def test_ncut_backward_opcheck_and_errors():
+    for args in ncut_backward_samples():
+        torch.library.opcheck(torch.ops.diffeig.ncut_backward.default, args)
+    V, lam, d, gZ, gl = ncut_backward_samples()[2][:5]
+    with pytest.raises(RuntimeError, match="grad_Z .* and grad_eigenvalues .* must agree"):
+        torch.ops.diffeig.ncut_backward(V, lam, d, gZ, gl[..., :1], True, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="must have V's dtype"):
+        torch.ops.diffeig.ncut_backward(V, lam.double(), d, gZ, gl, True, 0.0, 0.0)
+
+
+@pytest.mark.cuda
+def test_cuda_ncut_backward_composite_matches_cpu():
+    for args in ncut_backward_samples():
+        cpu = torch.ops.diffeig.ncut_backward(*args)
+        cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        with torch.no_grad():
+            gpu = _ops.ncut_backward(*cuda_args)
+        assert_close(gpu.cpu(), cpu, scale=10)
+
+
+@pytest.mark.cuda
+def test_cuda_kernels_match_reference():
+    for args in core_samples("cuda"):
+        assert_close(torch.ops.diffeig.eigh_backward_core(*args),
+                     _reference.eigh_backward_core(*args))
+    for W, normalized in laplacian_samples("cuda"):
+        for a, b in zip(torch.ops.diffeig.laplacian(W, normalized),
+                        _reference.laplacian(W, normalized)):
+            assert_close(a, b)
+    for args in assemble_samples("cuda"):
+        assert_close(torch.ops.diffeig.ncut_grad_assemble(*args),
+                     _reference.ncut_grad_assemble(*args))

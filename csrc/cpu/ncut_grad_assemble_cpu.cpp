@@ -6,12 +6,11 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "assemble_row.h"
 
 namespace diffeig {
 namespace {
 
-// Pt, Vt are (batch, k, n): for a fixed row i the inner loop over j is then
-// contiguous and vectorizes.
 template <typename scalar_t>
 void assemble_kernel(const scalar_t* Pt, const scalar_t* Vt, const scalar_t* c, const scalar_t* g,
                      scalar_t* out, int64_t batch, int64_t n, int64_t k) {
@@ -19,23 +18,8 @@ void assemble_kernel(const scalar_t* Pt, const scalar_t* Vt, const scalar_t* c, 
   at::parallel_for(0, batch * n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / n;
-      const int64_t i = r - b * n;
-      const scalar_t* pb = Pt + b * k * n;
-      const scalar_t* vb = Vt + b * k * n;
-      const scalar_t* cb = c + b * n;
-      const scalar_t* gb = g + b * n;
-      scalar_t* o = out + r * n;
-      for (int64_t j = 0; j < n; ++j) o[j] = scalar_t(0);
-      for (int64_t s = 0; s < k; ++s) {
-        const scalar_t p_is = pb[s * n + i];
-        const scalar_t v_is = vb[s * n + i];
-        const scalar_t* vs = vb + s * n;
-        const scalar_t* ps = pb + s * n;
-        for (int64_t j = 0; j < n; ++j) o[j] += p_is * vs[j] + v_is * ps[j];
-      }
-      const scalar_t ci = scalar_t(-0.5) * cb[i];
-      const scalar_t gi = gb[i];
-      for (int64_t j = 0; j < n; ++j) o[j] = ci * cb[j] * o[j] + scalar_t(0.5) * (gi + gb[j]);
+      assemble_row(Pt + b * k * n, Vt + b * k * n, c + b * n, g + b * n, out + r * n, r - b * n,
+                   n, k);
     }
   });
 }

@@ -26,8 +26,9 @@ PAPER_TABLE3 = {  # supplement Table 3, A100 80GB, seconds
 }
 
 
-def synthetic_features(batch: int, side: int, channels: int = 384, *, seed: int = 0,
-                       dtype=torch.float32, device="cpu") -> torch.Tensor:
+def synthetic_features(
+    batch: int, side: int, channels: int = 384, *, seed: int = 0, dtype=torch.float32, device="cpu"
+) -> torch.Tensor:
     """Key-like token features ``(batch, side*side, channels)`` with spatial structure.
 
     Each image has an elliptical foreground at a random place and size; tokens are a
@@ -38,8 +39,10 @@ def synthetic_features(batch: int, side: int, channels: int = 384, *, seed: int 
     yy, xx = torch.meshgrid(torch.linspace(0, 1, side), torch.linspace(0, 1, side), indexing="ij")
     centre = 0.25 + 0.5 * torch.rand(batch, 2, generator=g)
     radius = 0.15 + 0.2 * torch.rand(batch, 2, generator=g)
-    fg = (((yy - centre[:, 0, None, None]) / radius[:, 0, None, None]) ** 2
-          + ((xx - centre[:, 1, None, None]) / radius[:, 1, None, None]) ** 2) < 1
+    fg = (
+        ((yy - centre[:, 0, None, None]) / radius[:, 0, None, None]) ** 2
+        + ((xx - centre[:, 1, None, None]) / radius[:, 1, None, None]) ** 2
+    ) < 1
     protos = torch.randn(batch, 2, channels, generator=g)
     feats = torch.where(fg[..., None], protos[:, None, None, 0], protos[:, None, None, 1])
     noise = torch.randn(batch, channels, side, side, generator=g)
@@ -102,8 +105,14 @@ def run_once(method: Callable, W: torch.Tensor, laplacian: str):
 def summarize(samples: list[float]) -> dict:
     samples = sorted(samples)
     q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
-    return {"median": statistics.median(samples), "min": samples[0], "max": samples[-1],
-            "iqr": q[2] - q[0], "n": len(samples), "samples": samples}
+    return {
+        "median": statistics.median(samples),
+        "min": samples[0],
+        "max": samples[-1],
+        "iqr": q[2] - q[0],
+        "n": len(samples),
+        "samples": samples,
+    }
 
 
 def measure_bandwidth(device="cpu", mbytes: int = 256) -> float:
@@ -120,11 +129,25 @@ def measure_bandwidth(device="cpu", mbytes: int = 256) -> float:
     return 2 * x.numel() * 4 / best / 1e9
 
 
+def measure_fresh_write(nbytes: int, device="cpu") -> float:
+    """Seconds to allocate and fill a new tensor of ``nbytes``: on CPU this includes the
+    page faults of a fresh allocation, which every backward pays for its dL/dW."""
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def git_sha() -> str:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=here,
-                                       stderr=subprocess.DEVNULL, text=True).strip()
+        return subprocess.check_output(
+            ["git", "rev-parse", "HEAD"], cwd=here, stderr=subprocess.DEVNULL, text=True
+        ).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

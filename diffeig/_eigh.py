@@ -118,7 +118,6 @@ class _Eigh(torch.autograd.Function):
         return eigh_backward(L, V, grad_L, grad_V, *ctx.gaps), None, None, None
 
 
-
 class _EighWithJvp(_Eigh):
     """``_Eigh`` plus forward-mode AD. Dynamo cannot trace a Function that defines
     ``jvp``, so ``torch.compile`` gets :class:`_Eigh` and eager code gets this one."""

@@ -44,7 +44,9 @@ def ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, 
         return torch.ops.diffeig.ncut_backward(*args, *gaps)
     # Elsewhere (CUDA) the same computation runs as batched ATen products around the
     # native core and assemble kernels; without the extension, all in PyTorch.
-    return _reference.ncut_backward(*args, *gaps, core=eigh_backward_core, assemble=ncut_grad_assemble)
+    return _reference.ncut_backward(
+        *args, *gaps, core=eigh_backward_core, assemble=ncut_grad_assemble
+    )
 
 
 # --------------------------------------------------------------------------- fake kernels

@@ -355,9 +355,15 @@ def test_bad_input(A, match):
         diffeig.eigvalsh(A)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"UPLO": "X"}, "UPLO"), ({"gap_eps": -1.0}, "gap_eps"),
-                                           ({"gap_eps": float("nan")}, "gap_eps"),
-                                           ({"gap_eps": "1e-9"}, "gap_eps")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"UPLO": "X"}, "UPLO"),
+        ({"gap_eps": -1.0}, "gap_eps"),
+        ({"gap_eps": float("nan")}, "gap_eps"),
+        ({"gap_eps": "1e-9"}, "gap_eps"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         diffeig.eigh(torch.eye(3), **kwargs)

@@ -31,10 +31,13 @@ def graphs(dtype=torch.float64):
     g = torch.Generator().manual_seed(7)
     out = {}
     out["weighted"] = affinity(features((3,), 12, dtype=dtype))
-    out["binary"] = affinity(features((2,), 12, seed=1, dtype=dtype), tau=0.2, eps=1e-5,
-                             mode="binary")
-    blocks = torch.block_diag(torch.rand(5, 5, generator=g, dtype=dtype) + 0.5,
-                              torch.rand(6, 6, generator=g, dtype=dtype) + 0.5)
+    out["binary"] = affinity(
+        features((2,), 12, seed=1, dtype=dtype), tau=0.2, eps=1e-5, mode="binary"
+    )
+    blocks = torch.block_diag(
+        torch.rand(5, 5, generator=g, dtype=dtype) + 0.5,
+        torch.rand(6, 6, generator=g, dtype=dtype) + 0.5,
+    )
     blocks = blocks + 1e-4  # weakly connected
     out["block"] = 0.5 * (blocks + blocks.T)
     return out
@@ -88,8 +91,9 @@ def test_trivial_pair_and_d_orthonormality():
     lam, Z = sym_eigh_ncut(W, 3)
     d = W.sum(-1)
     # z^T D z = I
-    assert_close(Z.mT @ (d.unsqueeze(-1) * Z), torch.eye(3, dtype=W.dtype).expand(3, 3, 3),
-                 scale=1e3)
+    assert_close(
+        Z.mT @ (d.unsqueeze(-1) * Z), torch.eye(3, dtype=W.dtype).expand(3, 3, 3), scale=1e3
+    )
     # l_1 = 0 and z_1 constant on a connected graph
     assert_close(lam[..., 0], torch.zeros(3, dtype=W.dtype), scale=1e4)
     z1 = Z[..., 0]

@@ -108,8 +108,10 @@ def test_laplacian_native_equals_reference(device):
         Lr, dr = _reference.laplacian(W, normalized)
         assert_close(L, Lr)
         assert_close(d, dr)
-        assert_close(torch.ops.diffeig.laplacian(W.mT, normalized)[0],
-                     _reference.laplacian(W.mT, normalized)[0])
+        assert_close(
+            torch.ops.diffeig.laplacian(W.mT, normalized)[0],
+            _reference.laplacian(W.mT, normalized)[0],
+        )
 
 
 @needs_ext
@@ -152,8 +154,10 @@ def test_core_gradcheck_and_gradgradcheck(dtype, backend):
 def test_core_vmap_rule():
     args = core_samples()[3]  # float32, batch (3,), with grad_eigenvalues
     lam, X, gl = args[:3]
-    out = torch.func.vmap(lambda l, x, g: torch.ops.diffeig.eigh_backward_core(l, x, g, *args[3:]),
-                          in_dims=(0, 0, None))(lam, X, gl[0])
+    out = torch.func.vmap(
+        lambda l, x, g: torch.ops.diffeig.eigh_backward_core(l, x, g, *args[3:]),
+        in_dims=(0, 0, None),
+    )(lam, X, gl[0])
     ref = _reference.eigh_backward_core(lam, X, gl[0].expand_as(gl), *args[3:])
     assert_close(out, ref)
 
@@ -162,27 +166,56 @@ def test_core_vmap_rule():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(4, 2), None, 0.0, 0.0),
-         "X must have n = 3 rows"),
-        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(3, 4), None, 0.0, 0.0),
-         "X must have at most n = 3 columns"),
-        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3, dtype=torch.int32),
-                                                      torch.ones(3, 2), None, 0.0, 0.0),
-         "eigenvalues must be float32 or float64"),
-        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(3, 2), torch.ones(3),
-                                                      0.0, 0.0),
-         "grad_eigenvalues must have k = 2"),
-        (lambda: torch.ops.diffeig.eigh_backward_core(torch.ones(3), torch.ones(3, 2), None, -1.0, 0.0),
-         "gap_rtol and gap_atol must be non-negative"),
-        (lambda: torch.ops.diffeig.laplacian(torch.ones(3, 4), True), "W must be a batch of square"),
-        (lambda: torch.ops.diffeig.laplacian(torch.ones(3, 3, dtype=torch.int64), True),
-         "W must be float32 or float64"),
-        (lambda: torch.ops.diffeig.ncut_grad_assemble(torch.ones(3, 2), torch.ones(3, 1),
-                                                      torch.ones(3), torch.ones(3)),
-         "V must have the shape of P"),
-        (lambda: torch.ops.diffeig.ncut_grad_assemble(torch.ones(3, 2), torch.ones(3, 2),
-                                                      torch.ones(4), torch.ones(3)),
-         "scale and diag_term must have n = 3"),
+        (
+            lambda: torch.ops.diffeig.eigh_backward_core(
+                torch.ones(3), torch.ones(4, 2), None, 0.0, 0.0
+            ),
+            "X must have n = 3 rows",
+        ),
+        (
+            lambda: torch.ops.diffeig.eigh_backward_core(
+                torch.ones(3), torch.ones(3, 4), None, 0.0, 0.0
+            ),
+            "X must have at most n = 3 columns",
+        ),
+        (
+            lambda: torch.ops.diffeig.eigh_backward_core(
+                torch.ones(3, dtype=torch.int32), torch.ones(3, 2), None, 0.0, 0.0
+            ),
+            "eigenvalues must be float32 or float64",
+        ),
+        (
+            lambda: torch.ops.diffeig.eigh_backward_core(
+                torch.ones(3), torch.ones(3, 2), torch.ones(3), 0.0, 0.0
+            ),
+            "grad_eigenvalues must have k = 2",
+        ),
+        (
+            lambda: torch.ops.diffeig.eigh_backward_core(
+                torch.ones(3), torch.ones(3, 2), None, -1.0, 0.0
+            ),
+            "gap_rtol and gap_atol must be non-negative",
+        ),
+        (
+            lambda: torch.ops.diffeig.laplacian(torch.ones(3, 4), True),
+            "W must be a batch of square",
+        ),
+        (
+            lambda: torch.ops.diffeig.laplacian(torch.ones(3, 3, dtype=torch.int64), True),
+            "W must be float32 or float64",
+        ),
+        (
+            lambda: torch.ops.diffeig.ncut_grad_assemble(
+                torch.ones(3, 2), torch.ones(3, 1), torch.ones(3), torch.ones(3)
+            ),
+            "V must have the shape of P",
+        ),
+        (
+            lambda: torch.ops.diffeig.ncut_grad_assemble(
+                torch.ones(3, 2), torch.ones(3, 2), torch.ones(4), torch.ones(3)
+            ),
+            "scale and diag_term must have n = 3",
+        ),
     ],
 )
 def test_kernel_argument_errors(call, match):
@@ -236,8 +269,18 @@ def ncut_backward_samples(device="cpu"):
                 lam, V = torch.linalg.eigh(L)  # column-major V, as the forward saves it
                 gZ = torch.randn(*batch, n, k, dtype=dtype, generator=g)
                 gl = torch.randn(*batch, k, dtype=dtype, generator=g)
-                out.append((V.to(device), lam.to(device), d.to(device), gZ.to(device),
-                            gl.to(device), normalized, n * torch.finfo(dtype).eps, 0.0))
+                out.append(
+                    (
+                        V.to(device),
+                        lam.to(device),
+                        d.to(device),
+                        gZ.to(device),
+                        gl.to(device),
+                        normalized,
+                        n * torch.finfo(dtype).eps,
+                        0.0,
+                    )
+                )
     return out
 
 
@@ -246,8 +289,11 @@ def test_ncut_backward_fused_equals_composite_and_reference():
     for args in ncut_backward_samples():
         fused = torch.ops.diffeig.ncut_backward(*args)
         # The composite with the native core and assemble kernels: what CUDA runs.
-        composite = _reference.ncut_backward(*args, core=torch.ops.diffeig.eigh_backward_core,
-                                             assemble=torch.ops.diffeig.ncut_grad_assemble)
+        composite = _reference.ncut_backward(
+            *args,
+            core=torch.ops.diffeig.eigh_backward_core,
+            assemble=torch.ops.diffeig.ncut_grad_assemble,
+        )
         ref = _reference.ncut_backward(*args)
         assert fused.shape == args[0].shape
         assert_close(fused, ref, scale=10)
@@ -280,12 +326,15 @@ def test_cuda_ncut_backward_composite_matches_cpu():
 @pytest.mark.cuda
 def test_cuda_kernels_match_reference():
     for args in core_samples("cuda"):
-        assert_close(torch.ops.diffeig.eigh_backward_core(*args),
-                     _reference.eigh_backward_core(*args))
+        assert_close(
+            torch.ops.diffeig.eigh_backward_core(*args), _reference.eigh_backward_core(*args)
+        )
     for W, normalized in laplacian_samples("cuda"):
-        for a, b in zip(torch.ops.diffeig.laplacian(W, normalized),
-                        _reference.laplacian(W, normalized)):
+        for a, b in zip(
+            torch.ops.diffeig.laplacian(W, normalized), _reference.laplacian(W, normalized)
+        ):
             assert_close(a, b)
     for args in assemble_samples("cuda"):
-        assert_close(torch.ops.diffeig.ncut_grad_assemble(*args),
-                     _reference.ncut_grad_assemble(*args))
+        assert_close(
+            torch.ops.diffeig.ncut_grad_assemble(*args), _reference.ncut_grad_assemble(*args)
+        )

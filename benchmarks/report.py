@@ -1,0 +1,54 @@
+"""Print the Markdown table of a backward_timing.py JSON (as quoted in the README).
+
+python benchmarks/report.py benchmarks/results/cpu-2core-float32.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def report(path: str) -> str:
+    with open(path) as fh:
+        d = json.load(fh)
+    md = d["metadata"]
+    lines = [
+        "| Method | Architecture | Forward | Backward | Total |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in d["results"]:
+        for m, row in r["methods"].items():
+            nan = (
+                f" (non-finite grads on {100 * row['nan_fraction']:.1f}% of graphs)"
+                if row["nan_fraction"]
+                else ""
+            )
+            lines.append(
+                f"| {m}{nan} | {r['setting']} | {row['forward']['median']:.4f} | "
+                f"{row['backward']['median']:.4f} | {row['total']:.4f} |"
+            )
+    lines.append("")
+    for r in d["results"]:
+        q = r["ratios"]
+        lines.append(
+            f"- {r['setting']}: backward pinv / ours **{q['pinv_over_ours_backward']:.0f}x**, "
+            f"total pinv / ours **{q['pinv_over_ours_total']:.1f}x**, "
+            f"backward torch / ours **{q['torch_over_ours_backward']:.1f}x**; ours is "
+            f"{q['ours_backward_over_floor']:.1f}x the memory floor (read V twice, write dL/dW once "
+            f"at the measured {d['bandwidth_GBps']:.0f} GB/s) and "
+            f"{q['ours_backward_over_fresh_allocation_floor']:.1f}x that floor plus the page faults "
+            "of a freshly allocated dL/dW."
+        )
+    lines.append("")
+    lines.append(
+        f"Machine: {md['device']}, {md['threads']} threads, torch {md['torch']}, "
+        f"git {md['git_sha'][:10]}{'-dirty' if md['git_sha'].endswith('dirty') else ''}, "
+        f"{md['date']}; command `make bench`, {d['args']['dtype']}, "
+        f"laplacian={d['args']['laplacian']}."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(sys.argv[1]))

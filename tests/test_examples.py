@@ -35,3 +35,22 @@ def test_readme_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["torch_grad"].isnan().any()
     assert namespace["ours_grad"].isfinite().all()
+
+
+def test_ncut_doc_snippet_runs():
+    with open(os.path.join(ROOT, "docs", "ncut.md")) as fh:
+        text = fh.read()
+    start = text.index("```python\n", text.index("A minimal version")) + len("```python\n")
+    namespace: dict = {}
+    exec(compile(text[start : text.index("```", start)], "docs/ncut.md", "exec"), namespace)
+    assert namespace["fg"].shape == (4, 196) and namespace["mask"].shape == (4, 196)
+
+
+@pytest.mark.parametrize("module", ["diffeig._eigh", "diffeig.ncut"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

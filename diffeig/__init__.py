@@ -2,6 +2,7 @@
 
 - :func:`eigh`, :func:`eigvalsh`: drop-ins for ``torch.linalg``'s, with a masked
   reciprocal-gap backward; :class:`patch_torch` swaps them into third-party code.
+- :func:`eigsh`: k extreme eigenpairs by batched LOBPCG, backward by shifted solves.
 - :func:`sym_eigh_ncut`: the normalized-cut eigenproblem with an O(N^2 k) backward;
   :mod:`diffeig.ncut` has the affinity and bipartition helpers.
 - :mod:`diffeig.baselines`: the pseudo-inverse backward it replaces.
@@ -11,13 +12,16 @@ The fine-tuning recipe lives in ``diffeig.dncut`` and is never imported from her
 
 from diffeig import ncut
 from diffeig._eigh import eigh, eigvalsh, gap_tolerances, patch_torch
+from diffeig._eigsh import LobpcgInfo, eigsh
 from diffeig._extension import has_cuda_kernels, has_ops, load_error
 from diffeig.ncut import sym_eigh_ncut
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LobpcgInfo",
     "eigh",
+    "eigsh",
     "eigvalsh",
     "gap_tolerances",
     "has_cuda_kernels",

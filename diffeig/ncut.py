@@ -148,6 +148,10 @@ def sym_eigh_ncut(
     laplacian: str = "ncut",
     gap_eps: float | None = None,
     sign: str | None = "max",
+    method: str = "dense",
+    tol: float | None = None,
+    max_iter: int = 1000,
+    on_fail: str = "warn",
 ):
     r"""The k smallest eigenpairs of a graph's normalized cut, with a cheap exact backward.
 
@@ -173,6 +177,13 @@ def sym_eigh_ncut(
         sign: ``'max'`` (default) flips each eigenvector so its entry of largest magnitude
             is positive; ``'sum'`` so that its sum is >= 0 (the authors' code);
             ``None`` keeps LAPACK's signs.
+        method: ``'dense'`` (default): a full ``torch.linalg.eigh``, backward as above.
+            ``'lobpcg'``: only the k pairs, by batched LOBPCG with the trivial pair
+            deflated exactly; backward by shifted conjugate-gradient solves
+            (:func:`diffeig.eigsh`). Needs ``l_k < l_{k+1}`` (a graph with more than k
+            connected components makes the solves singular).
+        tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
+            limit, and ``'warn'`` or ``'raise'`` when it did not converge.
 
     Returns:
         ``(eigenvalues, eigenvectors)``: ``(*, k)`` ascending and ``(*, N, k)``.
@@ -195,9 +206,96 @@ def sym_eigh_ncut(
     normalized = laplacian == "ncut"
     check_affinity(W, normalized=normalized)
     _check_k(k, W.shape[-1])
+    if method not in ("dense", "lobpcg"):
+        raise ValueError(f"method must be 'dense' or 'lobpcg', got {method!r}")
     gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
+    if method == "lobpcg":
+        return _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail)
     lam, Z, *_ = _NCut.apply(W, k, normalized, sign, gap_rtol, gap_atol)
     return lam, Z
+
+
+class _NCutLobpcg(torch.autograd.Function):
+    """The k smallest NCut pairs by LOBPCG; backward by shifted solves, W never re-read."""
+
+    @staticmethod
+    def forward(ctx, W, k, normalized, sign, gaps, solver):
+        from diffeig._eigsh import run_lobpcg
+
+        tol, max_iter, on_fail, cg_tol = solver
+        L, d = _ops.laplacian(0.5 * (W + W.mT), normalized)
+        # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
+        u1 = d.sqrt() if normalized else torch.ones_like(d)
+        u1 = (u1 / u1.norm(dim=-1, keepdim=True)).unsqueeze(-1)
+        if k == 1:
+            lam, U = torch.zeros_like(d[..., :1]), u1
+        else:
+            # Normalized spectrum lies in [0, 2]. D - W has diagonal D: Jacobi
+            # preconditioning undoes the spread of the degrees.
+            scale = torch.full_like(d[..., 0], 2.0) if normalized else None
+            dinv = (
+                None if normalized else (1 / d.clamp_min(torch.finfo(d.dtype).tiny)).unsqueeze(-1)
+            )
+            theta, X, _ = run_lobpcg(
+                L,
+                k - 1,
+                largest=False,
+                constraints=u1,
+                tol=tol,
+                max_iter=max_iter,
+                on_fail=on_fail,
+                scale=scale,
+                preconditioner=None if dinv is None else (lambda R: R * dinv),
+            )
+            lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
+            U = torch.cat([u1, X], -1)
+        dis = d.rsqrt() if normalized else None
+        U = U * _sign(U * dis.unsqueeze(-1) if normalized else U, sign)
+        Z = U * dis.unsqueeze(-1) if normalized else U.clone()
+        ctx.save_for_backward(L, d, lam, U)
+        ctx.args = (normalized, gaps, cg_tol, max_iter)
+        ctx.set_materialize_grads(False)
+        return lam, Z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lam, grad_Z):
+        from diffeig._lobpcg import partial_eigh_factor
+
+        L, d, lam, U = ctx.saved_tensors
+        normalized, (gap_rtol, gap_atol), cg_tol, max_iter = ctx.args
+        k = U.shape[-1]
+        grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, U, d, k, normalized)
+        # dL/dL_sym = sym(P U^T), never formed.
+        P = partial_eigh_factor(
+            L, lam, U, grad_lam, grad_U, gap_rtol, gap_atol, cg_tol=cg_tol, cg_max_iter=max_iter
+        )
+        if normalized:
+            # sum_j gL_ij W_ij dis_j from dis_i W_ij dis_j = delta_ij - L_ij, L U = U diag(l)
+            # and one product L P: s_i = (P_i . U_i (1 - l) + U_i . (P - L P)_i) / dis_i.
+            dis = d.rsqrt()
+            LP = L @ P
+            s = ((P * U * (1 - lam.unsqueeze(-2))).sum(-1) + (U * (P - LP)).sum(-1)) / dis
+            grad_d = grad_d + 0.5 * dis**3 * s
+            gW = _ops.ncut_grad_assemble(P, U, dis, grad_d)
+        else:
+            gW = _ops.ncut_grad_assemble(P, U, torch.ones_like(d), (P * U).sum(-1))
+        return gW, None, None, None, None, None
+
+
+def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail):
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if on_fail not in ("warn", "raise"):
+        raise ValueError(f"on_fail must be 'warn' or 'raise', got {on_fail!r}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    from diffeig._lobpcg import default_tol
+
+    cg_tol = default_tol(W.dtype) if tol is None else tol
+    return _NCutLobpcg.apply(
+        W, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol)
+    )
 
 
 def affinity(

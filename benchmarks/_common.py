@@ -68,10 +68,16 @@ def torch_autograd_ncut(W: torch.Tensor, k: int = 2, *, laplacian: str = "ncut")
     return lam[..., :k], Z * _sign(Z.detach(), "max")
 
 
+def lobpcg_ncut(W: torch.Tensor, k: int = 2, *, laplacian: str = "ncut"):
+    """Ours with the iterative partial forward (LOBPCG) and shifted-solve backward."""
+    return diffeig.sym_eigh_ncut(W, k, laplacian=laplacian, method="lobpcg")
+
+
 METHODS: dict[str, Callable] = {
     "Pseudo-inverse": sym_eigh_ncut_pinv,
     "Ours": diffeig.sym_eigh_ncut,
     "torch.linalg.eigh autograd": torch_autograd_ncut,
+    "Ours, LOBPCG forward": lobpcg_ncut,
 }
 
 

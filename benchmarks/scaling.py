@@ -65,7 +65,12 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    styles = {"Ours": "C0", "Pseudo-inverse": "C3", "torch.linalg.eigh autograd": "C2"}
+    styles = {
+        "Ours": "C0",
+        "Pseudo-inverse": "C3",
+        "torch.linalg.eigh autograd": "C2",
+        "Ours, LOBPCG forward": "C1",
+    }
     for m, color in styles.items():
         pts = [(r["N"], r["methods"][m]) for r in results if m in r["methods"]]
         ns = [n for n, _ in pts]
@@ -125,6 +130,15 @@ def main(argv=None):
         "backward cost ~ N^a for N >= 256: "
         + ", ".join(f"{m}: a = {a:.2f}" for m, a in exponents.items())
     )
+    key = "Ours, LOBPCG forward"
+    pts = [
+        (r["N"], r["methods"][key]["forward"]["median"] + r["methods"][key]["backward"]["median"])
+        for r in results
+        if r["N"] >= 256
+    ]
+    if len(pts) >= 2:
+        exponents[f"{key}: forward + backward"] = slope(*zip(*pts))
+        print(f"{key}: forward + backward ~ N^{exponents[f'{key}: forward + backward']:.2f}")
     if args.plot:
         plot(results, args.plot)
     if args.json:

@@ -233,6 +233,7 @@ def print_table(results, args, bandwidth):
             f"  {r['setting']:16s} backward pinv/ours {q['pinv_over_ours_backward']:7.1f}x | "
             f"total pinv/ours {q['pinv_over_ours_total']:5.2f}x | "
             f"backward torch/ours {q['torch_over_ours_backward']:6.1f}x | "
+            f"total ours dense/LOBPCG {q['dense_over_lobpcg_total']:5.2f}x | "
             f"ours = {q['ours_backward_over_floor']:.1f}x the memory floor "
             f"({1e3 * r['floor_seconds']:.2f} ms: read V twice + write dL/dW at {bandwidth:.1f} GB/s), "
             f"{q['ours_backward_over_fresh_allocation_floor']:.1f}x the floor with a freshly allocated dL/dW "

@@ -34,7 +34,8 @@ def report(path: str) -> str:
         lines.append(
             f"- {r['setting']}: backward pinv / ours **{q['pinv_over_ours_backward']:.0f}x**, "
             f"total pinv / ours **{q['pinv_over_ours_total']:.1f}x**, "
-            f"backward torch / ours **{q['torch_over_ours_backward']:.1f}x**; ours is "
+            f"backward torch / ours **{q['torch_over_ours_backward']:.1f}x**, "
+            f"total ours dense / ours LOBPCG **{q['dense_over_lobpcg_total']:.2f}x**; ours is "
             f"{q['ours_backward_over_floor']:.1f}x the memory floor (read V twice, write dL/dW once "
             f"at the measured {d['bandwidth_GBps']:.0f} GB/s) and "
             f"{q['ours_backward_over_fresh_allocation_floor']:.1f}x that floor plus the page faults "

@@ -77,17 +77,18 @@ def plot(results, path):
         ax.loglog(
             ns, [v["backward"]["median"] for _, v in pts], "o-", color=color, label=f"{m}: backward"
         )
-        if m == "Ours":
+        if m in ("Ours", "Ours, LOBPCG forward"):
+            dense = m == "Ours"
             ax.loglog(
                 ns,
                 [v["forward"]["median"] for _, v in pts],
                 "s--",
-                color="0.4",
-                label="forward (eigh, same for all)",
+                color="0.4" if dense else color,
+                label="forward: dense eigh (first three)" if dense else "forward: LOBPCG",
             )
     ax.set_xlabel("tokens N")
     ax.set_ylabel("seconds per batch (median)")
-    ax.set_title(f"NCut eigenvector gradient, batch {results[0]['batch']}")
+    ax.set_title(f"NCut (k = 2) forward and backward, batch {results[0]['batch']}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -43,6 +43,16 @@ class _PartialEigh(torch.autograd.Function):
         return gA, None, None, None, None, None, None
 
 
+def check_solver_options(tol, max_iter, on_fail) -> None:
+    """The iterative solver's options, as ``eigsh`` and ``sym_eigh_ncut`` take them."""
+    if on_fail not in ("warn", "raise"):
+        raise ValueError(f"on_fail must be 'warn' or 'raise', got {on_fail!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
+
+
 def default_block(k: int, n: int) -> int:
     """Block size: k wanted columns plus guard vectors, which speed up convergence."""
     return min(n, k + max(k, 4))
@@ -64,7 +74,7 @@ def run_lobpcg(
         lam, V = _dense(A, k + r, largest)
         if constraints is not None:  # drop the pairs spanned by the constraints
             overlap = (constraints.mT @ V).square().sum(-2)
-            keep = overlap.argsort(-1, stable=True)[..., :k].sort(-1).values
+            keep = overlap.argsort(dim=-1, stable=True)[..., :k].sort(-1).values
             lam = torch.gather(lam, -1, keep)
             V = torch.gather(V, -1, keep.unsqueeze(-2).expand(*V.shape[:-1], k))
         return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
@@ -143,12 +153,7 @@ def eigsh(
         raise ValueError(f"k must be an int in [1, N] = [1, {n}], got {k!r}")
     if method not in ("lobpcg", "dense"):
         raise ValueError(f"method must be 'lobpcg' or 'dense', got {method!r}")
-    if on_fail not in ("warn", "raise"):
-        raise ValueError(f"on_fail must be 'warn' or 'raise', got {on_fail!r}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol!r}")
+    check_solver_options(tol, max_iter, on_fail)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, k, A.dtype)
     cg_tol = default_tol(A.dtype) if tol is None else tol
     infos = []

@@ -284,14 +284,10 @@ class _NCutLobpcg(torch.autograd.Function):
 
 
 def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail):
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    if on_fail not in ("warn", "raise"):
-        raise ValueError(f"on_fail must be 'warn' or 'raise', got {on_fail!r}")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol!r}")
+    from diffeig._eigsh import check_solver_options
     from diffeig._lobpcg import default_tol
 
+    check_solver_options(tol, max_iter, on_fail)
     cg_tol = default_tol(W.dtype) if tol is None else tol
     return _NCutLobpcg.apply(
         W, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol)

@@ -144,6 +144,21 @@ def test_ncut_lobpcg_matches_dense_float64(laplacian, k, backend):
 
 
 @pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+def test_ncut_lobpcg_small_graph_dense_fallback(laplacian):
+    # N = 12: the LOBPCG block would not be small, so the k pairs come from a dense
+    # solve with the trivial pair removed by its overlap; same results, same backward.
+    W0 = graphs(n=12)
+    out = []
+    for method in ("dense", "lobpcg"):
+        W = W0.clone().requires_grad_()
+        lam, Z = sym_eigh_ncut(W, 3, laplacian=laplacian, method=method)
+        (lam.sum() + Z[..., 1:].pow(3).sum()).backward()
+        out.append((lam.detach(), Z.detach(), W.grad))
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9 * max(a.abs().max().item(), 1))
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
 def test_ncut_lobpcg_float32_agrees_with_float64(laplacian):
     W = graphs()
     lam64, Z64 = sym_eigh_ncut(W, 2, laplacian=laplacian)

@@ -80,7 +80,10 @@ def run_lobpcg(
         return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
     X0 = initial_block((*A.shape[:-1], m), A.dtype, A.device)
     if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
-        scale = A.abs().sum(-1).amax(-1)
+        flat = A.reshape(-1, *A.shape[-2:])
+        # per chunk of matrices: the |A| temporary is recycled, not page-faulted anew
+        scale = torch.cat([c.abs().sum(-1).amax(-1) for c in flat.split(32)])
+        scale = scale.reshape(A.shape[:-2])
     theta, X, info = lobpcg(
         lambda Y: A @ Y,
         X0,

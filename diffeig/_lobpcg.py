@@ -205,17 +205,18 @@ def partial_eigh_factor(
     P = X @ M
     if bool((grad_X != 0).any()):
         s = -1.0 if largest else 1.0
-        # The shifted systems are as ill-conditioned as (l_max - l_j) / (l_{k+1} - l_j);
-        # in float32 CG loses positivity to rounding long before it converges, so the
-        # solves run in float64.
+        # The CG recurrences, the shift and the projector run in float64; the product
+        # with A stays in A's dtype (its rounding, ~eps |A| |y|, is far below the
+        # tolerance), so A is never copied.
         wide = torch.promote_types(A.dtype, torch.float64)
-        A64, th64 = A.to(wide), theta.to(wide)
+        th64 = theta.to(wide)
         # An exactly orthonormal basis of span(X) in float64: with X's own rounding the
         # projector leaks, and CG then chases components that A - l_j cannot reduce.
         X64 = torch.linalg.qr(X.to(wide)).Q
 
         def op(Y):
-            return s * _project(A64 @ Y - Y * th64.unsqueeze(-2), X64)
+            AY = (A @ Y.to(A.dtype)).to(wide)
+            return s * _project(AY - Y * th64.unsqueeze(-2), X64)
 
         g64 = grad_X.to(wide)
         rhs = _project(g64, X64)

@@ -223,7 +223,8 @@ class _NCutLobpcg(torch.autograd.Function):
         from diffeig._eigsh import run_lobpcg
 
         tol, max_iter, on_fail, cg_tol = solver
-        L, d = _ops.laplacian(0.5 * (W + W.mT), normalized)
+        # W is symmetric (checked); the backward returns the symmetric gradient.
+        L, d = _ops.laplacian(W, normalized)
         # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
         u1 = d.sqrt() if normalized else torch.ones_like(d)
         u1 = (u1 / u1.norm(dim=-1, keepdim=True)).unsqueeze(-1)
@@ -232,7 +233,8 @@ class _NCutLobpcg(torch.autograd.Function):
         else:
             # Normalized spectrum lies in [0, 2]. D - W has diagonal D: Jacobi
             # preconditioning undoes the spread of the degrees.
-            scale = torch.full_like(d[..., 0], 2.0) if normalized else None
+            # Gershgorin bounds |L|: 2 for the normalized Laplacian, 2 max(d) for D - W.
+            scale = torch.full_like(d[..., 0], 2.0) if normalized else 2 * d.amax(-1)
             dinv = (
                 None if normalized else (1 / d.clamp_min(torch.finfo(d.dtype).tiny)).unsqueeze(-1)
             )

@@ -41,6 +41,14 @@ def report(path: str) -> str:
             f"{q['ours_backward_over_fresh_allocation_floor']:.1f}x that floor plus the page faults "
             "of a freshly allocated dL/dW."
         )
+    for r in d["results"]:
+        errs = next(v for k, v in r["check"].items() if k.endswith("_rel_error_vs_float64"))
+        lines.append(
+            f"- {r['setting']}, {d['args']['dtype']} gradient error against float64 on "
+            f"{d['args']['check_samples']} graphs: "
+            + ", ".join(f"{m} {e:.1e}" for m, e in errs.items())
+            + " (the float32 dense eigh's eigenvectors limit the first three)."
+        )
     lines.append("")
     lines.append(
         f"Machine: {md['device']}, {md['threads']} threads, torch {md['torch']}, "

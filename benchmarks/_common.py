@@ -181,6 +181,10 @@ def metadata(device) -> dict:
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # the allocator decides whether a large new tensor page-faults (see README)
+        "allocator_env": {
+            k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"
+        },
     }
 
 

@@ -53,7 +53,7 @@ def report(path: str) -> str:
     lines.append(
         f"Machine: {md['device']}, {md['threads']} threads, torch {md['torch']}, "
         f"git {md['git_sha'][:10]}{'-dirty' if md['git_sha'].endswith('dirty') else ''}, "
-        f"{md['date']}; command `make bench`, {d['args']['dtype']}, "
+        f"{md['date']}; {d['args']['dtype']}, "
         f"laplacian={d['args']['laplacian']}."
     )
     return "\n".join(lines)

@@ -47,6 +47,22 @@ def test_eigsh_matches_dense(largest):
     torch.testing.assert_close(X @ X.mT, ref_V @ ref_V.mT, rtol=0, atol=1e-7)
 
 
+def test_lobpcg_sparse_convergence_checks_give_the_same_pairs():
+    # On CUDA the convergence test is read back every few iterations; converged
+    # matrices are frozen in between, so the result matches checking every iteration.
+    from diffeig._lobpcg import lobpcg
+
+    lam = torch.stack([torch.linspace(0, 1, 60), torch.logspace(-1, 1, 60)]).double()
+    A = spectrum_matrix(60, lam.unsqueeze(-2), batch=(2,))
+    X0 = torch.randn(2, 60, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t1, X1, i1 = lobpcg(lambda Y: A @ Y, X0, 3, check_every=1)
+    t3, X3, i3 = lobpcg(lambda Y: A @ Y, X0, 3, check_every=3)
+    assert i1.converged and i3.converged and i3.iterations % 3 == 0
+    assert i3.iterations >= i1.iterations
+    torch.testing.assert_close(t3, t1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(X3 @ X3.mT, X1 @ X1.mT, rtol=0, atol=1e-8)
+
+
 def test_eigsh_dense_method_and_small_fallback():
     A = random_hermitian(2, 8, 8)
     for method in ("dense", "lobpcg"):  # N = 8 is below the LOBPCG block: dense fallback

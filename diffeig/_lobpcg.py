@@ -201,6 +201,8 @@ def partial_eigh_factor(
 ) -> torch.Tensor:
     """``P`` with ``dL/dA = sym(P X^T)``, from k known eigenpairs ``A X = X diag(theta)``.
 
+    ``A`` is a tensor or a function ``Y -> A @ Y`` (matrix-free).
+
     Within the k pairs: masked reciprocal gaps (``X M``). For the rest of the space the
     shifted solves ``(A - theta_j) y_j = (I - X X^T) g_j``, ``y_j ⟂ X`` (positive definite
     there for the smallest pairs), by batched conjugate gradients: ``P = X M - Y``
@@ -215,14 +217,16 @@ def partial_eigh_factor(
         # The CG recurrences, the shift and the projector run in float64; the product
         # with A stays in A's dtype (its rounding, ~eps |A| |y|, is far below the
         # tolerance), so A is never copied.
-        wide = torch.promote_types(A.dtype, torch.float64)
+        wide = torch.promote_types(X.dtype, torch.float64)
         th64 = theta.to(wide)
         # An exactly orthonormal basis of span(X) in float64: with X's own rounding the
         # projector leaks, and CG then chases components that A - l_j cannot reduce.
         X64 = torch.linalg.qr(X.to(wide)).Q
 
+        apply = A if callable(A) else (lambda Y: A @ Y)
+
         def op(Y):
-            AY = (A @ Y.to(A.dtype)).to(wide)
+            AY = apply(Y.to(X.dtype)).to(wide)
             return s * _project(AY - Y * th64.unsqueeze(-2), X64)
 
         g64 = grad_X.to(wide)
@@ -232,7 +236,7 @@ def partial_eigh_factor(
         Y, _, _ = batched_cg(
             op, s * rhs, tol=cg_tol, max_iter=cg_max_iter, ref_norm=g64.norm(dim=-2, keepdim=True)
         )
-        P = P - Y.to(A.dtype)
+        P = P - Y.to(X.dtype)
     return P
 
 

@@ -13,7 +13,15 @@ import torch
 from diffeig import _ops
 from diffeig._eigh import _is_traced, _torch_eigh, gap_tolerances
 
-__all__ = ["sym_eigh_ncut", "affinity", "bipartition", "seed", "LAPLACIANS", "SIGN_RULES"]
+__all__ = [
+    "sym_eigh_ncut",
+    "ncut_operator",
+    "affinity",
+    "bipartition",
+    "seed",
+    "LAPLACIANS",
+    "SIGN_RULES",
+]
 
 LAPLACIANS = ("ncut", "unnormalized")
 SIGN_RULES = ("max", "sum", None)
@@ -367,3 +375,11 @@ def bipartition(z: torch.Tensor, *, rule: str = "zero", foreground: str | None =
     else:
         flip = ~torch.gather(above, -1, seed(z).unsqueeze(-1))
     return above ^ flip
+
+
+def ncut_operator(*args, **kwargs):
+    """Matrix-free :func:`sym_eigh_ncut` (``W`` given as ``X -> W @ X``); see
+    :func:`diffeig._ncut_operator.ncut_operator` for the arguments."""
+    from diffeig._ncut_operator import ncut_operator as impl
+
+    return impl(*args, **kwargs)

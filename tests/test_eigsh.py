@@ -207,3 +207,47 @@ def test_ncut_lobpcg_bad_arguments():
         sym_eigh_ncut(W, method="lobpcg", max_iter=0)
     with pytest.raises(RuntimeError, match="did not converge"):
         sym_eigh_ncut(W, 3, method="lobpcg", max_iter=1, on_fail="raise")
+
+
+# ---------------------------------------------------------------------------- matrix-free
+
+
+def _matmul(X, f):
+    """W @ X for W = F F^T + 1 (F the normalized features): never formed."""
+    F = torch.nn.functional.normalize(f, dim=-1)
+    return F @ (F.mT @ X) + X.sum(-2, keepdim=True)
+
+
+def _dense(f):
+    F = torch.nn.functional.normalize(f, dim=-1)
+    return F @ F.mT + 1.0
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+def test_matrix_free_equals_dense_matrix(laplacian):
+    from diffeig.ncut import ncut_operator
+
+    f = torch.randn(2, 80, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    out = []
+    for path in ("operator", "dense"):
+        fr = f.clone().requires_grad_()
+        if path == "operator":
+            lam, Z = ncut_operator(_matmul, [fr], (2, 80), 3, laplacian=laplacian)
+        else:
+            lam, Z = sym_eigh_ncut(_dense(fr), 3, laplacian=laplacian, method="lobpcg")
+        (lam.sum() + Z[..., 1:].pow(3).sum()).backward()
+        out.append((lam.detach(), Z.detach(), fr.grad))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * max(b.abs().max().item(), 1))
+
+
+def test_matrix_free_arguments():
+    from diffeig.ncut import ncut_operator
+
+    f = torch.randn(10, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="params"):
+        ncut_operator(_matmul, [], (10,), 2)
+    with pytest.raises(ValueError, match="k must be in"):
+        ncut_operator(_matmul, [f], (10,), 11)
+    with pytest.raises(ValueError, match="zero degree"):
+        ncut_operator(lambda X, f: 0 * X, [f], (10,), 2)

@@ -64,13 +64,27 @@ def initial_block(shape, dtype, device, seed: int = 0):
 
 
 def run_lobpcg(
-    A, k, *, largest, constraints, tol, max_iter, on_fail, scale=None, preconditioner=None
+    A,
+    k,
+    *,
+    largest,
+    constraints,
+    tol,
+    max_iter,
+    on_fail,
+    scale=None,
+    preconditioner=None,
+    like=None,
 ):
-    """LOBPCG on dense ``A`` (or dense eigh when the block would not be small)."""
-    n = A.shape[-1]
+    """LOBPCG on ``A``: a dense ``(*, N, N)`` tensor (dense eigh instead when the block
+    would not be small), or a function ``Y -> A @ Y`` with ``like`` a ``(*, N)`` tensor
+    giving the batch shape, dtype and device (then ``scale`` is required)."""
+    dense = not callable(A)
+    like = A[..., 0] if dense else like
+    n = like.shape[-1]
     r = 0 if constraints is None else constraints.shape[-1]
     m = default_block(k, n - r)
-    if 3 * m >= n - r:  # the iteration would cost as much as a dense solve
+    if dense and 3 * m >= n - r:  # the iteration would cost as much as a dense solve
         lam, V = _dense(A, k + r, largest)
         if constraints is not None:  # drop the pairs spanned by the constraints
             overlap = (constraints.mT @ V).square().sum(-2)
@@ -78,14 +92,14 @@ def run_lobpcg(
             lam = torch.gather(lam, -1, keep)
             V = torch.gather(V, -1, keep.unsqueeze(-2).expand(*V.shape[:-1], k))
         return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
-    X0 = initial_block((*A.shape[:-1], m), A.dtype, A.device)
+    X0 = initial_block((*like.shape, m), like.dtype, like.device)
     if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
         flat = A.reshape(-1, *A.shape[-2:])
         # per chunk of matrices: the |A| temporary is recycled, not page-faulted anew
         scale = torch.cat([c.abs().sum(-1).amax(-1) for c in flat.split(32)])
         scale = scale.reshape(A.shape[:-2])
     theta, X, info = lobpcg(
-        lambda Y: A @ Y,
+        (lambda Y: A @ Y) if dense else A,
         X0,
         k,
         largest=largest,

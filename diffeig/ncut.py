@@ -223,45 +223,71 @@ def sym_eigh_ncut(
     return lam, Z
 
 
+def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
+    """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
+
+    ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees.
+    """
+    from diffeig._eigsh import run_lobpcg
+
+    # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
+    u1 = d.sqrt() if normalized else torch.ones_like(d)
+    u1 = (u1 / u1.norm(dim=-1, keepdim=True)).unsqueeze(-1)
+    if k == 1:
+        lam, U = torch.zeros_like(d[..., :1]), u1
+    else:
+        # Gershgorin bounds |L|: 2 for the normalized Laplacian, 2 max(d) for D - W, whose
+        # diagonal D makes Jacobi preconditioning undo the spread of the degrees.
+        scale = torch.full_like(d[..., 0], 2.0) if normalized else 2 * d.amax(-1)
+        dinv = None if normalized else (1 / d.clamp_min(torch.finfo(d.dtype).tiny)).unsqueeze(-1)
+        theta, X, _ = run_lobpcg(
+            L,
+            k - 1,
+            largest=False,
+            constraints=u1,
+            tol=tol,
+            max_iter=max_iter,
+            on_fail=on_fail,
+            scale=scale,
+            preconditioner=None if dinv is None else (lambda R: R * dinv),
+            like=d,
+        )
+        lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
+        U = torch.cat([u1, X], -1)
+    dis = d.rsqrt() if normalized else None
+    U = U * _sign(U * dis.unsqueeze(-1) if normalized else U, sign)
+    Z = U * dis.unsqueeze(-1) if normalized else U.clone()
+    return lam, U, Z
+
+
+def lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol, max_iter):
+    """``(P, c, g)`` with ``dL/dW = -c c^T o sym(P U^T) + sym(g 1^T)`` (symmetric part),
+    i.e. ``ncut_grad_assemble(P, U, c, g)``, from the k pairs alone (shifted solves)."""
+    from diffeig._lobpcg import partial_eigh_factor
+
+    apply = L if callable(L) else (lambda Y: L @ Y)
+    k = U.shape[-1]
+    grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, U, d, k, normalized)
+    # dL/dL_sym = sym(P U^T), never formed.
+    P = partial_eigh_factor(L, lam, U, grad_lam, grad_U, *gaps, cg_tol=cg_tol, cg_max_iter=max_iter)
+    if not normalized:
+        return P, torch.ones_like(d), (P * U).sum(-1)
+    # sum_j gL_ij W_ij dis_j from dis_i W_ij dis_j = delta_ij - L_ij, L U = U diag(l) and
+    # one product L P: s_i = (P_i . U_i (1 - l) + U_i . (P - L P)_i) / dis_i.
+    dis = d.rsqrt()
+    s = ((P * U * (1 - lam.unsqueeze(-2))).sum(-1) + (U * (P - apply(P))).sum(-1)) / dis
+    return P, dis, grad_d + 0.5 * dis**3 * s
+
+
 class _NCutLobpcg(torch.autograd.Function):
     """The k smallest NCut pairs by LOBPCG; backward by shifted solves, W never re-read."""
 
     @staticmethod
     def forward(ctx, W, k, normalized, sign, gaps, solver):
-        from diffeig._eigsh import run_lobpcg
-
         tol, max_iter, on_fail, cg_tol = solver
         # W is symmetric (checked); the backward returns the symmetric gradient.
         L, d = _ops.laplacian(W, normalized)
-        # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
-        u1 = d.sqrt() if normalized else torch.ones_like(d)
-        u1 = (u1 / u1.norm(dim=-1, keepdim=True)).unsqueeze(-1)
-        if k == 1:
-            lam, U = torch.zeros_like(d[..., :1]), u1
-        else:
-            # Normalized spectrum lies in [0, 2]. D - W has diagonal D: Jacobi
-            # preconditioning undoes the spread of the degrees.
-            # Gershgorin bounds |L|: 2 for the normalized Laplacian, 2 max(d) for D - W.
-            scale = torch.full_like(d[..., 0], 2.0) if normalized else 2 * d.amax(-1)
-            dinv = (
-                None if normalized else (1 / d.clamp_min(torch.finfo(d.dtype).tiny)).unsqueeze(-1)
-            )
-            theta, X, _ = run_lobpcg(
-                L,
-                k - 1,
-                largest=False,
-                constraints=u1,
-                tol=tol,
-                max_iter=max_iter,
-                on_fail=on_fail,
-                scale=scale,
-                preconditioner=None if dinv is None else (lambda R: R * dinv),
-            )
-            lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
-            U = torch.cat([u1, X], -1)
-        dis = d.rsqrt() if normalized else None
-        U = U * _sign(U * dis.unsqueeze(-1) if normalized else U, sign)
-        Z = U * dis.unsqueeze(-1) if normalized else U.clone()
+        lam, U, Z = lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail)
         ctx.save_for_backward(L, d, lam, U)
         ctx.args = (normalized, gaps, cg_tol, max_iter)
         ctx.set_materialize_grads(False)
@@ -270,27 +296,9 @@ class _NCutLobpcg(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lam, grad_Z):
-        from diffeig._lobpcg import partial_eigh_factor
-
         L, d, lam, U = ctx.saved_tensors
-        normalized, (gap_rtol, gap_atol), cg_tol, max_iter = ctx.args
-        k = U.shape[-1]
-        grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, U, d, k, normalized)
-        # dL/dL_sym = sym(P U^T), never formed.
-        P = partial_eigh_factor(
-            L, lam, U, grad_lam, grad_U, gap_rtol, gap_atol, cg_tol=cg_tol, cg_max_iter=max_iter
-        )
-        if normalized:
-            # sum_j gL_ij W_ij dis_j from dis_i W_ij dis_j = delta_ij - L_ij, L U = U diag(l)
-            # and one product L P: s_i = (P_i . U_i (1 - l) + U_i . (P - L P)_i) / dis_i.
-            dis = d.rsqrt()
-            LP = L @ P
-            s = ((P * U * (1 - lam.unsqueeze(-2))).sum(-1) + (U * (P - LP)).sum(-1)) / dis
-            grad_d = grad_d + 0.5 * dis**3 * s
-            gW = _ops.ncut_grad_assemble(P, U, dis, grad_d)
-        else:
-            gW = _ops.ncut_grad_assemble(P, U, torch.ones_like(d), (P * U).sum(-1))
-        return gW, None, None, None, None, None
+        P, c, g = lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, *ctx.args)
+        return _ops.ncut_grad_assemble(P, U, c, g), None, None, None, None, None
 
 
 def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail):

@@ -133,4 +133,38 @@ inline NcutBackwardShapes check_ncut_backward_args(const at::Tensor& V, const at
   return {c10::multiply_integers(batch), n, grad_Z.size(-1)};
 }
 
+struct CgShapes {
+  int64_t batch;
+  int64_t n;
+  int64_t k;
+};
+
+inline CgShapes check_cg_step_args(const at::Tensor& Y, const at::Tensor& R, const at::Tensor& P,
+                                   const at::Tensor& AP, const at::Tensor& rr,
+                                   const at::Tensor& stop, const at::Tensor& active) {
+  check_floating(Y, "Y");
+  TORCH_CHECK(Y.dim() >= 2, "Y must have shape (*, n, k), got ", Y.sizes());
+  for (const auto* t : {&R, &P, &AP}) {
+    TORCH_CHECK(t->sizes() == Y.sizes(), "R, P and AP must have the shape of Y ", Y.sizes(),
+                ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == Y.scalar_type(), "R, P and AP must have Y's dtype ",
+                Y.scalar_type(), ", got ", t->scalar_type());
+    check_same_device(Y, *t, "Y", "R, P and AP");
+  }
+  const auto batch = Y.sizes().slice(0, Y.dim() - 2);
+  const int64_t k = Y.size(-1);
+  for (const auto* t : {&rr, &stop, &active}) {
+    check_batch(*t, batch, 1, "rr, stop and active", "(*, k)");
+    TORCH_CHECK(t->size(-1) == k, "rr, stop and active must have k = ", k, " entries, got ",
+                t->size(-1));
+    check_same_device(Y, *t, "Y", "rr, stop and active");
+  }
+  TORCH_CHECK(rr.scalar_type() == Y.scalar_type() && stop.scalar_type() == Y.scalar_type(),
+              "rr and stop must have Y's dtype ", Y.scalar_type(), ", got ", rr.scalar_type(),
+              " and ", stop.scalar_type());
+  TORCH_CHECK(active.scalar_type() == at::kBool, "active must be bool, got ",
+              active.scalar_type());
+  return {c10::multiply_integers(batch), Y.size(-2), k};
+}
+
 }  // namespace diffeig

@@ -41,4 +41,13 @@ TORCH_LIBRARY(diffeig, m) {
   m.def(
       "ncut_backward(Tensor V, Tensor eigenvalues, Tensor degree, Tensor grad_Z, "
       "Tensor grad_eigenvalues, bool normalized, float gap_rtol, float gap_atol) -> Tensor");
+  // One step of batched conjugate gradients on every column of a batch of (n, k)
+  // blocks at once, with its fused vector updates: for each active column,
+  // alpha = rr / (p . Ap); Y += alpha P; R -= alpha AP; rr' = R . R;
+  // P = R + (rr' / rr) P; the column stays active while p . Ap > 0 and rr' > stop.
+  // Inactive columns are returned unchanged. rr, stop, active: (*, k).
+  // Returns (Y, R, P, rr, active).
+  m.def(
+      "cg_step(Tensor Y, Tensor R, Tensor P, Tensor AP, Tensor rr, Tensor stop, Tensor active) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -14,7 +14,7 @@ import torch
 
 from diffeig import _extension, _reference
 
-__all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble", "ncut_backward"]
+__all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble", "ncut_backward", "cg_step"]
 
 
 def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_atol: float):
@@ -49,6 +49,12 @@ def ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, 
     )
 
 
+def cg_step(Y, R, P, AP, rr, stop, active):
+    if _extension.has_ops():
+        return torch.ops.diffeig.cg_step(Y, R, P, AP, rr, stop, active)
+    return _reference.cg_step(Y, R, P, AP, rr, stop, active)
+
+
 # --------------------------------------------------------------------------- fake kernels
 
 
@@ -71,6 +77,17 @@ def _fake_assemble(P, V, scale, diag_term):
 def _fake_ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, rtol, atol):
     torch._check(V.dim() >= 2 and V.shape[-1] == V.shape[-2], lambda: "V must be (*, n, n)")
     return V.new_empty(V.shape)
+
+
+def _fake_cg_step(Y, R, P, AP, rr, stop, active):
+    torch._check(R.shape == Y.shape and P.shape == Y.shape, lambda: "R, P must have Y's shape")
+    return (
+        Y.new_empty(Y.shape),
+        R.new_empty(R.shape),
+        P.new_empty(P.shape),
+        rr.new_empty(rr.shape),
+        active.new_empty(active.shape),
+    )
 
 
 # ------------------------------------------------------------------------------ vmap rules
@@ -107,6 +124,10 @@ def _vmap_assemble(info, in_dims, P, V, scale, diag_term):
 def _vmap_ncut_backward(info, in_dims, V, eigenvalues, degree, grad_Z, grad_eigenvalues, *rest):
     args = _batched_first(info, in_dims[:5], (V, eigenvalues, degree, grad_Z, grad_eigenvalues))
     return torch.ops.diffeig.ncut_backward(*args, *rest), 0
+
+
+def _vmap_cg_step(info, in_dims, *args):
+    return torch.ops.diffeig.cg_step(*_batched_first(info, in_dims, args)), (0,) * 5
 
 
 # -------------------------------------------------------------------------------- autograd
@@ -157,6 +178,8 @@ def _register() -> None:
     torch.library.register_fake("diffeig::laplacian")(_fake_laplacian)
     torch.library.register_fake("diffeig::ncut_grad_assemble")(_fake_assemble)
     torch.library.register_fake("diffeig::ncut_backward")(_fake_ncut_backward)
+    torch.library.register_fake("diffeig::cg_step")(_fake_cg_step)
+    torch.library.register_vmap("diffeig::cg_step", _vmap_cg_step)
     torch.library.register_vmap("diffeig::eigh_backward_core", _vmap_core)
     torch.library.register_vmap("diffeig::ncut_backward", _vmap_ncut_backward)
     torch.library.register_vmap("diffeig::laplacian", _vmap_laplacian)

@@ -18,6 +18,7 @@ __all__ = [
     "laplacian_backward",
     "ncut_grad_assemble",
     "ncut_backward",
+    "cg_step",
 ]
 
 
@@ -161,3 +162,22 @@ def ncut_backward(
     M = core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol)
     P = V @ M
     return assemble(P, Vk, torch.ones_like(degree), (P * Vk).sum(-1))
+
+
+def cg_step(Y, R, P, AP, rr, stop, active):
+    """One conjugate-gradient step on every column of ``(*, n, k)`` blocks.
+
+    For each active column: ``alpha = rr / (p . Ap)``, ``Y += alpha P``,
+    ``R -= alpha AP``, ``rr' = R . R``, ``P = R + (rr' / rr) P``; it stays active while
+    ``p . Ap > 0`` and ``rr' > stop``. Inactive columns come back unchanged.
+    ``rr``, ``stop``, ``active``: ``(*, k)``. Returns ``(Y, R, P, rr, active)``.
+    """
+    pAp = (P * AP).sum(-2)
+    active = active & (pAp > 0)
+    alpha = torch.where(active, rr / torch.where(active, pAp, 1), 0).unsqueeze(-2)
+    Y = Y + alpha * P
+    R = R - alpha * AP
+    rr_new = torch.where(active, (R * R).sum(-2), rr)
+    beta = torch.where(active, rr_new / torch.where(active, rr, 1), 0).unsqueeze(-2)
+    P = torch.where(active.unsqueeze(-2), R + beta * P, P)
+    return Y, R, P, rr_new, active & (rr_new > stop)

@@ -338,3 +338,77 @@ def test_cuda_kernels_match_reference():
         assert_close(
             torch.ops.diffeig.ncut_grad_assemble(*args), _reference.ncut_grad_assemble(*args)
         )
+
+
+def cg_step_samples(device="cpu"):
+    """(Y, R, P, AP, rr, stop, active) with active, converged, negative-curvature and
+    already inactive columns in one batch."""
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        for batch, n, k in [((), 7, 2), ((4,), 9, 3), ((2, 3), 5, 1), ((0,), 4, 2), ((2,), 0, 2)]:
+            Y, R, P = (torch.randn(*batch, n, k, dtype=dtype, generator=g) for _ in range(3))
+            AP = P + 0.1 * torch.randn(*batch, n, k, dtype=dtype, generator=g)
+            if AP.numel() and k > 1 and batch:
+                AP[..., 0, :, 1] = -P[..., 0, :, 1]  # non-positive curvature
+            rr = (R * R).sum(-2)
+            stop = torch.rand(*batch, k, dtype=dtype, generator=g) * rr.mean().nan_to_num(1.0)
+            active = torch.rand(*batch, k, generator=g) > 0.2
+            out.append(tuple(t.to(device) for t in (Y, R, P, AP, rr, stop, active)))
+    return out
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_cg_step_native_equals_reference(device):
+    for args in cg_step_samples(device):
+        before = [a.clone() for a in args]
+        out = torch.ops.diffeig.cg_step(*args)
+        ref = _reference.cg_step(*args)
+        for a, b in zip(out, ref):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            if a.dtype == torch.bool:
+                assert torch.equal(a, b)
+            else:
+                assert_close(a, b)
+        for a, b in zip(args, before):  # functional: inputs untouched
+            assert torch.equal(a, b)
+
+
+def test_cg_step_leaves_inactive_columns_and_stops_on_curvature():
+    Y, R, P = torch.ones(3, 2), torch.ones(3, 2), torch.ones(3, 2)
+    AP = torch.tensor([[1.0, -1.0]] * 3)
+    rr = torch.tensor([3.0, 3.0])
+    out = _ops.cg_step(Y, R, P, AP, rr, torch.zeros(2), torch.tensor([True, True]))
+    Y1, R1, P1, rr1, act = out
+    # column 0: alpha = 3 / 3 = 1, R -> 0 -> converged; column 1: p.Ap < 0 -> stopped
+    assert_close(Y1[:, 0], torch.full((3,), 2.0))
+    assert_close(R1[:, 0], torch.zeros(3))
+    assert torch.equal(act, torch.tensor([False, False]))
+    assert torch.equal(Y1[:, 1], Y[:, 1]) and torch.equal(P1[:, 1], P[:, 1])
+    assert rr1[1] == 3.0
+
+
+@needs_ext
+def test_cg_step_opcheck_vmap_and_errors():
+    for args in cg_step_samples():
+        torch.library.opcheck(torch.ops.diffeig.cg_step.default, args)
+    args = cg_step_samples()[1]
+    out = torch.func.vmap(torch.ops.diffeig.cg_step)(*args)
+    for a, b in zip(out, _reference.cg_step(*args)):
+        assert torch.equal(a, b) if a.dtype == torch.bool else torch.allclose(a, b)
+    Y = torch.ones(2, 3, 2)
+    k2 = torch.ones(2, 2)
+    with pytest.raises(RuntimeError, match="R, P and AP must have the shape of Y"):
+        torch.ops.diffeig.cg_step(Y, Y[:, :2], Y, Y, k2, k2, k2.bool())
+    with pytest.raises(RuntimeError, match="active must be bool"):
+        torch.ops.diffeig.cg_step(Y, Y, Y, Y, k2, k2, k2)
+    with pytest.raises(RuntimeError, match="rr, stop and active must have k = 2"):
+        torch.ops.diffeig.cg_step(Y, Y, Y, Y, torch.ones(2, 3), k2, k2.bool())
+
+
+@pytest.mark.cuda
+def test_cuda_cg_step_matches_reference():
+    for args in cg_step_samples("cuda"):
+        for a, b in zip(torch.ops.diffeig.cg_step(*args), _reference.cg_step(*args)):
+            assert torch.equal(a, b) if a.dtype == torch.bool else torch.allclose(a, b)

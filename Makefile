@@ -38,6 +38,10 @@ test: $(VENV)/.ext
 bench: $(VENV)/.ext
 	$(PY) benchmarks/backward_timing.py --json bench-results/backward_timing.json
 
+# A short DNCut training on generated images (CPU, about a minute), ending with a figure.
+demo: $(VENV)/.ext
+	$(PY) -m diffeig.dncut train --config demo --output runs/demo
+
 lint: $(VENV)/.deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

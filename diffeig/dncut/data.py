@@ -1,0 +1,286 @@
+"""Training data: image lists, two augmented views with their overlap, synthetic images.
+
+Every sample is a pure function of ``(seed, epoch, index)``: the dataset re-seeds the
+random number generator it draws from for each sample, so that the data a run sees does
+not depend on the number of workers or processes, and ``--resume`` replays it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from diffeig.dncut.backbone import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def list_images(source: str | os.PathLike) -> list[str]:
+    """Image paths from a folder (flat or ImageFolder layout, searched recursively) or
+    a text file with one path per line (relative paths are taken from the file's folder)."""
+    src = Path(source)
+    if src.is_dir():
+        paths = sorted(
+            str(p) for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+    elif src.is_file():
+        lines = [ln.strip() for ln in src.read_text().splitlines()]
+        paths = [str(p if Path(p).is_absolute() else src.parent / p) for p in lines if ln_ok(p)]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"--data {source}: {len(missing)} listed files do not exist, e.g. {missing[:5]}"
+            )
+    else:
+        raise FileNotFoundError(f"--data: no such folder or file list: {source}")
+    if not paths:
+        raise ValueError(f"--data {source}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return paths
+
+
+def ln_ok(line: str) -> bool:
+    return bool(line) and not line.startswith("#")
+
+
+# ------------------------------------------------------------------------ synthetic images
+
+
+def synthetic_image(index: int, size: int = 224, seed: int = 0):
+    """A seeded image of one to three shapes on a textured background, and its mask.
+
+    Returns ``(PIL RGB image, PIL L mask)`` (mask 255 on the shapes).
+    """
+    rng = random.Random(f"{seed}:{index}")
+    bg = tuple(rng.randrange(40, 216) for _ in range(3))
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    period = rng.randrange(6, 20)  # stripes or checks of a nearby colour
+    tone = tuple(min(255, max(0, c + rng.randrange(-40, 41))) for c in bg)
+    for t in range(-size, 2 * size, period):
+        if rng.random() < 0.5:
+            draw.line([(t, 0), (t + size // 2, size)], fill=tone, width=max(1, period // 3))
+    img = img.filter(ImageFilter.GaussianBlur(1))
+    mask = Image.new("L", (size, size), 0)
+    mdraw = ImageDraw.Draw(mask)
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(1, 3)):
+        fg = tuple((c + rng.randrange(80, 176)) % 256 for c in bg)
+        r = rng.uniform(0.12, 0.3) * size
+        cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+        box = [cx - r, cy - r * rng.uniform(0.6, 1.0), cx + r, cy + r * rng.uniform(0.6, 1.0)]
+        kind = rng.choice(["ellipse", "rectangle", "triangle"])
+        if kind == "ellipse":
+            draw.ellipse(box, fill=fg)
+            mdraw.ellipse(box, fill=255)
+        elif kind == "rectangle":
+            draw.rectangle(box, fill=fg)
+            mdraw.rectangle(box, fill=255)
+        else:
+            pts = [(box[0], box[3]), (box[2], box[3]), (cx, box[1])]
+            draw.polygon(pts, fill=fg)
+            mdraw.polygon(pts, fill=255)
+    return img, mask
+
+
+def write_synthetic(root: str | os.PathLike, n: int, size: int = 224, seed: int = 0) -> list[str]:
+    """Write ``n`` synthetic images to ``root/images`` and their masks to ``root/masks``."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img, mask = synthetic_image(i, size, seed)
+        img.save(root / "images" / f"{i:05d}.png")
+        mask.save(root / "masks" / f"{i:05d}.png")
+        paths.append(str(root / "images" / f"{i:05d}.png"))
+    return paths
+
+
+class ImageSource:
+    """Images by index, from files or generated (``synthetic:N``)."""
+
+    def __init__(self, spec: str, *, synthetic_size: int = 224, seed: int = 0):
+        self.spec = str(spec)
+        if self.spec.startswith("synthetic"):
+            _, _, count = self.spec.partition(":")
+            try:
+                self.count = int(count or 1024)
+            except ValueError:
+                raise ValueError(f"--data synthetic:N needs an integer N, got {spec!r}") from None
+            if self.count <= 0:
+                raise ValueError(f"--data synthetic:N needs N > 0, got {spec!r}")
+            self.paths = None
+            self.size, self.seed = synthetic_size, seed
+        else:
+            self.paths = list_images(spec)
+            self.count = len(self.paths)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> Image.Image:
+        if self.paths is None:
+            return synthetic_image(i, self.size, self.seed)[0]
+        with Image.open(self.paths[i]) as im:
+            return im.convert("RGB")
+
+
+# ----------------------------------------------------------------------------- two views
+
+
+def sample_crop(width, height, scale, ratio, gen: torch.Generator):
+    """torchvision's RandomResizedCrop box ``(left, top, w, h)``, drawn from ``gen``."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
+        aspect = math.exp(
+            log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=gen).item()
+        )
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            return left, top, w, h
+    # fallback: the central crop of the allowed aspect ratio
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def overlap_boxes(c1, c2, flip1: bool, flip2: bool):
+    """The intersection of two crops in each view's normalized coordinates.
+
+    ``c = (left, top, w, h)`` in image pixels. Returns ``(box1, box2)`` as
+    ``(x1, y1, x2, y2)`` in [0, 1] of each view as it is shown to the network (so
+    mirrored when the view is flipped), or ``None`` when the crops do not overlap.
+    """
+    x1 = max(c1[0], c2[0])
+    y1 = max(c1[1], c2[1])
+    x2 = min(c1[0] + c1[2], c2[0] + c2[2])
+    y2 = min(c1[1] + c1[3], c2[1] + c2[3])
+    if x2 <= x1 or y2 <= y1:
+        return None
+    out = []
+    for (left, top, w, h), flip in ((c1, flip1), (c2, flip2)):
+        bx1, bx2 = (x1 - left) / w, (x2 - left) / w
+        by1, by2 = (y1 - top) / h, (y2 - top) / h
+        if flip:
+            bx1, bx2 = 1 - bx2, 1 - bx1
+        out.append((bx1, by1, bx2, by2))
+    return tuple(out)
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """Two augmented crops of each image with the box of their overlap in each view.
+
+    An item is ``dict(view1, view2, box1, box2, flip1, flip2, index)``: views
+    ``(3, size, size)`` ImageNet-normalized; boxes ``(4,)`` normalized ``x1, y1, x2, y2``
+    in each view's (possibly mirrored) coordinates; flips bool. Crops whose overlap is
+    smaller than ``min_overlap`` of a view (or empty) are redrawn; after
+    ``max_tries`` the second view falls back to the first crop.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        *,
+        size: int = 224,
+        scale=(0.2, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        min_overlap: float = 0.05,
+        max_tries: int = 50,
+        augment: bool = True,
+        seed: int = 0,
+    ):
+        self.source = source
+        self.size = size
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.min_overlap, self.max_tries = min_overlap, max_tries
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _pair(self, W, H, gen):
+        for _ in range(self.max_tries):
+            c1 = sample_crop(W, H, self.scale, self.ratio, gen)
+            c2 = sample_crop(W, H, self.scale, self.ratio, gen)
+            f1, f2 = (bool(torch.rand(1, generator=gen) < 0.5) for _ in range(2))
+            boxes = overlap_boxes(c1, c2, f1, f2)
+            if boxes and all((b[2] - b[0]) * (b[3] - b[1]) >= self.min_overlap for b in boxes):
+                return c1, c2, f1, f2, boxes
+        f1 = bool(torch.rand(1, generator=gen) < 0.5)
+        return c1, c1, f1, f1, overlap_boxes(c1, c1, f1, f1)
+
+    def __getitem__(self, index: int) -> dict:
+        from torchvision.transforms import functional as TF
+
+        gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(index))) % 2**62)
+        img = self.source[index]
+        W, H = img.size
+        c1, c2, f1, f2, (b1, b2) = self._pair(W, H, gen)
+        views = []
+        for n, (c, f) in enumerate(((c1, f1), (c2, f2))):
+            v = TF.resized_crop(img, c[1], c[0], c[3], c[2], [self.size, self.size], antialias=True)
+            if f:
+                v = TF.hflip(v)
+            v = TF.to_tensor(v)
+            if self.augment:
+                v = augment(v, gen, second=n == 1)
+            views.append(TF.normalize(v, IMAGENET_MEAN, IMAGENET_STD))
+        return {
+            "view1": views[0],
+            "view2": views[1],
+            "box1": torch.tensor(b1, dtype=torch.float32),
+            "box2": torch.tensor(b2, dtype=torch.float32),
+            "flip1": torch.tensor(f1),
+            "flip2": torch.tensor(f2),
+            "index": torch.tensor(index),
+        }
+
+
+def augment(v: torch.Tensor, gen: torch.Generator, *, second: bool) -> torch.Tensor:
+    """BYOL's photometric augmentation, drawn from ``gen``: colour jitter (p 0.8; 0.4,
+    0.4, 0.2, 0.1), grayscale (p 0.2), Gaussian blur (p 1.0 / 0.1), solarize (p 0 / 0.2)."""
+    from torchvision.transforms import functional as TF
+
+    def u(lo=0.0, hi=1.0):
+        return lo + (hi - lo) * torch.rand(1, generator=gen).item()
+
+    if u() < 0.8:
+        order = torch.randperm(4, generator=gen).tolist()
+        factors = [u(0.6, 1.4), u(0.6, 1.4), u(0.8, 1.2), u(-0.1, 0.1)]
+        for o in order:
+            if o == 0:
+                v = TF.adjust_brightness(v, factors[0])
+            elif o == 1:
+                v = TF.adjust_contrast(v, factors[1])
+            elif o == 2:
+                v = TF.adjust_saturation(v, factors[2])
+            else:
+                v = TF.adjust_hue(v, factors[3])
+    if u() < 0.2:
+        v = TF.rgb_to_grayscale(v, num_output_channels=3)
+    if u() < (0.1 if second else 1.0):
+        sigma = u(0.1, 2.0)
+        v = TF.gaussian_blur(v, [23, 23], [sigma, sigma])
+    if second and u() < 0.2:
+        v = TF.solarize(v, 0.5)
+    return v.clamp(0, 1)

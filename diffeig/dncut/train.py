@@ -1,0 +1,411 @@
+"""The DNCut training loop: single process or torchrun / DDP, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from diffeig.dncut.backbone import build_backbone
+from diffeig.dncut.config import TrainConfig
+from diffeig.dncut.data import ImageSource, TwoViews
+from diffeig.dncut.model import DNCut, NCutOptions
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped because a loss term was not finite."""
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def lr_schedule(cfg: TrainConfig, iters_per_epoch: int) -> np.ndarray:
+    """Per-iteration learning rates: linear warm-up from 0 over ``warmup_epochs``, then
+    cosine from ``base_lr * batch / 256`` to ``min_lr`` at the end of ``epochs``."""
+    peak = cfg.base_lr * cfg.batch_size / 256
+    total = cfg.epochs * iters_per_epoch
+    warm = min(int(round(cfg.warmup_epochs * iters_per_epoch)), total)
+    warmup = peak * (np.arange(warm) + 1) / max(warm, 1)
+    t = np.arange(total - warm) / max(total - warm, 1)
+    cosine = cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + np.cos(np.pi * t))
+    return np.concatenate([warmup, cosine])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weights with decay and LARS adaptation; biases and norm (BN / LN) parameters
+    without either (timm's Lars adapts only groups with weight decay)."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (plain if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model, cfg: TrainConfig):
+    from timm.optim import Lars
+
+    return Lars(
+        param_groups(model, cfg.weight_decay),
+        lr=0.0,
+        momentum=cfg.momentum,
+        trust_coeff=cfg.trust_coeff,
+        eps=0.0,
+    )
+
+
+def build_model(cfg: TrainConfig) -> DNCut:
+    backbone = build_backbone(cfg.arch, cfg.weights)
+    if hasattr(backbone, "model"):
+        freeze_unused(backbone.model)
+    ncut = NCutOptions(
+        tau=cfg.tau,
+        eps=cfg.eps,
+        laplacian=cfg.laplacian,
+        solve_dtype=cfg.solve_dtype,
+        temperature=cfg.temperature,
+        sign=cfg.sign,
+    )
+    return DNCut(
+        backbone,
+        proj_hidden=cfg.proj_hidden,
+        proj_dim=cfg.proj_dim,
+        ncut=ncut,
+        alpha=cfg.alpha,
+        iou_threshold=cfg.iou_threshold,
+        min_kept=cfg.min_kept,
+        threshold_step=cfg.threshold_step,
+        autocast_backbone=cfg.bf16,
+    )
+
+
+def freeze_unused(vit: torch.nn.Module) -> None:
+    """The parameters after the last block's qkv projection never reach the keys: they get
+    no gradient (which DDP requires to be declared) and stay as loaded."""
+    last = vit.blocks[-1]
+    for mod in (
+        last.attn.proj,
+        last.ls1,
+        last.norm2,
+        last.mlp,
+        last.ls2,
+        vit.norm,
+        vit.fc_norm,
+        vit.head,
+    ):
+        for p in mod.parameters():
+            p.requires_grad_(False)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+# ------------------------------------------------------------------------- distributed
+
+
+class Dist:
+    """torchrun's environment (or a single process)."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda: no CUDA device is available")
+            device = f"cuda:{self.local_rank}"
+            torch.cuda.set_device(device)
+        self.device = torch.device(device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_true(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([0.0 if flag else 1.0], device=self.device)
+        dist.all_reduce(t)
+        return t.item() == 0
+
+    def mean(self, values: dict) -> dict:
+        if self.world == 1:
+            return values
+        keys = sorted(values)
+        t = torch.stack([values[k].detach().float().reshape(()) for k in keys]).to(self.device)
+        dist.all_reduce(t)
+        return dict(zip(keys, t / self.world))
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def epoch_batches(n: int, cfg: TrainConfig, dst: Dist, epoch: int) -> list[list[int]]:
+    """This process's batches of one epoch: DistributedSampler's shuffle (seeded by
+    ``seed`` and ``epoch``), the global batch split over processes, last partial dropped."""
+    sampler = torch.utils.data.DistributedSampler(
+        range(n), num_replicas=dst.world, rank=dst.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    idx = list(sampler)
+    b = cfg.batch_size // dst.world
+    return [idx[i * b : (i + 1) * b] for i in range(len(idx) // b)]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def save_visual(batch: dict, out: dict, path: Path, rows: int = 4) -> None:
+    """A PNG grid, one row per sample: both views' overlap (aligned), online mask of view
+    1, target mask of view 2, and the pseudo-masks h1, v1 and uniform of view 1."""
+    from torchvision.utils import save_image
+
+    from diffeig.dncut.backbone import IMAGENET_MEAN, IMAGENET_STD
+    from diffeig.dncut.losses import pseudo_masks
+
+    B = batch["view1"].shape[0]
+    r = min(rows, B)
+    S = batch["view1"].shape[-1]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def img(v, box, flip):
+        v = (v[:r].detach().float().cpu() * std + mean).clamp(0, 1)
+        from torchvision.ops import roi_align
+
+        rois = torch.cat(
+            [torch.arange(r, dtype=torch.float32)[:, None], box[:r].float().cpu() * S], 1
+        )
+        a = roi_align(v, rois, (S, S), 1.0, 2, aligned=True)
+        return torch.where(flip[:r].cpu().view(r, 1, 1, 1), a.flip(-1), a)
+
+    def mask(m):
+        m = m[:r].detach().float().cpu().unsqueeze(1)
+        m = torch.nn.functional.interpolate(m, (S, S), mode="nearest")
+        return m.expand(r, 3, S, S)
+
+    m1 = out["masks_online"][:B]
+    p = pseudo_masks(m1.detach().float())
+    cols = [
+        img(batch["view1"], batch["box1"], batch["flip1"]),
+        img(batch["view2"], batch["box2"], batch["flip2"]),
+        mask(m1),
+        mask(out["masks_target"][B:]),
+        mask(p["h1"]),
+        mask(p["v1"]),
+        mask(p["uniform"]),
+    ]
+    grid = torch.stack(cols, 1).flatten(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path, nrow=len(cols), padding=2, pad_value=1.0)
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
+    """Run (or continue) a training; returns the last logged record."""
+    dst = Dist(cfg.device)
+    try:
+        return _train(cfg, dst, resume, progress)
+    finally:
+        dst.close()
+
+
+def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
+    from tqdm import tqdm
+
+    out_dir = Path(cfg.output)
+    if dst.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if cfg.batch_size % dst.world:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} must be a multiple of the {dst.world} processes"
+        )
+
+    torch.manual_seed(cfg.seed)
+    source = ImageSource(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    dataset = TwoViews(
+        source,
+        size=cfg.image_size,
+        scale=cfg.crop_scale,
+        min_overlap=cfg.min_overlap,
+        seed=cfg.seed,
+    )
+    iters = len(dataset) // cfg.batch_size
+    if iters == 0:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} images of --data"
+        )
+    schedule = lr_schedule(cfg, iters)
+
+    model = build_model(cfg).to(dst.device)
+    optimizer = build_optimizer(model, cfg)
+    step = 0
+    if resume:
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        if dst.main:
+            print(f"resumed from {resume} at step {step} (epoch {step / iters:.2f})", flush=True)
+    if dst.world > 1:
+        if dst.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dst.device.index] if dst.device.type == "cuda" else None
+        )
+
+    last_epoch = cfg.stop_epoch if cfg.stop_epoch else cfg.epochs
+    total = min(last_epoch, cfg.epochs) * iters
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    log_path = out_dir / "log.jsonl"
+    if dst.main and not resume and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
+    writer = None
+    if dst.main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+    last_good = resume
+    record: dict = {}
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=not (progress and dst.main),
+        desc="dncut",
+        dynamic_ncols=True,
+    )
+    t_last = time.perf_counter()
+    model.train()
+    while step < total:
+        epoch = step // iters
+        dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), cfg, dst, epoch)[step - epoch * iters :]
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=cfg.workers,
+            pin_memory=dst.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for batch in loader:
+            if step >= total:
+                break
+            batch = _to(batch, dst.device)
+            lr = float(schedule[step])
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            out = model(batch)
+            loss = out["loss"]
+            terms = {
+                k: v.detach() for k, v in out.items() if not k.startswith("masks") and v.dim() == 0
+            }
+            if not dst.all_true(bool(torch.isfinite(loss))):
+                msg = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise NonFiniteLoss(
+                    f"non-finite loss at step {step} (epoch {step / iters:.2f}): {msg}. "
+                    "Stopped; the last good checkpoint is "
+                    f"{last_good or 'none (no checkpoint yet)'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            terms = dst.mean(terms)
+            record = {"step": step, "epoch": step / iters, "lr": lr}
+            record.update({k: float(v) for k, v in terms.items()})
+            record["kept"] = 0.5 * (record["kept_12"] + record["kept_21"])
+            record["iou"] = 0.5 * (record["iou_12"] + record["iou_21"])
+            if dst.main:
+                now = time.perf_counter()
+                record["seconds"] = now - t_last
+                t_last = now
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", kept=f"{record['kept']:.2f}", lr=f"{lr:.2e}"
+                )
+                if step % cfg.log_every == 0 or step == total:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if writer:
+                        for k, v in record.items():
+                            writer.add_scalar(k, v, step)
+                if step % cfg.vis_every == 0 or step == total:
+                    record["figure"] = str(out_dir / "vis" / f"step{step:07d}.png")
+                    save_visual(batch, out, Path(record["figure"]))
+            # checkpoints: every half epoch (last.pth) and every epoch (also epochN.pth)
+            half = max(iters // 2, 1)
+            end_of_epoch = step % iters == 0
+            if end_of_epoch or step % half == 0 or step == total:
+                state = {
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "epoch": step / iters,
+                    "config": cfg.to_dict(),
+                }
+                if dst.main:
+                    atomic_save(state, out_dir / "last.pth")
+                    if end_of_epoch:
+                        atomic_save(state, out_dir / f"epoch{step // iters}.pth")
+                last_good = str(out_dir / "last.pth")
+                dst.barrier()
+    bar.close()
+    if writer:
+        writer.close()
+    return record
+
+
+def export(checkpoint: str, output: str) -> dict:
+    """The backbone of a training checkpoint in timm's naming, for evaluation."""
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"no such checkpoint: {checkpoint}")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{checkpoint} is not a diffeig.dncut training checkpoint")
+    prefix = "backbone.model."
+    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{checkpoint}: the model has no ViT backbone to export")
+    payload = {"model": weights, "arch": state["config"]["arch"], "step": state["step"]}
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(payload, output)
+    return payload

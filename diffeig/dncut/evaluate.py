@@ -1,9 +1,279 @@
-"""Evaluation commands (filled in by the evaluation issue)."""
+"""Evaluation: unsupervised saliency detection, object discovery (CorLoc), figures.
+
+    python -m diffeig.dncut eval-saliency --dataset ecssd --root /data/ECSSD --weights backbone.pth
+    python -m diffeig.dncut eval-discovery --dataset voc07 --root /data/VOCdevkit \
+        --weights backbone.pth
+    python -m diffeig.dncut visualize image.jpg --weights backbone.pth --out fig.png
+
+See docs/evaluation.md for the protocols.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from diffeig.dncut import metrics, postprocess
+from diffeig.dncut.backbone import ARCHS, BASELINES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
+
+POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs")
+POSTS_DISCOVERY = ("tokencut", "simple")
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def to_tensor(image) -> torch.Tensor:
+    from torchvision.transforms import functional as TF
+
+    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def resize_to_patch(image, patch: int, max_side: int | None = None):
+    """Saliency protocol: resize so each side is a multiple of the patch (nearest multiple,
+    at least one patch), after an optional downscale so the longer side is <= max_side."""
+    from PIL import Image
+
+    W, H = image.size
+    s = min(1.0, max_side / max(W, H)) if max_side else 1.0
+    w = max(patch, round(W * s / patch) * patch)
+    h = max(patch, round(H * s / patch) * patch)
+    return to_tensor(image.resize((w, h), Image.BILINEAR))
+
+
+def pad_to_patch(image, patch: int) -> torch.Tensor:
+    """Discovery protocol (LOST / TokenCut): the image as is, zero-padded (after
+    normalization) at the bottom and right to multiples of the patch."""
+    x = to_tensor(image)
+    _, H, W = x.shape
+    ph, pw = -H % patch, -W % patch
+    return torch.nn.functional.pad(x, (0, pw, 0, ph))
+
+
+@torch.no_grad()
+def extract(backbone, tensors: list[torch.Tensor], device) -> list[torch.Tensor]:
+    """Feature maps of a list of images; images of equal size go through as one batch."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    for idx in groups.values():
+        feats = backbone(torch.stack([tensors[i] for i in idx]).to(device)).float().cpu()
+        for j, i in enumerate(idx):
+            out[i] = feats[j]
+    return out
+
+
+def chunks(dataset, size: int, workers: int):
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=size, collate_fn=list, num_workers=workers, shuffle=False
+    )
+    yield from loader
+
+
+def load_backbone(args):
+    backbone = build_backbone(args.arch, args.weights, patch_size=args.patch_size)
+    return backbone.to(args.device).eval()
+
+
+def device_of(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return name
+
+
+# ---------------------------------------------------------------------------- saliency
+
+
+class _Prepared(torch.utils.data.Dataset):
+    def __init__(self, base, prepare):
+        self.base, self.prepare = base, prepare
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        name, image, target = self.base[i]
+        return name, (image.height, image.width), self.prepare(image), target, image
+
+
+def saliency_map(
+    features, post: str, patch: int, image_size, image=None
+) -> tuple[torch.Tensor, dict]:
+    """The soft saliency map ``(H, W)`` in [0, 1] of one image and the post-processing's output."""
+    if post == "simple":
+        r = postprocess.simple(features)
+    else:
+        h, w = features.shape[1:]
+        r = postprocess.tokencut(features, patch_size=patch, image_size=(h * patch, w * patch))
+    soft = postprocess.upsample(r["mask"], image_size)
+    if post == "tokencut+bs":
+        from diffeig.dncut.bilateral import bilateral_solve
+
+        soft = bilateral_solve(image, soft)
+    return soft, r
+
+
+def eval_saliency(args) -> dict:
+    from tqdm import tqdm
+
+    from diffeig.dncut.datasets import SaliencyDataset
+
+    data = SaliencyDataset(args.dataset, args.root, args.limit)
+    backbone = load_backbone(args)
+    patch = backbone.patch_size
+    prepared = _Prepared(data, lambda im: resize_to_patch(im, patch, args.max_side))
+    per_image = []
+    bar = tqdm(total=len(data), desc=f"saliency {args.dataset}", disable=args.quiet)
+    for batch in chunks(prepared, args.batch_size, args.workers):
+        feats = extract(backbone, [b[2] for b in batch], args.device)
+        for (name, size, _, gt, image), f in zip(batch, feats):
+            soft, _ = saliency_map(f, args.post, patch, size, image)
+            s = metrics.saliency_scores(soft, gt)
+            per_image.append(dict(name=name, **s))
+            bar.update(1)
+    bar.close()
+    summary = metrics.summarize_saliency(per_image)
+    rows = [{k: v for k, v in r.items() if k != "f_curve"} for r in per_image]
+    return {"summary": summary, "per_image": rows}
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def predict_box(features, post: str, patch: int, image_size) -> tuple[torch.Tensor, dict]:
+    if post == "tokencut":
+        r = postprocess.tokencut(features, patch_size=patch, image_size=image_size)
+        return r["box"], r
+    r = postprocess.simple(features)
+    ys, xs = torch.nonzero(r["mask"], as_tuple=True)
+    H, W = image_size
+    box = torch.tensor(
+        [
+            xs.min() * patch,
+            ys.min() * patch,
+            min((xs.max() + 1) * patch, W),
+            min((ys.max() + 1) * patch, H),
+        ],
+        dtype=torch.float64,
+    )
+    return box, r
+
+
+def eval_discovery(args) -> dict:
+    from tqdm import tqdm
+
+    from diffeig.dncut.datasets import DiscoveryDataset
+
+    data = DiscoveryDataset(args.dataset, args.root, args.limit)
+    backbone = load_backbone(args)
+    patch = backbone.patch_size
+    prepared = _Prepared(data, lambda im: pad_to_patch(im, patch))
+    per_image = []
+    bar = tqdm(total=len(data), desc=f"discovery {args.dataset}", disable=args.quiet)
+    for batch in chunks(prepared, args.batch_size, args.workers):
+        feats = extract(backbone, [b[2] for b in batch], args.device)
+        for (name, size, _, gt, _), f in zip(batch, feats):
+            box, _ = predict_box(f, args.post, patch, size)
+            ious = metrics.box_iou(box, gt) if gt.numel() else torch.zeros(0)
+            per_image.append(
+                {
+                    "name": name,
+                    "box": [round(v, 2) for v in box.tolist()],
+                    "best_iou": ious.max().item() if ious.numel() else 0.0,
+                    "hit": metrics.corloc_hit(box, gt),
+                }
+            )
+            bar.update(1)
+    bar.close()
+    n = len(per_image)
+    summary = {"images": n, "corloc": sum(r["hit"] for r in per_image) / n}
+    return {"summary": summary, "per_image": per_image}
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def _common(p, posts, default_post):
+    p.add_argument(
+        "--arch", default="vit_small_patch16", help=f"{' | '.join(list(ARCHS) + list(BASELINES))}"
+    )
+    p.add_argument(
+        "--weights", default=None, help="backbone checkpoint (DINO / MAE / MoCo v3 / export)"
+    )
+    p.add_argument("--patch-size", type=int, default=None, help="patch of the color backbone (16)")
+    p.add_argument("--post", default=default_post, choices=posts)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_commands(sub) -> None:
-    pass
+    from diffeig.dncut.datasets import DISCOVERY, SALIENCY
+
+    for cmd, datasets, posts, default in (
+        ("eval-saliency", list(SALIENCY), POSTS_SALIENCY, "simple"),
+        ("eval-discovery", list(DISCOVERY), POSTS_DISCOVERY, "tokencut"),
+    ):
+        p = sub.add_parser(cmd, help=f"{cmd[5:]} benchmark of a backbone")
+        p.add_argument("--dataset", required=True, choices=datasets)
+        p.add_argument("--root", required=True, help="the dataset's folder (standard layout)")
+        _common(p, posts, default)
+        p.add_argument("--limit", type=int, default=None, help="only the first N images")
+        p.add_argument("--batch-size", type=int, default=16, help="images per feature batch")
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--output", default=None, help="JSON of the summary and per-image results")
+        if cmd == "eval-saliency":
+            p.add_argument(
+                "--max-side", type=int, default=None, help="downscale larger images first"
+            )
+    v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
+    v.add_argument("images", nargs="+")
+    _common(v, POSTS_DISCOVERY, "tokencut")
+    v.add_argument("--out", required=True, help="PNG path (one image) or folder (several)")
+    v.add_argument("--eigenvectors", type=int, default=4, help="how many (z2, z3, ...)")
+    v.add_argument("--max-side", type=int, default=480)
 
 
 def run(args) -> int:
-    raise ValueError(f"unknown command {args.command}")
+    args.device = device_of(args.device)
+    if args.command == "visualize":
+        from diffeig.dncut.visualize import visualize
+
+        for path in visualize(args):
+            print(f"wrote {path}")
+        return 0
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be positive, got {args.limit}")
+    t0 = time.perf_counter()
+    result = (eval_saliency if args.command == "eval-saliency" else eval_discovery)(args)
+    result["config"] = {
+        k: getattr(args, k) for k in ("dataset", "root", "arch", "weights", "post", "limit")
+    }
+    result["seconds"] = time.perf_counter() - t0
+    print_summary(args, result["summary"])
+    out = Path(
+        args.output or f"runs/eval/{args.command[5:]}-{args.dataset}-{args.arch}-{args.post}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"per-image results: {out}")
+    return 0
+
+
+def print_summary(args, s: dict) -> None:
+    src = args.weights or "no weights"
+    print(
+        "\n| dataset | backbone | post | images | "
+        + ("IoU | accuracy | max F-beta |" if "iou" in s else "CorLoc |")
+    )
+    print("|---|---|---|---:|" + ("---:|---:|---:|" if "iou" in s else "---:|"))
+    if "iou" in s:
+        vals = f"{100 * s['iou']:.1f} | {100 * s['accuracy']:.1f} | {100 * s['max_f_beta']:.1f} |"
+    else:
+        vals = f"{100 * s['corloc']:.1f} |"
+    print(f"| {args.dataset} | {args.arch} ({src}) | {args.post} | {s['images']} | {vals}")

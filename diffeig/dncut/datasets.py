@@ -1,0 +1,196 @@
+"""Evaluation datasets in their standard layouts.
+
+Saliency items: ``(name, PIL image, bool mask tensor (H, W))``. Discovery items:
+``(name, PIL image, boxes tensor (M, 4))`` with boxes in pixel edges ``x1, y1, x2, y2``.
+Every loader checks its files up front and raises one error listing what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from diffeig.dncut.data import IMAGE_EXTENSIONS
+
+# name -> (image folder, mask folder), relative to --root
+SALIENCY = {
+    "ecssd": ("images", "ground_truth_mask"),
+    "duts-te": ("DUTS-TE-Image", "DUTS-TE-Mask"),
+    "dut-omron": ("DUT-OMRON-image", "pixelwiseGT-new-PNG"),
+    "folder": ("images", "masks"),
+}
+DISCOVERY = ("voc07", "voc12", "coco20k", "boxes")
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def _need_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"--root: {what} folder {path} does not exist")
+
+
+def _mismatch(kind: str, names, limit=10) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} {kind}: {', '.join(names[:limit])}{more}"
+
+
+class SaliencyDataset:
+    """ECSSD, DUTS-TE, DUT-OMRON or a generic ``images/`` + ``masks/`` pair (by file stem)."""
+
+    def __init__(self, name: str, root: str, limit: int | None = None):
+        if name not in SALIENCY:
+            raise ValueError(f"--dataset must be one of {sorted(SALIENCY)}, got {name!r}")
+        root = Path(root)
+        img_dir, mask_dir = (root / d for d in SALIENCY[name])
+        _need_dir(img_dir, "image")
+        _need_dir(mask_dir, "mask")
+        images, masks = _files(img_dir), _files(mask_dir)
+        problems = []
+        if set(images) - set(masks):
+            problems.append(_mismatch("images without a mask", set(images) - set(masks)))
+        if set(masks) - set(images):
+            problems.append(_mismatch("masks without an image", set(masks) - set(images)))
+        if problems:
+            raise ValueError(f"--root {root} ({name}): " + "; ".join(problems))
+        if not images:
+            raise ValueError(f"--root {root} ({name}): no images in {img_dir}")
+        self.items = [(k, images[k], masks[k]) for k in sorted(images)][:limit]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        name, ip, mp = self.items[i]
+        with Image.open(ip) as im:
+            image = im.convert("RGB")
+        with Image.open(mp) as m:
+            mask = torch.from_numpy(__import__("numpy").asarray(m.convert("L")) > 127)
+        if mask.shape != (image.height, image.width):
+            raise ValueError(
+                f"{mp}: mask {tuple(mask.shape)} and image {image.height}x{image.width} differ"
+            )
+        return name, image, mask
+
+
+def parse_voc_xml(path: Path) -> torch.Tensor:
+    """All objects' boxes of a VOC annotation (difficult and truncated kept, as TokenCut),
+    converted from VOC's 1-based inclusive pixels to pixel edges."""
+    root = ET.parse(path).getroot()
+    boxes = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        x1, y1, x2, y2 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append([x1 - 1, y1 - 1, x2, y2])
+    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+
+
+class DiscoveryDataset:
+    """VOC07 / VOC12 trainval, COCO20k, or a generic ``images/`` + ``boxes.json``."""
+
+    def __init__(self, name: str, root: str, limit: int | None = None):
+        if name not in DISCOVERY:
+            raise ValueError(f"--dataset must be one of {list(DISCOVERY)}, got {name!r}")
+        self.root = root = Path(root)
+        if name in ("voc07", "voc12"):
+            year = "2007" if name == "voc07" else "2012"
+            base = root / f"VOC{year}" if (root / f"VOC{year}").is_dir() else root
+            split = base / "ImageSets" / "Main" / "trainval.txt"
+            if not split.is_file():
+                raise FileNotFoundError(f"--root {root}: no {split} (expected a VOCdevkit folder)")
+            ids = [ln.strip() for ln in split.read_text().splitlines() if ln.strip()]
+            items = [
+                (i, base / "JPEGImages" / f"{i}.jpg", base / "Annotations" / f"{i}.xml")
+                for i in ids
+            ]
+            missing = [str(p) for _, a, b in items for p in (a, b) if not p.is_file()]
+            if missing:
+                raise ValueError(
+                    f"--root {root} ({name}): " + _mismatch("listed files are missing", missing)
+                )
+            self.items = [(i, img, ("voc", xml)) for i, img, xml in items]
+        elif name == "coco20k":
+            self.items = self._coco(root)
+        else:
+            ann = root / "boxes.json"
+            _need_dir(root / "images", "image")
+            if not ann.is_file():
+                raise FileNotFoundError(f"--root {root}: no boxes.json")
+            table = json.loads(ann.read_text())
+            files = {p.name: p for p in (root / "images").iterdir()}
+            missing = sorted(set(table) - set(files))
+            if missing:
+                raise ValueError(
+                    f"--root {root} (boxes): "
+                    + _mismatch("images in boxes.json are missing", missing)
+                )
+            self.items = [(Path(k).stem, files[k], ("boxes", table[k])) for k in sorted(table)]
+        if not self.items:
+            raise ValueError(f"--root {root} ({name}): no images")
+        self.items = self.items[:limit]
+
+    def _coco(self, root: Path):
+        lst = root / "coco_20k_filenames.txt"
+        ann = next(
+            (
+                p
+                for p in (
+                    root / "instances_train2014_sel20k.json",
+                    root / "annotations" / "instances_train2014.json",
+                )
+                if p.is_file()
+            ),
+            None,
+        )
+        img_dir = next(
+            (p for p in (root / "images" / "train2014", root / "train2014") if p.is_dir()), None
+        )
+        problems = [
+            what
+            for what, ok in (
+                ("coco_20k_filenames.txt", lst.is_file()),
+                (
+                    "instances_train2014_sel20k.json or annotations/instances_train2014.json",
+                    ann is not None,
+                ),
+                ("images/train2014/ or train2014/", img_dir is not None),
+            )
+            if not ok
+        ]
+        if problems:
+            raise FileNotFoundError(f"--root {root} (coco20k): missing {', '.join(problems)}")
+        names = [Path(ln.strip()).name for ln in lst.read_text().splitlines() if ln.strip()]
+        data = json.loads(ann.read_text())
+        by_name = {im["file_name"]: im["id"] for im in data["images"]}
+        boxes: dict[int, list] = {}
+        for a in data["annotations"]:
+            if a.get("iscrowd", 0):
+                continue  # crowd boxes removed, as LOST / TokenCut
+            x, y, w, h = a["bbox"]
+            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+        missing = [n for n in names if n not in by_name or not (img_dir / n).is_file()]
+        if missing:
+            raise ValueError(
+                f"--root {root} (coco20k): "
+                + _mismatch("listed images missing from the annotations or folder", missing)
+            )
+        return [(Path(n).stem, img_dir / n, ("boxes", boxes.get(by_name[n], []))) for n in names]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        name, ip, (kind, payload) = self.items[i]
+        with Image.open(ip) as im:
+            image = im.convert("RGB")
+        if kind == "voc":
+            boxes = parse_voc_xml(payload)
+        else:
+            boxes = torch.tensor(payload, dtype=torch.float64).reshape(-1, 4)
+        return name, image, boxes

@@ -1,0 +1,96 @@
+"""``visualize``: per image, side by side: the image, the eigenvectors z2, z3, ... as heat
+maps (the paper's Fig. 4), the mask over the image, and the box. Pillow only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from diffeig.dncut import postprocess
+
+
+def heat(z: np.ndarray, size) -> Image.Image:
+    """A diverging map (blue < 0 < red, white at 0) of one eigenvector, scaled by max |z|."""
+    v = z / (np.abs(z).max() + 1e-12)
+    r = np.where(v > 0, 1.0, 1.0 + v)
+    b = np.where(v < 0, 1.0, 1.0 - v)
+    g = 1.0 - np.abs(v)
+    rgb = (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+    return Image.fromarray(rgb).resize(size, Image.NEAREST)
+
+
+def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    m = Image.fromarray((mask * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
+    tint = Image.new("RGB", image.size, (255, 40, 40))
+    dim = Image.blend(image, Image.new("RGB", image.size, (0, 0, 0)), 0.55)
+    return Image.composite(Image.blend(image, tint, 0.35), dim, m)
+
+
+def panel(image: Image.Image, features: torch.Tensor, patch: int, post: str, count: int):
+    """One row: image | z2 ... z_{count+1} | mask | box, all at the image's display size."""
+    h, w = features.shape[1:]
+    grid_size = (h * patch, w * patch)
+    k = count + 1
+    if post == "tokencut":
+        r = postprocess.tokencut(features, patch_size=patch, image_size=grid_size, k=k)
+        box = r["box"].tolist()
+    else:
+        r = postprocess.simple(features, k=k)
+        ys, xs = np.nonzero(r["mask"].numpy())
+        box = [xs.min() * patch, ys.min() * patch, (xs.max() + 1) * patch, (ys.max() + 1) * patch]
+    shown = image.resize((w * patch, h * patch), Image.BILINEAR)
+    tiles = [shown]
+    Z = r["z"].numpy()
+    for j in range(1, min(k, Z.shape[-1])):
+        tiles.append(heat(Z[..., j], shown.size))
+    tiles.append(overlay(shown, r["mask"].numpy().astype(np.float64)))
+    boxed = shown.copy()
+    ImageDraw.Draw(boxed).rectangle(box, outline=(255, 230, 0), width=max(2, shown.width // 150))
+    tiles.append(boxed)
+    labels = ["image"] + [f"z{j + 1}" for j in range(1, len(tiles) - 2)] + ["mask", "box"]
+    return tiles, labels
+
+
+def compose(rows: list[tuple[list, list]]) -> Image.Image:
+    pad, label_h = 4, 14
+    widths = [max(t.width for t in tiles) for tiles, _ in rows]
+    tile_w = max(widths)
+    tile_h = max(t.height for tiles, _ in rows for t in tiles)
+    cols = max(len(tiles) for tiles, _ in rows)
+    canvas = Image.new(
+        "RGB", (cols * (tile_w + pad) + pad, len(rows) * (tile_h + label_h + pad) + pad), "white"
+    )
+    draw = ImageDraw.Draw(canvas)
+    for i, (tiles, labels) in enumerate(rows):
+        y = pad + i * (tile_h + label_h + pad)
+        for j, (t, lab) in enumerate(zip(tiles, labels)):
+            x = pad + j * (tile_w + pad)
+            draw.text((x, y), lab, fill=(0, 0, 0))
+            canvas.paste(t, (x, y + label_h))
+    return canvas
+
+
+def visualize(args) -> list[str]:
+    from diffeig.dncut.evaluate import extract, load_backbone, resize_to_patch
+
+    if args.eigenvectors < 1:
+        raise ValueError(f"--eigenvectors must be at least 1, got {args.eigenvectors}")
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image(s): {', '.join(missing)}")
+    backbone = load_backbone(args)
+    patch = backbone.patch_size
+    rows = []
+    for path in args.images:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+        x = resize_to_patch(image, patch, args.max_side)
+        (f,) = extract(backbone, [x], args.device)
+        rows.append(panel(image, f, patch, args.post, args.eigenvectors))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compose(rows).save(out)
+    return [str(out)]

@@ -126,6 +126,7 @@ def eigsh(
     k: int,
     *,
     largest: bool = False,
+    B: torch.Tensor | None = None,
     method: str = "lobpcg",
     tol: float | None = None,
     max_iter: int = 1000,
@@ -150,6 +151,11 @@ def eigsh(
         A: ``(*, N, N)`` symmetric, float32 or float64.
         k: number of pairs, ``1 <= k <= N``.
         largest: the largest eigenvalues instead of the smallest.
+        B: ``None``, or the SPD matrix of the generalized problem ``A x = l B x``: a
+            ``(*, N, N)`` tensor, reduced by its Cholesky factor ``B = L L^T`` to
+            ``L^{-1} A L^{-T}`` (an ``O(N^3)`` reduction, differentiable in ``B``), or a
+            ``(*, N)`` positive diagonal, reduced by ``D^{-1/2} A D^{-1/2}`` in
+            ``O(N^2)``. The eigenvectors are then B-orthonormal (``X^T B X = I``).
         method: ``'lobpcg'`` or ``'dense'``.
         tol: LOBPCG stops when every wanted pair has ``|A x - l x| <= tol * s`` with
             ``s`` the largest absolute row sum of ``A`` (a bound on its norm); default
@@ -165,6 +171,19 @@ def eigsh(
         and descending for ``largest=True``; with ``return_info``, also the info.
     """
     _check_square(A, "A", (torch.float32, torch.float64))
+    if B is not None:
+        return _generalized(
+            A,
+            k,
+            B,
+            largest=largest,
+            method=method,
+            tol=tol,
+            max_iter=max_iter,
+            gap_eps=gap_eps,
+            on_fail=on_fail,
+            return_info=return_info,
+        )
     n = A.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, N] = [1, {n}], got {k!r}")
@@ -201,3 +220,39 @@ def _dense(A, k, largest):
     if largest:
         return lam[..., -k:].flip(-1), V[..., -k:].flip(-1)
     return lam[..., :k], V[..., :k]
+
+
+def _generalized(A, k, B, **kw):
+    """``A x = l B x`` by reduction to a standard problem (see :func:`eigsh`)."""
+    if not isinstance(B, torch.Tensor):
+        raise ValueError(f"B must be a tensor, got {type(B).__name__}")
+    if B.dtype != A.dtype or B.device != A.device:
+        raise ValueError(
+            f"B must have A's dtype {A.dtype} and device {A.device}, got {B.dtype}, {B.device}"
+        )
+    n = A.shape[-1]
+    if B.shape == A.shape[:-1]:  # a diagonal
+        if not bool((B > 0).all()):
+            raise ValueError("B given as a diagonal (*, N) must be positive")
+        s = B.rsqrt()
+        C = A * s.unsqueeze(-1) * s.unsqueeze(-2)
+        out = eigsh(C, k, **kw)
+        X = out[1] * s.unsqueeze(-1)
+        return (out[0], X, *out[2:])
+    if B.shape != A.shape:
+        raise ValueError(
+            f"B must have shape {tuple(A.shape)} (dense) or {tuple(A.shape[:-1])} (diagonal), got {tuple(B.shape)}"
+        )
+    L, info = torch.linalg.cholesky_ex(B)
+    if bool((info != 0).any()):
+        raise ValueError(
+            "B must be symmetric positive definite (its Cholesky factorization failed)"
+        )
+    # C = L^{-1} A L^{-T}, symmetrized against rounding; X = L^{-T} U.
+    Y = torch.linalg.solve_triangular(L, A, upper=False)
+    C = torch.linalg.solve_triangular(L, Y.mT, upper=False)
+    C = 0.5 * (C + C.mT)
+    out = eigsh(C, k, **kw)
+    X = torch.linalg.solve_triangular(L.mT, out[1], upper=True)
+    del n
+    return (out[0], X, *out[2:])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffeig import _ops
+from diffeig import _ops, _reference
 
 __all__ = ["LobpcgInfo", "default_tol", "lobpcg", "partial_eigh_backward", "partial_eigh_factor"]
 
@@ -201,7 +201,9 @@ def partial_eigh_factor(
     """
     if grad_X is None:
         grad_X = torch.zeros_like(X)
-    M = _ops.eigh_backward_core(theta, X.mT @ grad_X, grad_theta, gap_rtol, gap_atol)
+    # A k x k problem: the reference formula (plain tensor ops, which functorch's
+    # transforms can trace; the native op's registered autograd cannot run under them).
+    M = _reference.eigh_backward_core(theta, X.mT @ grad_X, grad_theta, gap_rtol, gap_atol)
     P = X @ M
     if bool((grad_X != 0).any()):
         s = -1.0 if largest else 1.0

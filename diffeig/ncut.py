@@ -282,23 +282,73 @@ def lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol
 class _NCutLobpcg(torch.autograd.Function):
     """The k smallest NCut pairs by LOBPCG; backward by shifted solves, W never re-read."""
 
+    # forward / setup_context / vmap: so that torch.func.vmap (and grad) apply. The
+    # Laplacian, degrees and orthonormal vectors the backward needs are returned as
+    # extra, non-differentiable outputs (the public function drops them).
+
     @staticmethod
-    def forward(ctx, W, k, normalized, sign, gaps, solver):
+    def forward(W, k, normalized, sign, gaps, solver):
         tol, max_iter, on_fail, cg_tol = solver
         # W is symmetric (checked); the backward returns the symmetric gradient.
         L, d = _ops.laplacian(W, normalized)
         lam, U, Z = lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail)
-        ctx.save_for_backward(L, d, lam, U)
-        ctx.args = (normalized, gaps, cg_tol, max_iter)
-        ctx.set_materialize_grads(False)
-        return lam, Z
+        return lam, Z, L, d, U
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_lam, grad_Z):
+    def setup_context(ctx, inputs, output):
+        _, _, normalized, _, gaps, solver = inputs
+        lam, _, L, d, U = output
+        ctx.mark_non_differentiable(L, d, U)
+        ctx.save_for_backward(L, d, lam, U)
+        ctx.args = (normalized, gaps, solver[3], solver[1])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_lam, grad_Z, *_):
         L, d, lam, U = ctx.saved_tensors
-        P, c, g = lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, *ctx.args)
-        return _ops.ncut_grad_assemble(P, U, c, g), None, None, None, None, None
+        if grad_lam is None and grad_Z is None:
+            return None, None, None, None, None, None
+        if grad_lam is None:
+            grad_lam = torch.zeros_like(lam)
+        if grad_Z is None:
+            grad_Z = torch.zeros_like(U)
+        gW = _NCutLobpcgGrad.apply(L, d, lam, U, grad_lam, grad_Z, ctx.args)
+        return gW, None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, W, k, normalized, sign, gaps, solver):
+        # The solver is batched already: move the mapped dimension to the front.
+        out = _NCutLobpcg.apply(W.movedim(in_dims[0], 0), k, normalized, sign, gaps, solver)
+        return out, (0, 0, 0, 0, 0)
+
+
+class _NCutLobpcgGrad(torch.autograd.Function):
+    """dL/dW of :class:`_NCutLobpcg` (shifted CG solves with data-dependent stopping),
+    as a function with its own vmap rule, so that ``vmap(grad(f))`` runs it batched."""
+
+    @staticmethod
+    def forward(L, d, lam, U, grad_lam, grad_Z, args):
+        P, c, g = lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, *args)
+        return _ops.ncut_grad_assemble(P, U, c, g)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("sym_eigh_ncut(method='lobpcg') does not support double backward")
+
+    @staticmethod
+    def vmap(info, in_dims, L, d, lam, U, grad_lam, grad_Z, args):
+        tensors = []
+        for t, dim in zip((L, d, lam, U, grad_lam, grad_Z), in_dims[:6]):
+            if dim is None:
+                t = t.unsqueeze(0).expand(info.batch_size, *t.shape)
+            else:
+                t = t.movedim(dim, 0)
+            tensors.append(t)
+        return _NCutLobpcgGrad.apply(*tensors, args), 0
 
 
 def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail):
@@ -307,9 +357,10 @@ def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_f
 
     check_solver_options(tol, max_iter, on_fail)
     cg_tol = default_tol(W.dtype) if tol is None else tol
-    return _NCutLobpcg.apply(
+    lam, Z, *_ = _NCutLobpcg.apply(
         W, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol)
     )
+    return lam, Z
 
 
 def affinity(

@@ -230,7 +230,6 @@ def _generalized(A, k, B, **kw):
         raise ValueError(
             f"B must have A's dtype {A.dtype} and device {A.device}, got {B.dtype}, {B.device}"
         )
-    n = A.shape[-1]
     if B.shape == A.shape[:-1]:  # a diagonal
         if not bool((B > 0).all()):
             raise ValueError("B given as a diagonal (*, N) must be positive")
@@ -241,7 +240,8 @@ def _generalized(A, k, B, **kw):
         return (out[0], X, *out[2:])
     if B.shape != A.shape:
         raise ValueError(
-            f"B must have shape {tuple(A.shape)} (dense) or {tuple(A.shape[:-1])} (diagonal), got {tuple(B.shape)}"
+            f"B must have shape {tuple(A.shape)} (dense) or {tuple(A.shape[:-1])} "
+            f"(diagonal), got {tuple(B.shape)}"
         )
     L, info = torch.linalg.cholesky_ex(B)
     if bool((info != 0).any()):
@@ -254,5 +254,4 @@ def _generalized(A, k, B, **kw):
     C = 0.5 * (C + C.mT)
     out = eigsh(C, k, **kw)
     X = torch.linalg.solve_triangular(L.mT, out[1], upper=True)
-    del n
     return (out[0], X, *out[2:])

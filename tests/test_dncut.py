@@ -157,7 +157,7 @@ def test_list_images_folder_file_list_and_errors(tmp_path):
 # --------------------------------------------------------------------------- backbone
 
 
-def test_dino_and_mocov3_checkpoints_load_strictly(tmp_path):
+def test_dino_mae_and_mocov3_checkpoints_load_strictly(tmp_path):
     src = create_vit("vit_small_patch16")
     sd = {k: v for k, v in src.model.state_dict().items()}
     dino = tmp_path / "dino_deitsmall16_pretrain.pth"
@@ -167,10 +167,21 @@ def test_dino_and_mocov3_checkpoints_load_strictly(tmp_path):
     wrapped["module.base_encoder.head.weight"] = torch.zeros(3, 384)
     wrapped["module.predictor.0.weight"] = torch.zeros(3)
     torch.save({"state_dict": wrapped, "epoch": 300}, moco)
+    mae = tmp_path / "mae_pretrain.pth"  # MAE: under "model", with its decoder
+    torch.save(
+        {
+            "model": {
+                **sd,
+                "mask_token": torch.zeros(1, 1, 8),
+                "decoder_embed.weight": torch.zeros(8, 384),
+            }
+        },
+        mae,
+    )
     x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
         ref = src(x)
-        for path in (dino, moco):
+        for path in (dino, moco, mae):
             b = build_backbone("vit_small_patch16", str(path))
             assert torch.equal(b(x), ref)
     assert ref.shape == (1, 384, 4, 3)

@@ -113,6 +113,21 @@ def _check_options(laplacian: str, sign) -> None:
         raise ValueError(f"sign must be one of {SIGN_RULES}, got {sign!r}")
 
 
+def max_asymmetry(W: torch.Tensor) -> float:
+    """``max |W - W^T|`` over a batch, reading W about once.
+
+    In chunks of about 16 MB of graphs: each chunk's transpose is first copied to a
+    contiguous buffer (a blocked transpose), so the comparison streams both operands;
+    subtracting the strided ``W.mT`` view directly is about 3x slower on CPU.
+    """
+    flat = W.reshape(-1, *W.shape[-2:])
+    per = max(1, (1 << 24) // max(1, W.shape[-1] ** 2 * W.element_size()))
+    asym = 0.0
+    for c in flat.split(per):
+        asym = max(asym, torch.sub(c, c.mT.contiguous()).abs_().amax().item())
+    return asym
+
+
 def check_affinity(W: torch.Tensor, *, normalized: bool, sym_rtol: float | None = None) -> None:
     """Raise ``ValueError`` unless ``W`` is a valid affinity (finite, >= 0, symmetric).
 
@@ -129,9 +144,7 @@ def check_affinity(W: torch.Tensor, *, normalized: bool, sym_rtol: float | None 
         raise ValueError("W must be finite, got NaN or inf entries")
     if lo.item() < 0:
         raise ValueError(f"W must be non-negative, got a minimum of {lo.item():.3g}")
-    # In chunks of graphs: one N x N temporary per chunk instead of one per batch.
-    flat = W.reshape(-1, *W.shape[-2:])
-    asym = max((c - c.mT).abs().amax().item() for c in flat.split(32))
+    asym = max_asymmetry(W)
     scale = max(abs(lo.item()), abs(hi.item()))
     tol = (torch.finfo(W.dtype).eps ** 0.5 if sym_rtol is None else sym_rtol) * max(scale, 1e-30)
     if asym > tol:

@@ -383,3 +383,23 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert [s for s, _ in losses(tmp_path)] == [1, 2]
     assert res.stdout.count("done: step 2") == 1  # rank 0 only
     assert torch.load(tmp_path / "last.pth", weights_only=False)["step"] == 2
+
+
+def test_import_diffeig_does_not_import_the_recipe():
+    code = (
+        "import sys, diffeig; "
+        "names = ('diffeig.dncut', 'timm', 'torchvision'); "
+        "bad = sorted(m for m in sys.modules if m.startswith(names)); "
+        "assert not bad, bad"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_python_m_entry_point_help():
+    res = subprocess.run(
+        [sys.executable, "-m", "diffeig.dncut", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0
+    for cmd in ("train", "export", "eval-saliency", "eval-discovery", "visualize"):
+        assert cmd in res.stdout

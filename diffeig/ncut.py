@@ -292,47 +292,58 @@ def lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol
     return P, dis, grad_d + 0.5 * dis**3 * s
 
 
+def laplacian_operator(W: torch.Tensor, d: torch.Tensor, normalized: bool):
+    """``X -> L @ X`` from ``W`` and its degrees, without forming ``L`` (one product with W)."""
+    if normalized:
+        dis = d.rsqrt().unsqueeze(-1)
+        return lambda X: X - dis * (W @ (dis * X))
+    dd = d.unsqueeze(-1)
+    return lambda X: dd * X - W @ X
+
+
 class _NCutLobpcg(torch.autograd.Function):
-    """The k smallest NCut pairs by LOBPCG; backward by shifted solves, W never re-read."""
+    """The k smallest NCut pairs by LOBPCG on ``X -> L @ X`` (L never formed); backward
+    by shifted solves through the same products with W."""
 
     # forward / setup_context / vmap: so that torch.func.vmap (and grad) apply. The
-    # Laplacian, degrees and orthonormal vectors the backward needs are returned as
-    # extra, non-differentiable outputs (the public function drops them).
+    # degrees and orthonormal vectors the backward needs are returned as extra,
+    # non-differentiable outputs (the public function drops them).
 
     @staticmethod
     def forward(W, k, normalized, sign, gaps, solver):
         tol, max_iter, on_fail, cg_tol = solver
         # W is symmetric (checked); the backward returns the symmetric gradient.
-        L, d = _ops.laplacian(W, normalized)
-        lam, U, Z = lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail)
-        return lam, Z, L, d, U
+        d = W.sum(-1)
+        lap = laplacian_operator(W, d, normalized)
+        lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail)
+        return lam, Z, d, U
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, normalized, _, gaps, solver = inputs
-        lam, _, L, d, U = output
-        ctx.mark_non_differentiable(L, d, U)
-        ctx.save_for_backward(L, d, lam, U)
+        W, _, normalized, _, gaps, solver = inputs
+        lam, _, d, U = output
+        ctx.mark_non_differentiable(d, U)
+        ctx.save_for_backward(W, d, lam, U)
         ctx.args = (normalized, gaps, solver[3], solver[1])
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad_lam, grad_Z, *_):
-        L, d, lam, U = ctx.saved_tensors
+        W, d, lam, U = ctx.saved_tensors
         if grad_lam is None and grad_Z is None:
             return None, None, None, None, None, None
         if grad_lam is None:
             grad_lam = torch.zeros_like(lam)
         if grad_Z is None:
             grad_Z = torch.zeros_like(U)
-        gW = _NCutLobpcgGrad.apply(L, d, lam, U, grad_lam, grad_Z, ctx.args)
+        gW = _NCutLobpcgGrad.apply(W.detach(), d, lam, U, grad_lam, grad_Z, ctx.args)
         return gW, None, None, None, None, None
 
     @staticmethod
     def vmap(info, in_dims, W, k, normalized, sign, gaps, solver):
         # The solver is batched already: move the mapped dimension to the front.
         out = _NCutLobpcg.apply(W.movedim(in_dims[0], 0), k, normalized, sign, gaps, solver)
-        return out, (0, 0, 0, 0, 0)
+        return out, (0, 0, 0, 0)
 
 
 class _NCutLobpcgGrad(torch.autograd.Function):
@@ -340,8 +351,9 @@ class _NCutLobpcgGrad(torch.autograd.Function):
     as a function with its own vmap rule, so that ``vmap(grad(f))`` runs it batched."""
 
     @staticmethod
-    def forward(L, d, lam, U, grad_lam, grad_Z, args):
-        P, c, g = lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, *args)
+    def forward(W, d, lam, U, grad_lam, grad_Z, args):
+        lap = laplacian_operator(W, d, args[0])
+        P, c, g = lobpcg_ncut_factors(lap, d, lam, U, grad_lam, grad_Z, *args)
         return _ops.ncut_grad_assemble(P, U, c, g)
 
     @staticmethod
@@ -353,9 +365,9 @@ class _NCutLobpcgGrad(torch.autograd.Function):
         raise RuntimeError("sym_eigh_ncut(method='lobpcg') does not support double backward")
 
     @staticmethod
-    def vmap(info, in_dims, L, d, lam, U, grad_lam, grad_Z, args):
+    def vmap(info, in_dims, W, d, lam, U, grad_lam, grad_Z, args):
         tensors = []
-        for t, dim in zip((L, d, lam, U, grad_lam, grad_Z), in_dims[:6]):
+        for t, dim in zip((W, d, lam, U, grad_lam, grad_Z), in_dims[:6]):
             if dim is None:
                 t = t.unsqueeze(0).expand(info.batch_size, *t.shape)
             else:

@@ -193,10 +193,14 @@ def partial_eigh_factor(
     largest: bool = False,
     cg_tol: float,
     cg_max_iter: int,
+    diagonal: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``P`` with ``dL/dA = sym(P X^T)``, from k known eigenpairs ``A X = X diag(theta)``.
 
-    ``A`` is a tensor or a function ``Y -> A @ Y`` (matrix-free).
+    ``A`` is a tensor or a function ``Y -> A @ Y`` (matrix-free). ``diagonal`` (``(*, N)``,
+    positive), an approximation of A's diagonal, turns on split Jacobi preconditioning of
+    the solves: CG on ``S Q (A - l) Q S`` with ``S = diag^-1/2`` and ``Q = I - X X^T``,
+    then ``y = Q S y'``.
 
     Within the k pairs: masked reciprocal gaps (``X M``). For the rest of the space the
     shifted solves ``(A - theta_j) y_j = (I - X X^T) g_j``, ``y_j ⟂ X`` (positive definite
@@ -230,9 +234,24 @@ def partial_eigh_factor(
         rhs = _project(g64, X64)
         # Tolerance relative to the cotangent itself: when g_j lies in span(X) the
         # projected right-hand side is rounding noise, and there is nothing to solve.
-        Y, _, _ = batched_cg(
-            op, s * rhs, tol=cg_tol, max_iter=cg_max_iter, ref_norm=g64.norm(dim=-2, keepdim=True)
-        )
+        if diagonal is None:
+            Y, _, _ = batched_cg(
+                op,
+                s * rhs,
+                tol=cg_tol,
+                max_iter=cg_max_iter,
+                ref_norm=g64.norm(dim=-2, keepdim=True),
+            )
+        else:
+            sc = diagonal.to(wide).clamp_min(torch.finfo(wide).tiny).rsqrt().unsqueeze(-1)
+            Ys, _, _ = batched_cg(
+                lambda Y: sc * op(sc * Y),
+                s * sc * rhs,
+                tol=cg_tol,
+                max_iter=cg_max_iter,
+                ref_norm=(sc * g64).norm(dim=-2, keepdim=True),
+            )
+            Y = _project(sc * Ys, X64)
         P = P - Y.to(X.dtype)
     return P
 

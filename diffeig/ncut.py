@@ -282,7 +282,18 @@ def lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol
     k = U.shape[-1]
     grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, U, d, k, normalized)
     # dL/dL_sym = sym(P U^T), never formed.
-    P = partial_eigh_factor(L, lam, U, grad_lam, grad_U, *gaps, cg_tol=cg_tol, cg_max_iter=max_iter)
+    # D - W: Jacobi-preconditioned solves (its diagonal ~ D spreads with the degrees).
+    P = partial_eigh_factor(
+        L,
+        lam,
+        U,
+        grad_lam,
+        grad_U,
+        *gaps,
+        cg_tol=cg_tol,
+        cg_max_iter=max_iter,
+        diagonal=None if normalized else d,
+    )
     if not normalized:
         return P, torch.ones_like(d), (P * U).sum(-1)
     # sum_j gL_ij W_ij dis_j from dis_i W_ij dis_j = delta_ij - L_ij, L U = U diag(l) and

@@ -116,15 +116,20 @@ def _check_options(laplacian: str, sign) -> None:
 def max_asymmetry(W: torch.Tensor) -> float:
     """``max |W - W^T|`` over a batch, reading W about once.
 
-    In chunks of about 16 MB of graphs: each chunk's transpose is first copied to a
-    contiguous buffer (a blocked transpose), so the comparison streams both operands;
-    subtracting the strided ``W.mT`` view directly is about 3x slower on CPU.
+    Tile by tile (about 4 MB): a block of columns is copied transposed into a small
+    contiguous buffer (which the allocator recycles, so no page faults) and compared with
+    the matching block of rows. Subtracting the strided ``W.mT`` view directly is 5x
+    slower on CPU at N = 784 and pays for page faults of N x N temporaries.
     """
     flat = W.reshape(-1, *W.shape[-2:])
-    per = max(1, (1 << 24) // max(1, W.shape[-1] ** 2 * W.element_size()))
+    n, size = W.shape[-1], W.element_size()
+    per = max(1, (1 << 23) // max(1, n * n * size))
     asym = 0.0
     for c in flat.split(per):
-        asym = max(asym, torch.sub(c, c.mT.contiguous()).abs_().amax().item())
+        blk = max(16, (1 << 22) // max(1, c.shape[0] * n * size))
+        for i in range(0, n, blk):
+            t = c[:, :, i : i + blk].mT.contiguous()
+            asym = max(asym, t.sub_(c[:, i : i + blk, :]).abs_().amax().item())
     return asym
 
 

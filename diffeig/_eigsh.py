@@ -12,23 +12,59 @@ from diffeig._lobpcg import LobpcgInfo, default_tol, lobpcg, partial_eigh_backwa
 __all__ = ["eigsh", "LobpcgInfo"]
 
 
+def _batch_front(info, in_dims, tensors):
+    """vmap helper: the mapped dimension first; unmapped tensors expanded."""
+    out = []
+    for t, dim in zip(tensors, in_dims):
+        if t is None:
+            out.append(None)
+        elif dim is None:
+            out.append(t.unsqueeze(0).expand(info.batch_size, *t.shape))
+        else:
+            out.append(t.movedim(dim, 0))
+    return out
+
+
 class _PartialEigh(torch.autograd.Function):
-    """k eigenpairs of a dense symmetric ``A`` from any solver; backward by shifted solves."""
+    """k eigenpairs of a dense symmetric ``A`` from any solver; backward by shifted solves.
+
+    forward / setup_context / vmap (and a backward that is itself a function with a vmap
+    rule), so that torch.func.vmap, grad and vmap(grad) run the batched solver.
+    """
 
     @staticmethod
-    def forward(ctx, A, solve, largest, gap_rtol, gap_atol, cg_tol, cg_max_iter):
-        theta, X = solve(A.detach())
+    def forward(A, solve, largest, gap_rtol, gap_atol, cg_tol, cg_max_iter):
+        return solve(A.detach())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        A, _, *args = inputs
+        theta, X = output
         ctx.save_for_backward(A, theta, X)
-        ctx.args = (largest, gap_rtol, gap_atol, cg_tol, cg_max_iter)
+        ctx.args = tuple(args)
         ctx.set_materialize_grads(False)
-        return theta, X
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_theta, grad_X):
         A, theta, X = ctx.saved_tensors
-        largest, gap_rtol, gap_atol, cg_tol, cg_max_iter = ctx.args
-        gA = partial_eigh_backward(
+        if grad_theta is None and grad_X is None:
+            return (None,) * 7
+        grad_theta = torch.zeros_like(theta) if grad_theta is None else grad_theta
+        grad_X = torch.zeros_like(X) if grad_X is None else grad_X
+        gA = _PartialEighGrad.apply(A.detach(), theta, X, grad_theta, grad_X, ctx.args)
+        return (gA,) + (None,) * 6
+
+    @staticmethod
+    def vmap(info, in_dims, A, solve, *args):
+        (A,) = _batch_front(info, in_dims[:1], (A,))
+        return _PartialEigh.apply(A, solve, *args), (0, 0)
+
+
+class _PartialEighGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(A, theta, X, grad_theta, grad_X, args):
+        largest, gap_rtol, gap_atol, cg_tol, cg_max_iter = args
+        return partial_eigh_backward(
             A,
             theta,
             X,
@@ -40,7 +76,19 @@ class _PartialEigh(torch.autograd.Function):
             cg_tol=cg_tol,
             cg_max_iter=cg_max_iter,
         )
-        return gA, None, None, None, None, None, None
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("diffeig.eigsh does not support double backward")
+
+    @staticmethod
+    def vmap(info, in_dims, A, theta, X, grad_theta, grad_X, args):
+        tensors = _batch_front(info, in_dims[:5], (A, theta, X, grad_theta, grad_X))
+        return _PartialEighGrad.apply(*tensors, args), 0
 
 
 def check_solver_options(tol, max_iter, on_fail) -> None:

@@ -382,13 +382,9 @@ class _NCutLobpcgGrad(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, W, d, lam, U, grad_lam, grad_Z, args):
-        tensors = []
-        for t, dim in zip((W, d, lam, U, grad_lam, grad_Z), in_dims[:6]):
-            if dim is None:
-                t = t.unsqueeze(0).expand(info.batch_size, *t.shape)
-            else:
-                t = t.movedim(dim, 0)
-            tensors.append(t)
+        from diffeig._eigsh import _batch_front
+
+        tensors = _batch_front(info, in_dims[:6], (W, d, lam, U, grad_lam, grad_Z))
         return _NCutLobpcgGrad.apply(*tensors, args), 0
 
 

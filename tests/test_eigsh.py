@@ -341,3 +341,24 @@ def test_ncut_lobpcg_under_vmap_grad_and_compile():
     )
     # torch.compile: the convergence checks are graph breaks, the results the same
     torch.testing.assert_close(torch.compile(z2)(W), batched, rtol=0, atol=1e-8)
+
+
+def test_eigsh_under_vmap_and_grad():
+    n, k = 40, 2
+    A = torch.stack(
+        [spectrum_matrix(n, torch.linspace(0, 3, n).double() ** 2, seed=s) for s in (1, 2)]
+    )
+    w = torch.arange(n, dtype=torch.float64)
+
+    def loss(A):
+        theta, X = diffeig.eigsh(A, k)
+        return theta.sum() + (X[..., 1] ** 2 * w).sum()
+
+    Ar = A.clone().requires_grad_()
+    loss(Ar).backward()
+    theta = torch.func.vmap(lambda a: diffeig.eigsh(a, k)[0])(A)
+    torch.testing.assert_close(theta, diffeig.eigsh(A, k)[0], rtol=0, atol=1e-9)
+    torch.testing.assert_close(torch.func.grad(loss)(A[0]), Ar.grad[0], rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        torch.func.vmap(torch.func.grad(loss))(A), Ar.grad, rtol=0, atol=1e-7
+    )

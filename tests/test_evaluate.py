@@ -334,3 +334,14 @@ def test_evaluation_errors_are_clear(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_mask_box_and_tiny_images():
+    from diffeig.dncut.postprocess import mask_box, simple
+
+    m = torch.zeros(3, 4, dtype=torch.bool)
+    assert mask_box(m, 16, (40, 60)).tolist() == [0, 0, 60, 40]
+    m[1, 2:] = True
+    assert mask_box(m, 16, (40, 60)).tolist() == [32, 16, 60, 32]
+    with pytest.raises(ValueError, match="at least 2 patches"):
+        simple(torch.randn(8, 1, 1))

@@ -151,17 +151,7 @@ def predict_box(features, post: str, patch: int, image_size) -> tuple[torch.Tens
         r = postprocess.tokencut(features, patch_size=patch, image_size=image_size)
         return r["box"], r
     r = postprocess.simple(features)
-    ys, xs = torch.nonzero(r["mask"], as_tuple=True)
-    H, W = image_size
-    box = torch.tensor(
-        [
-            xs.min() * patch,
-            ys.min() * patch,
-            min((xs.max() + 1) * patch, W),
-            min((ys.max() + 1) * patch, H),
-        ],
-        dtype=torch.float64,
-    )
+    box = postprocess.mask_box(r["mask"], patch, image_size)
     return box, r
 
 

@@ -16,6 +16,8 @@ from diffeig.ncut import affinity, bipartition, seed
 
 def eigenvectors(features, *, k, tau, eps, mode, laplacian):
     C, h, w = features.shape
+    if h * w < 2:
+        raise ValueError(f"an image needs at least 2 patches to be cut, got a {h} x {w} token grid")
     f = features.flatten(1).T.double()
     W = affinity(f, tau=tau, eps=eps, mode=mode)
     lam, Z = diffeig.sym_eigh_ncut(W, min(k, h * w), laplacian=laplacian, sign="max")
@@ -62,9 +64,19 @@ def seed_component(z2: torch.Tensor, *, patch_size: int, image_size) -> dict:
     sy, sx = divmod(int(seed(z2.flatten())), w)
     labels, _ = ndimage.label(side.numpy())  # default structure: 4-connectivity
     component = torch.from_numpy(labels == labels[sy, sx])
-    ys, xs = np.nonzero(component.numpy())
+    box = mask_box(component, patch_size, image_size)
+    return {"mask": component, "seed": (sy, sx), "box": box, "side": side}
+
+
+def mask_box(mask: torch.Tensor, patch_size: int, image_size) -> torch.Tensor:
+    """The bounding box of a non-empty token mask ``(h, w)`` in pixel edges
+    ``x1, y1, x2, y2`` (tokens times the patch size), clipped to ``image_size = (H, W)``;
+    the whole image for an empty mask."""
+    ys, xs = np.nonzero(mask.numpy())
     H, W = image_size
-    box = torch.tensor(
+    if len(xs) == 0:
+        return torch.tensor([0.0, 0.0, W, H], dtype=torch.float64)
+    return torch.tensor(
         [
             xs.min() * patch_size,
             ys.min() * patch_size,
@@ -73,7 +85,6 @@ def seed_component(z2: torch.Tensor, *, patch_size: int, image_size) -> dict:
         ],
         dtype=torch.float64,
     )
-    return {"mask": component, "seed": (sy, sx), "box": box, "side": side}
 
 
 def upsample(mask: torch.Tensor, size) -> torch.Tensor:

@@ -39,8 +39,7 @@ def panel(image: Image.Image, features: torch.Tensor, patch: int, post: str, cou
         box = r["box"].tolist()
     else:
         r = postprocess.simple(features, k=k)
-        ys, xs = np.nonzero(r["mask"].numpy())
-        box = [xs.min() * patch, ys.min() * patch, (xs.max() + 1) * patch, (ys.max() + 1) * patch]
+        box = postprocess.mask_box(r["mask"], patch, grid_size).tolist()
     shown = image.resize((w * patch, h * patch), Image.BILINEAR)
     tiles = [shown]
     Z = r["z"].numpy()

@@ -6,7 +6,6 @@ python benchmarks/report.py benchmarks/results/cpu-2core-float32.json
 from __future__ import annotations
 
 import json
-import sys
 
 
 def report(path: str) -> str:
@@ -60,4 +59,8 @@ def report(path: str) -> str:
 
 
 if __name__ == "__main__":
-    print(report(sys.argv[1]))
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("json", help="a JSON file written by backward_timing.py --json")
+    print(report(p.parse_args().json))

@@ -200,6 +200,19 @@ def test_dino_mae_and_mocov3_checkpoints_load_strictly(tmp_path):
         build_backbone("resnet7")
 
 
+def test_mocov3_arch_has_twelve_heads(tmp_path):
+    moco = create_vit("mocov3_vit_small")
+    assert moco.model.blocks[0].attn.num_heads == 12
+    assert create_vit("vit_small_patch16").model.blocks[0].attn.num_heads == 6
+    torch.save(
+        {"state_dict": {f"module.base_encoder.{k}": v for k, v in moco.model.state_dict().items()}},
+        tmp_path / "m.pth",
+    )
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(build_backbone("mocov3_vit_small", str(tmp_path / "m.pth"))(x), moco(x))
+
+
 def test_position_embeddings_of_another_grid_are_interpolated(tmp_path):
     src = create_vit("vit_small_patch16")
     sd = src.model.state_dict()

@@ -12,12 +12,15 @@ import os
 import torch
 from torch import nn
 
-# name -> (timm model name, patch size)
+# name -> (timm model name, patch size, timm keyword arguments)
 ARCHS = {
-    "vit_small_patch16": ("vit_small_patch16_224", 16),
-    "vit_small_patch8": ("vit_small_patch8_224", 8),
-    "vit_base_patch16": ("vit_base_patch16_224", 16),
-    "vit_base_patch8": ("vit_base_patch8_224", 8),
+    "vit_small_patch16": ("vit_small_patch16_224", 16, {}),
+    "vit_small_patch8": ("vit_small_patch8_224", 8, {}),
+    "vit_base_patch16": ("vit_base_patch16_224", 16, {}),
+    "vit_base_patch8": ("vit_base_patch8_224", 8, {}),
+    # MoCo v3's ViT-S/16 has 12 heads where DINO's (and timm's) has 6: the weights have
+    # the same shapes, the attention of every block but the keys differs.
+    "mocov3_vit_small": ("vit_small_patch16_224", 16, {"num_heads": 12}),
 }
 BASELINES = ("color", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,8 +65,8 @@ def create_vit(arch: str) -> ViTKeys:
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS) + list(BASELINES)}, got {arch!r}")
-    name, patch = ARCHS[arch]
-    model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
+    name, patch, extra = ARCHS[arch]
+    model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **extra)
     return ViTKeys(model, patch)
 
 
@@ -211,9 +214,9 @@ def build_backbone(arch: str, weights: str | None = None, *, patch_size: int | N
 
     Args:
         arch: a ViT (``vit_small_patch16``, ``vit_small_patch8``, ``vit_base_patch16``,
-            ``vit_base_patch8``), ``'color'`` (the classical colour + position baseline,
-            no weights) or ``'random'`` (a ViT-S/16 with seeded random weights, for
-            smoke tests).
+            ``vit_base_patch8``, ``mocov3_vit_small`` with MoCo v3's 12 heads),
+            ``'color'`` (the classical colour + position baseline, no weights) or
+            ``'random'`` (a ViT-S/16 with seeded random weights, for smoke tests).
         weights: a local checkpoint (DINO, MAE, MoCo v3, or one written by
             ``python -m diffeig.dncut export``) for the ViTs.
     """

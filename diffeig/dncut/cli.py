@@ -14,7 +14,8 @@ from diffeig.dncut.config import TrainConfig
 
 HELP = {
     "data": "image folder (flat or ImageFolder), a file list, or synthetic:N (generated shapes)",
-    "arch": "vit_small_patch16 | vit_small_patch8 | vit_base_patch16 | vit_base_patch8 | random",
+    "arch": "vit_small_patch16 | vit_small_patch8 | vit_base_patch16 | vit_base_patch8 | "
+    "mocov3_vit_small | random",
     "weights": "local DINO / MAE / MoCo v3 checkpoint of the backbone",
     "laplacian": "unnormalized (D - W, the authors' code) or ncut ((D - W) z = l D z)",
     "solve_dtype": "dtype of the eigen solve (float64 as the authors' code)",

@@ -416,3 +416,14 @@ def test_python_m_entry_point_help():
     assert res.returncode == 0
     for cmd in ("train", "export", "eval-saliency", "eval-discovery", "visualize"):
         assert cmd in res.stdout
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, capsys):
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    assert run_cli("--output", str(tmp_path), "--max-steps", "1", "--tensorboard") == 2
+    assert "needs the tensorboard package" in capsys.readouterr().err

@@ -301,7 +301,12 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
         log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
     writer = None
     if dst.main and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ValueError(
+                "--tensorboard needs the tensorboard package (pip install tensorboard)"
+            ) from err
 
         writer = SummaryWriter(str(out_dir / "tb"))
     last_good = resume

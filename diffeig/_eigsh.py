@@ -8,21 +8,9 @@ import torch
 
 from diffeig._eigh import _check_square, _torch_eigh, gap_tolerances
 from diffeig._lobpcg import LobpcgInfo, default_tol, lobpcg, partial_eigh_backward
+from diffeig._ops import _batched_first
 
 __all__ = ["eigsh", "LobpcgInfo"]
-
-
-def _batch_front(info, in_dims, tensors):
-    """vmap helper: the mapped dimension first; unmapped tensors expanded."""
-    out = []
-    for t, dim in zip(tensors, in_dims):
-        if t is None:
-            out.append(None)
-        elif dim is None:
-            out.append(t.unsqueeze(0).expand(info.batch_size, *t.shape))
-        else:
-            out.append(t.movedim(dim, 0))
-    return out
 
 
 class _PartialEigh(torch.autograd.Function):
@@ -56,7 +44,7 @@ class _PartialEigh(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, A, solve, *args):
-        (A,) = _batch_front(info, in_dims[:1], (A,))
+        (A,) = _batched_first(info, in_dims[:1], (A,))
         return _PartialEigh.apply(A, solve, *args), (0, 0)
 
 
@@ -87,7 +75,7 @@ class _PartialEighGrad(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, A, theta, X, grad_theta, grad_X, args):
-        tensors = _batch_front(info, in_dims[:5], (A, theta, X, grad_theta, grad_X))
+        tensors = _batched_first(info, in_dims[:5], (A, theta, X, grad_theta, grad_X))
         return _PartialEighGrad.apply(*tensors, args), 0
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from diffeig.ncut import lobpcg_ncut_factors, lobpcg_ncut_pairs
+from diffeig.ncut import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
 
 __all__ = ["ncut_operator"]
 
@@ -27,13 +27,7 @@ class _NCutOperator(torch.autograd.Function):
         d = raw_matmul(ones, *params)[..., 0]
         if normalized and not bool((d > 0).all()):
             raise ValueError("W has nodes with zero degree: the normalized cut needs D > 0")
-        dis = d.rsqrt().unsqueeze(-1) if normalized else None
-
-        def lap(X):
-            if normalized:
-                return X - dis * raw_matmul(dis * X, *params)
-            return d.unsqueeze(-1) * X - raw_matmul(X, *params)
-
+        lap = laplacian_operator(lambda X: raw_matmul(X, *params), d, normalized)
         lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail)
         ctx.raw_matmul, ctx.lap = raw_matmul, lap
         ctx.args = (normalized, gaps, cg_tol, max_iter)

@@ -308,13 +308,15 @@ def lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol
     return P, dis, grad_d + 0.5 * dis**3 * s
 
 
-def laplacian_operator(W: torch.Tensor, d: torch.Tensor, normalized: bool):
-    """``X -> L @ X`` from ``W`` and its degrees, without forming ``L`` (one product with W)."""
+def laplacian_operator(W, d: torch.Tensor, normalized: bool):
+    """``X -> L @ X`` from ``W`` (a tensor, or a function ``X -> W @ X``) and its degrees,
+    without forming ``L``: one product with W per application."""
+    matmul = W if callable(W) else (lambda X: W @ X)
     if normalized:
         dis = d.rsqrt().unsqueeze(-1)
-        return lambda X: X - dis * (W @ (dis * X))
+        return lambda X: X - dis * matmul(dis * X)
     dd = d.unsqueeze(-1)
-    return lambda X: dd * X - W @ X
+    return lambda X: dd * X - matmul(X)
 
 
 class _NCutLobpcg(torch.autograd.Function):
@@ -382,9 +384,7 @@ class _NCutLobpcgGrad(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, W, d, lam, U, grad_lam, grad_Z, args):
-        from diffeig._eigsh import _batch_front
-
-        tensors = _batch_front(info, in_dims[:6], (W, d, lam, U, grad_lam, grad_Z))
+        tensors = _ops._batched_first(info, in_dims[:6], (W, d, lam, U, grad_lam, grad_Z))
         return _NCutLobpcgGrad.apply(*tensors, args), 0
 
 

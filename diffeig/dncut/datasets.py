@@ -11,6 +11,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -71,7 +72,7 @@ class SaliencyDataset:
         with Image.open(ip) as im:
             image = im.convert("RGB")
         with Image.open(mp) as m:
-            mask = torch.from_numpy(__import__("numpy").asarray(m.convert("L")) > 127)
+            mask = torch.from_numpy(np.asarray(m.convert("L")) > 127)
         if mask.shape != (image.height, image.width):
             raise ValueError(
                 f"{mp}: mask {tuple(mask.shape)} and image {image.height}x{image.width} differ"

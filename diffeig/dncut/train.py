@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from diffeig.dncut.backbone import build_backbone
 from diffeig.dncut.config import TrainConfig
 from diffeig.dncut.data import ImageSource, TwoViews
-from diffeig.dncut.model import DNCut, NCutOptions
+from diffeig.dncut.model import DNCut, NCutOptions, align
 
 
 class NonFiniteLoss(RuntimeError):
@@ -66,14 +67,7 @@ def build_model(cfg: TrainConfig) -> DNCut:
     backbone = build_backbone(cfg.arch, cfg.weights)
     if hasattr(backbone, "model"):
         freeze_unused(backbone.model)
-    ncut = NCutOptions(
-        tau=cfg.tau,
-        eps=cfg.eps,
-        laplacian=cfg.laplacian,
-        solve_dtype=cfg.solve_dtype,
-        temperature=cfg.temperature,
-        sign=cfg.sign,
-    )
+    ncut = NCutOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(NCutOptions)})
     return DNCut(
         backbone,
         proj_hidden=cfg.proj_hidden,
@@ -199,14 +193,9 @@ def save_visual(batch: dict, out: dict, path: Path, rows: int = 4) -> None:
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def img(v, box, flip):
+        # the same alignment as the features', on the (un-normalized) views themselves
         v = (v[:r].detach().float().cpu() * std + mean).clamp(0, 1)
-        from torchvision.ops import roi_align
-
-        rois = torch.cat(
-            [torch.arange(r, dtype=torch.float32)[:, None], box[:r].float().cpu() * S], 1
-        )
-        a = roi_align(v, rois, (S, S), 1.0, 2, aligned=True)
-        return torch.where(flip[:r].cpu().view(r, 1, 1, 1), a.flip(-1), a)
+        return align(v, box[:r].float().cpu(), flip[:r].cpu())
 
     def mask(m):
         m = m[:r].detach().float().cpu().unsqueeze(1)

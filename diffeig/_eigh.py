@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 
 import torch
 
@@ -218,12 +219,28 @@ def eigvalsh(A: torch.Tensor, UPLO: str = "L") -> torch.Tensor:
     return _torch_eigvalsh(A, UPLO=UPLO)
 
 
+_PATCH_LOCK = threading.Lock()
+_ACTIVE_PATCHES: list = []  # (token, eigh, eigvalsh) of every open patch_torch, oldest first
+
+
+def _install_top_patch() -> None:
+    """Make torch's functions those of the newest open patch, or torch's own when none
+    is open. Called under ``_PATCH_LOCK`` whenever a patch opens or closes."""
+    if _ACTIVE_PATCHES:
+        _, torch.linalg.eigh, torch.linalg.eigvalsh = _ACTIVE_PATCHES[-1]
+    else:
+        torch.linalg.eigh, torch.linalg.eigvalsh = _torch_eigh, _torch_eigvalsh
+
+
 class patch_torch(contextlib.ContextDecorator):
     """Make ``torch.linalg.eigh`` and ``torch.linalg.eigvalsh`` diffeig's, then restore them.
 
     For third-party code that calls ``torch.linalg.eigh`` by attribute lookup; code that
     bound the function earlier (``from torch.linalg import eigh``) is not affected.
-    The patch is process-wide (not thread-local); nested uses restore correctly.
+    The patch is process-wide (not thread-local). Open patches form one registry: the
+    newest open one is in effect, and closing any of them, in any order and from any
+    thread, leaves the newest still-open one in effect, or torch's own functions once
+    none is open. Nested uses restore correctly.
 
     Args:
         gap_eps: passed to :func:`diffeig.eigh` (``None``: the dtype-aware default).
@@ -245,7 +262,7 @@ class patch_torch(contextlib.ContextDecorator):
     def __init__(self, gap_eps: float | None = None):
         gap_tolerances(gap_eps, 1, torch.float64)  # validate now, not on first call
         self.gap_eps = gap_eps
-        self._saved: list[tuple] = []
+        self._tokens: list[object] = []
 
     def __enter__(self):
         gap_eps = self.gap_eps
@@ -262,11 +279,18 @@ class patch_torch(contextlib.ContextDecorator):
                 return _torch_eigvalsh(A, UPLO=UPLO, out=out)
             return eigvalsh(A, UPLO)
 
-        self._saved.append((torch.linalg.eigh, torch.linalg.eigvalsh))
-        torch.linalg.eigh = patched_eigh
-        torch.linalg.eigvalsh = patched_eigvalsh
+        token = object()
+        with _PATCH_LOCK:
+            self._tokens.append(token)
+            _ACTIVE_PATCHES.append((token, patched_eigh, patched_eigvalsh))
+            _install_top_patch()
         return self
 
     def __exit__(self, *exc):
-        torch.linalg.eigh, torch.linalg.eigvalsh = self._saved.pop()
+        with _PATCH_LOCK:
+            # This instance's uses all patch alike, so which of its tokens closes does not
+            # matter when one instance is entered from several threads.
+            token = self._tokens.pop()
+            _ACTIVE_PATCHES[:] = [p for p in _ACTIVE_PATCHES if p[0] is not token]
+            _install_top_patch()
         return False

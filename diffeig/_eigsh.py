@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from diffeig._eigh import _check_square, _torch_eigh, gap_tolerances
-from diffeig._lobpcg import LobpcgInfo, default_tol, lobpcg, partial_eigh_backward
+from diffeig._lobpcg import (
+    LobpcgInfo,
+    default_tol,
+    lobpcg,
+    partial_eigh_backward,
+    report_failure,
+    spectral_bound,
+)
 from diffeig._ops import _batched_first
+from diffeig.ncut import check_symmetric
 
 __all__ = ["eigsh", "LobpcgInfo"]
 
@@ -21,7 +27,7 @@ class _PartialEigh(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(A, solve, largest, gap_rtol, gap_atol, cg_tol, cg_max_iter):
+    def forward(A, solve, largest, gap_rtol, gap_atol, cg_tol, cg_max_iter, on_fail):
         return solve(A.detach())
 
     @staticmethod
@@ -36,11 +42,11 @@ class _PartialEigh(torch.autograd.Function):
     def backward(ctx, grad_theta, grad_X):
         A, theta, X = ctx.saved_tensors
         if grad_theta is None and grad_X is None:
-            return (None,) * 7
+            return (None,) * 8
         grad_theta = torch.zeros_like(theta) if grad_theta is None else grad_theta
         grad_X = torch.zeros_like(X) if grad_X is None else grad_X
         gA = _PartialEighGrad.apply(A.detach(), theta, X, grad_theta, grad_X, ctx.args)
-        return (gA,) + (None,) * 6
+        return (gA,) + (None,) * 7
 
     @staticmethod
     def vmap(info, in_dims, A, solve, *args):
@@ -51,7 +57,7 @@ class _PartialEigh(torch.autograd.Function):
 class _PartialEighGrad(torch.autograd.Function):
     @staticmethod
     def forward(A, theta, X, grad_theta, grad_X, args):
-        largest, gap_rtol, gap_atol, cg_tol, cg_max_iter = args
+        largest, gap_rtol, gap_atol, cg_tol, cg_max_iter, on_fail = args
         return partial_eigh_backward(
             A,
             theta,
@@ -63,6 +69,9 @@ class _PartialEighGrad(torch.autograd.Function):
             largest=largest,
             cg_tol=cg_tol,
             cg_max_iter=cg_max_iter,
+            # ties are judged against the whole spectrum's magnitude, as the dense path does
+            gap_scale=spectral_bound(A),
+            on_fail=on_fail,
         )
 
     @staticmethod
@@ -118,6 +127,14 @@ def run_lobpcg(
     dense = not callable(A)
     like = A[..., 0] if dense else like
     n = like.shape[-1]
+    if like.device.type == "meta":
+        raise ValueError(
+            "LOBPCG reads values to test convergence, so it cannot run on meta tensors; "
+            "method='dense' infers shapes there"
+        )
+    if like.numel() == 0:  # an empty batch
+        theta, X = like.new_zeros(*like.shape[:-1], k), like.new_zeros(*like.shape, k)
+        return theta, X, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
     r = 0 if constraints is None else constraints.shape[-1]
     m = default_block(k, n - r)
     if dense and 3 * m >= n - r:  # the iteration would cost as much as a dense solve
@@ -130,10 +147,7 @@ def run_lobpcg(
         return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
     X0 = initial_block((*like.shape, m), like.dtype, like.device)
     if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
-        flat = A.reshape(-1, *A.shape[-2:])
-        # per chunk of matrices: the |A| temporary is recycled, not page-faulted anew
-        scale = torch.cat([c.abs().sum(-1).amax(-1) for c in flat.split(32)])
-        scale = scale.reshape(A.shape[:-2])
+        scale = spectral_bound(A)
     theta, X, info = lobpcg(
         (lambda Y: A @ Y) if dense else A,
         X0,
@@ -151,9 +165,7 @@ def run_lobpcg(
             f"residual is {info.max_residual:.2e} > tol. Raise max_iter or tol, or use "
             "method='dense'."
         )
-        if on_fail == "raise":
-            raise RuntimeError(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        report_failure(msg, on_fail, stacklevel=4)
     return theta, X, info
 
 
@@ -207,6 +219,7 @@ def eigsh(
         and descending for ``largest=True``; with ``return_info``, also the info.
     """
     _check_square(A, "A", (torch.float32, torch.float64))
+    check_symmetric(A, "A")
     if B is not None:
         return _generalized(
             A,
@@ -226,7 +239,7 @@ def eigsh(
     if method not in ("lobpcg", "dense"):
         raise ValueError(f"method must be 'lobpcg' or 'dense', got {method!r}")
     check_solver_options(tol, max_iter, on_fail)
-    gap_rtol, gap_atol = gap_tolerances(gap_eps, k, A.dtype)
+    gap_rtol, gap_atol = gap_tolerances(gap_eps, n, A.dtype)
     cg_tol = default_tol(A.dtype) if tol is None else tol
     infos = []
 
@@ -247,7 +260,7 @@ def eigsh(
         infos.append(info)
         return theta.contiguous(), X.contiguous()
 
-    theta, X = _PartialEigh.apply(A, solve, largest, gap_rtol, gap_atol, cg_tol, max_iter)
+    theta, X = _PartialEigh.apply(A, solve, largest, gap_rtol, gap_atol, cg_tol, max_iter, on_fail)
     return (theta, X, infos[0]) if return_info else (theta, X)
 
 
@@ -267,7 +280,7 @@ def _generalized(A, k, B, **kw):
             f"B must have A's dtype {A.dtype} and device {A.device}, got {B.dtype}, {B.device}"
         )
     if B.shape == A.shape[:-1]:  # a diagonal
-        if not bool((B > 0).all()):
+        if B.device.type != "meta" and not bool((B > 0).all()):
             raise ValueError("B given as a diagonal (*, N) must be positive")
         s = B.rsqrt()
         C = A * s.unsqueeze(-1) * s.unsqueeze(-2)
@@ -279,6 +292,7 @@ def _generalized(A, k, B, **kw):
             f"B must have shape {tuple(A.shape)} (dense) or {tuple(A.shape[:-1])} "
             f"(diagonal), got {tuple(B.shape)}"
         )
+    check_symmetric(B, "B")
     L, info = torch.linalg.cholesky_ex(B)
     if bool((info != 0).any()):
         raise ValueError(

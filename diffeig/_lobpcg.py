@@ -11,6 +11,7 @@ of per-matrix control flow.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,15 @@ import torch
 
 from diffeig import _ops, _reference
 
-__all__ = ["LobpcgInfo", "default_tol", "lobpcg", "partial_eigh_backward", "partial_eigh_factor"]
+__all__ = [
+    "LobpcgInfo",
+    "default_tol",
+    "lobpcg",
+    "partial_eigh_backward",
+    "partial_eigh_factor",
+    "report_failure",
+    "spectral_bound",
+]
 
 
 @dataclass
@@ -77,7 +86,8 @@ def lobpcg(
             (default :func:`default_tol`: 1e-9 in float64, 7e-5 in float32).
         max_iter: iteration limit.
         scale: ``(*)`` spectral scale of each matrix (default: the largest |Ritz value|).
-        preconditioner: ``R -> T R``, an SPD approximation of ``A^-1`` applied to the
+        preconditioner: ``R -> T R``, an SPD approximation of ``A^-1`` (up to a positive
+            factor per matrix: the block is normalized after it) applied to the
             residuals (e.g. Jacobi, ``diag(A)^-1``).
         check_every: read the convergence test back to the host every this many
             iterations (default: 1 on CPU, 4 on CUDA, where each read is a synchronization;
@@ -93,6 +103,14 @@ def lobpcg(
         tol = default_tol(dtype)
     sign = -1.0 if largest else 1.0
     op = (lambda Y: -matmul(Y)) if largest else matmul
+    if scale is not None:
+        # Iterate on A / scale, whose spectrum lies in [-1, 1]: the residual test and the
+        # Gram matrices are then the same at any scale of A (at 1e-200 the squared
+        # residuals of A itself underflow to 0 and a random block "converges").
+        scale = scale.detach().to(dtype)
+        inv = torch.where(scale > 0, 1 / scale, 1.0)[..., None, None]
+        unscaled = op
+        op = lambda Y: unscaled(Y) * inv  # noqa: E731
 
     def rayleigh_ritz(S, AS, m):
         G = S.mT @ S
@@ -124,8 +142,10 @@ def lobpcg(
     for it in range(1, max_iter + 1):  # noqa: B007
         R = AX - X * theta.unsqueeze(-2)
         res = R[..., :k].norm(dim=-2)
-        ref = scale if scale is not None else theta.abs().amax(-1)
-        rel = res / ref.clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
+        if scale is None:
+            rel = res / theta.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
+        else:
+            rel = res  # the operator is A / scale
         done = (rel <= tol).all(-1)  # per matrix
         if it % check_every == 0 or it == max_iter:
             max_res = rel.amax().item()  # the only host synchronization
@@ -153,6 +173,8 @@ def lobpcg(
         if constraints is not None:  # keep rounding from leaking into the deflated space
             X = _project(X, constraints)
     info = LobpcgInfo(iterations=it, max_residual=max_res, converged=converged)
+    if scale is not None:
+        theta = theta * scale.unsqueeze(-1)
     return sign * theta[..., :k], X[..., :k], info
 
 
@@ -177,8 +199,27 @@ def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
             break
         # The vector updates of a step are one fused native op (diffeig::cg_step).
         Y, R, P, rr, active = _ops.cg_step(Y, R, P, op(P), rr, stop, active)
-    rel = rr.sqrt() / rhs.norm(dim=-2).clamp_min(torch.finfo(rhs.dtype).tiny)
+    # Relative to the same reference as the stopping rule, so that rel <= tol is "converged".
+    rel = rr.sqrt() / ref.clamp_min(torch.finfo(rhs.dtype).tiny)
     return Y, it, rel.amax().item() if rel.numel() else 0.0
+
+
+def report_failure(msg: str, on_fail: str, stacklevel: int = 3) -> None:
+    """Raise ``RuntimeError`` (``on_fail='raise'``) or warn (``'warn'``) about a solver
+    that stopped short of its tolerance: one rule for the forward and the backward."""
+    if on_fail == "raise":
+        raise RuntimeError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def spectral_bound(A: torch.Tensor) -> torch.Tensor:
+    """``(*)`` largest absolute row sum of each ``(*, N, N)`` matrix: Gershgorin's bound
+    of its spectral radius, from one read of A (chunked so that the ``|A|`` temporary is
+    recycled rather than page-faulted anew)."""
+    flat = A.detach().reshape(-1, *A.shape[-2:])
+    if flat.shape[0] == 0 or A.shape[-1] == 0:
+        return A.new_zeros(A.shape[:-2])
+    return torch.cat([c.abs().sum(-1).amax(-1) for c in flat.split(32)]).reshape(A.shape[:-2])
 
 
 def partial_eigh_factor(
@@ -194,6 +235,8 @@ def partial_eigh_factor(
     cg_tol: float,
     cg_max_iter: int,
     diagonal: torch.Tensor | None = None,
+    gap_scale: torch.Tensor | None = None,
+    on_fail: str = "warn",
 ) -> torch.Tensor:
     """``P`` with ``dL/dA = sym(P X^T)``, from k known eigenpairs ``A X = X diag(theta)``.
 
@@ -206,12 +249,24 @@ def partial_eigh_factor(
     shifted solves ``(A - theta_j) y_j = (I - X X^T) g_j``, ``y_j ⟂ X`` (positive definite
     there for the smallest pairs), by batched conjugate gradients: ``P = X M - Y``
     (design.md, "Iterative").
+
+    ``gap_scale`` (``(*)``) is the magnitude of the whole spectrum the tie threshold is
+    relative to (``gap_rtol * gap_scale``; see :func:`diffeig._reference.gap_mask`): the k
+    known eigenvalues alone say nothing of it when they all lie near 0. ``on_fail``:
+    what to do when a CG solve stops short of ``cg_tol`` (see :func:`report_failure`).
     """
     if grad_X is None:
         grad_X = torch.zeros_like(X)
     # A k x k problem: the reference formula (plain tensor ops, which functorch's
     # transforms can trace; the native op's registered autograd cannot run under them).
-    M = _reference.eigh_backward_core(theta, X.mT @ grad_X, grad_theta, gap_rtol, gap_atol)
+    M = _reference.eigh_backward_core(
+        theta, X.mT @ grad_X, grad_theta, gap_rtol, gap_atol, gap_scale
+    )
+    # Only sym(M) reaches sym(P X^T) = X sym(M) X^T. Its antisymmetric part holds
+    # X_ij / (l_j - l_i) terms that cancel for losses invariant within a near-tied pair,
+    # but are huge there: kept in P, they would multiply the residual A X - X diag(l)
+    # (about tol) wherever P meets A (the normalized cut's degree term).
+    M = 0.5 * (M + M.mT)
     P = X @ M
     if bool((grad_X != 0).any()):
         s = -1.0 if largest else 1.0
@@ -235,7 +290,7 @@ def partial_eigh_factor(
         # Tolerance relative to the cotangent itself: when g_j lies in span(X) the
         # projected right-hand side is rounding noise, and there is nothing to solve.
         if diagonal is None:
-            Y, _, _ = batched_cg(
+            Y, it, rel = batched_cg(
                 op,
                 s * rhs,
                 tol=cg_tol,
@@ -243,8 +298,12 @@ def partial_eigh_factor(
                 ref_norm=g64.norm(dim=-2, keepdim=True),
             )
         else:
-            sc = diagonal.to(wide).clamp_min(torch.finfo(wide).tiny).rsqrt().unsqueeze(-1)
-            Ys, _, _ = batched_cg(
+            # Isolated nodes (zero diagonal) keep a unit scale: their rows of A - l are
+            # -l there, and 1 / sqrt(0) would blow the system up.
+            dg = diagonal.to(wide)
+            dg = torch.where(dg > 0, dg, 1.0)
+            sc = dg.rsqrt().unsqueeze(-1)
+            Ys, it, rel = batched_cg(
                 lambda Y: sc * op(sc * Y),
                 s * sc * rhs,
                 tol=cg_tol,
@@ -252,6 +311,15 @@ def partial_eigh_factor(
                 ref_norm=(sc * g64).norm(dim=-2, keepdim=True),
             )
             Y = _project(sc * Ys, X64)
+        if not rel <= cg_tol:
+            report_failure(
+                f"the backward's conjugate-gradient solves stopped after {it} iterations at a "
+                f"relative residual of {rel:.2e} > tol = {cg_tol:.1e}: the gradient is "
+                "inexact. The shifted systems are singular when the k-th and (k+1)-th "
+                "eigenvalues tie (e.g. a graph with more than k connected components); "
+                "raise max_iter or tol, or use method='dense'.",
+                on_fail,
+            )
         P = P - Y.to(X.dtype)
     return P
 

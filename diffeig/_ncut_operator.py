@@ -24,13 +24,24 @@ class _NCutOperator(torch.autograd.Function):
         tol, max_iter, on_fail, cg_tol = solver
         like = params[0]
         ones = torch.ones(*shape, 1, dtype=like.dtype, device=like.device)
-        d = raw_matmul(ones, *params)[..., 0]
+        d = raw_matmul(ones, *params)
+        if not isinstance(d, torch.Tensor) or d.shape != ones.shape or d.dtype != ones.dtype:
+            got = f"{tuple(d.shape)} {d.dtype}" if isinstance(d, torch.Tensor) else type(d)
+            raise ValueError(
+                f"matmul(X, *params) must return W @ X, of X's shape {tuple(ones.shape)} and "
+                f"dtype {ones.dtype}; for X of that shape it returned {got}"
+            )
+        d = d[..., 0]
+        if d.device.type == "meta":
+            raise ValueError("ncut_operator reads values (LOBPCG): it cannot run on meta tensors")
+        if not bool(torch.isfinite(d).all()):
+            raise ValueError("matmul returned non-finite degrees W @ 1: W must be finite")
         if normalized and not bool((d > 0).all()):
             raise ValueError("W has nodes with zero degree: the normalized cut needs D > 0")
         lap = laplacian_operator(lambda X: raw_matmul(X, *params), d, normalized)
         lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail)
         ctx.raw_matmul, ctx.lap = raw_matmul, lap
-        ctx.args = (normalized, gaps, cg_tol, max_iter)
+        ctx.args = (normalized, gaps, cg_tol, max_iter, on_fail)
         ctx.save_for_backward(d, lam, U, *params)
         ctx.set_materialize_grads(False)
         return lam, Z

@@ -56,9 +56,29 @@ def cg_step(Y, R, P, AP, rr, stop, active):
 
 
 # --------------------------------------------------------------------------- fake kernels
+# The fake kernels are also the Meta kernels: a call that mixes a meta tensor with CPU
+# ones dispatches here, so they check devices as the real kernels do (TORCH_CHECK in
+# csrc/checks.h) instead of returning an uninitialized result.
+
+
+def _check_devices(op: str, **tensors) -> None:
+    present = {k: t for k, t in tensors.items() if t is not None}
+    devices = {t.device for t in present.values()}
+    torch._check(
+        len(devices) <= 1,
+        lambda: (
+            f"diffeig::{op}: "
+            + ", ".join(present)
+            + " must be on the same device, got "
+            + ", ".join(f"{k} on {t.device}" for k, t in present.items())
+        ),
+    )
 
 
 def _fake_core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol):
+    _check_devices(
+        "eigh_backward_core", eigenvalues=eigenvalues, X=X, grad_eigenvalues=grad_eigenvalues
+    )
     torch._check(X.dim() == eigenvalues.dim() + 1, lambda: "X must have shape (*, n, k)")
     torch._check(X.shape[-2] == eigenvalues.shape[-1], lambda: "X must have n rows")
     return X.new_empty(X.shape)
@@ -70,16 +90,26 @@ def _fake_laplacian(W, normalized):
 
 
 def _fake_assemble(P, V, scale, diag_term):
+    _check_devices("ncut_grad_assemble", P=P, V=V, scale=scale, diag_term=diag_term)
     torch._check(P.shape == V.shape, lambda: "V must have the shape of P")
     return P.new_empty((*P.shape[:-1], P.shape[-2]))
 
 
 def _fake_ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, rtol, atol):
+    _check_devices(
+        "ncut_backward",
+        V=V,
+        eigenvalues=eigenvalues,
+        degree=degree,
+        grad_Z=grad_Z,
+        grad_eigenvalues=grad_eigenvalues,
+    )
     torch._check(V.dim() >= 2 and V.shape[-1] == V.shape[-2], lambda: "V must be (*, n, n)")
     return V.new_empty(V.shape)
 
 
 def _fake_cg_step(Y, R, P, AP, rr, stop, active):
+    _check_devices("cg_step", Y=Y, R=R, P=P, AP=AP, rr=rr, stop=stop, active=active)
     torch._check(R.shape == Y.shape and P.shape == Y.shape, lambda: "R, P must have Y's shape")
     return (
         Y.new_empty(Y.shape),

@@ -22,22 +22,30 @@ __all__ = [
 ]
 
 
-def gap_mask(eigenvalues: torch.Tensor, k: int, gap_rtol: float, gap_atol: float):
+def gap_mask(eigenvalues: torch.Tensor, k: int, gap_rtol: float, gap_atol: float, scale=None):
     """Differences ``d[..., i, s] = l[s] - l[i]`` (s < k) and where they count as ties.
 
     Returns ``(d, mask)``; ``mask`` is True where ``d == 0`` (which includes i == s) or
-    ``|d| < gap_atol + gap_rtol * max|l|`` (one threshold per matrix).
+    ``|d| < gap_atol + gap_rtol * scale`` (one threshold per matrix). ``scale`` (``(*)``)
+    is the magnitude of the whole spectrum; by default ``max|l|`` of the given eigenvalues,
+    which is that magnitude when they are the whole spectrum. Partial solvers, which see
+    only k eigenvalues (all near 0 on a graph with k components), pass a bound of the
+    operator's norm instead.
     """
     l = eigenvalues
     d = l[..., None, :k] - l[..., :, None]
-    thr = gap_atol + gap_rtol * l.detach().abs().amax(-1, keepdim=True).unsqueeze(-1)
+    if scale is None:
+        scale = l.detach().abs().amax(-1)
+    thr = gap_atol + gap_rtol * scale.detach().to(l.dtype)[..., None, None]
     mask = (d == 0) | (d.abs() < thr)
     return d, mask
 
 
-def masked_reciprocal_gaps(eigenvalues: torch.Tensor, k: int, gap_rtol: float, gap_atol: float):
+def masked_reciprocal_gaps(
+    eigenvalues: torch.Tensor, k: int, gap_rtol: float, gap_atol: float, scale=None
+):
     """``K^T[..., :, :k]``: ``1 / (l[s] - l[i])``, zero on ties and on the diagonal."""
-    d, mask = gap_mask(eigenvalues, k, gap_rtol, gap_atol)
+    d, mask = gap_mask(eigenvalues, k, gap_rtol, gap_atol, scale)
     # The division happens on a safe denominator so that the masked branch never
     # produces inf (whose gradient would turn the zero into a NaN).
     safe = torch.where(mask, torch.ones_like(d), d)
@@ -50,12 +58,14 @@ def eigh_backward_core(
     grad_eigenvalues: torch.Tensor | None,
     gap_rtol: float,
     gap_atol: float,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reference of ``diffeig::eigh_backward_core`` (see ``csrc/diffeig.cpp``)."""
+    """Reference of ``diffeig::eigh_backward_core`` (see ``csrc/diffeig.cpp``); ``scale``
+    as in :func:`gap_mask` (the native op always uses ``max|l|``)."""
     n, k = X.shape[-2], X.shape[-1]
     if X.numel() == 0 or n == 0:
         return torch.empty_like(X, memory_format=torch.contiguous_format)
-    d, mask = gap_mask(eigenvalues, k, gap_rtol, gap_atol)
+    d, mask = gap_mask(eigenvalues, k, gap_rtol, gap_atol, scale)
     safe = torch.where(mask, torch.ones_like(d), d)
     if X.is_complex():
         # Divide the real and imaginary parts by the real gap, as the kernels do.

@@ -8,6 +8,8 @@ write of ``dL/dW``. ``docs/ncut.md`` has the math.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from diffeig import _ops
@@ -128,35 +130,56 @@ def max_asymmetry(W: torch.Tensor) -> float:
     for c in flat.split(per):
         blk = max(16, (1 << 22) // max(1, c.shape[0] * n * size))
         for i in range(0, n, blk):
-            t = c[:, :, i : i + blk].mT.contiguous()
+            # clone, not contiguous(): for N = 1 (or one tile) the transposed view is
+            # contiguous already, and the in-place ops below must never write into W.
+            t = c[:, :, i : i + blk].mT.clone(memory_format=torch.contiguous_format)
             asym = max(asym, t.sub_(c[:, i : i + blk, :]).abs_().amax().item())
     return asym
+
+
+def _values_readable(t: torch.Tensor) -> bool:
+    """Whether value checks can run: not empty, not traced, not on the meta device."""
+    return t.numel() > 0 and t.device.type != "meta" and not _is_traced(t)
+
+
+def check_symmetric(
+    A: torch.Tensor, name: str, *, sym_rtol: float | None = None
+) -> tuple[float, float] | None:
+    """Raise ``ValueError`` unless ``A`` is finite and symmetric (to ``sym_rtol``, default
+    ``sqrt(eps)``, relative to ``max |A|``); return its ``(min, max)``, or ``None`` when its
+    values cannot be read (empty, meta, under ``torch.compile`` or ``torch.func``)."""
+    if not _values_readable(A):
+        return None
+    lo, hi = torch.aminmax(A)  # one pass; NaN propagates into both
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+        raise ValueError(f"{name} must be finite, got NaN or inf entries")
+    lo, hi = lo.item(), hi.item()
+    asym = max_asymmetry(A)
+    scale = max(abs(lo), abs(hi), torch.finfo(A.dtype).tiny)
+    tol = (torch.finfo(A.dtype).eps ** 0.5 if sym_rtol is None else sym_rtol) * scale
+    if asym > tol:
+        raise ValueError(
+            f"{name} must be symmetric: max |{name} - {name}^T| = {asym:.3g} exceeds {tol:.3g} "
+            f"(symmetrize it with ({name} + {name}.mT) / 2)"
+        )
+    return lo, hi
 
 
 def check_affinity(W: torch.Tensor, *, normalized: bool, sym_rtol: float | None = None) -> None:
     """Raise ``ValueError`` unless ``W`` is a valid affinity (finite, >= 0, symmetric).
 
     For the normalized cut every node also needs a positive degree. The value checks
-    read the data, so they are skipped under ``torch.compile`` and ``torch.func``.
+    read the data, so they are skipped under ``torch.compile`` and ``torch.func`` and
+    on the meta device (shape inference).
     """
     from diffeig._eigh import _check_square
 
     _check_square(W, "W", (torch.float32, torch.float64))
-    if W.numel() == 0 or _is_traced(W):
+    if not _values_readable(W):
         return
-    lo, hi = torch.aminmax(W)  # one pass; NaN propagates into both
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-        raise ValueError("W must be finite, got NaN or inf entries")
-    if lo.item() < 0:
-        raise ValueError(f"W must be non-negative, got a minimum of {lo.item():.3g}")
-    asym = max_asymmetry(W)
-    scale = max(abs(lo.item()), abs(hi.item()))
-    tol = (torch.finfo(W.dtype).eps ** 0.5 if sym_rtol is None else sym_rtol) * max(scale, 1e-30)
-    if asym > tol:
-        raise ValueError(
-            f"W must be symmetric: max |W - W^T| = {asym:.3g} exceeds {tol:.3g} "
-            "(symmetrize it with (W + W.mT) / 2)"
-        )
+    lo, _ = check_symmetric(W, "W", sym_rtol=sym_rtol)
+    if lo < 0:
+        raise ValueError(f"W must be non-negative, got a minimum of {lo:.3g}")
     if normalized:
         zero = (W.sum(-1) <= 0).sum().item()
         if zero:
@@ -241,6 +264,13 @@ def sym_eigh_ncut(
     return lam, Z
 
 
+def ncut_spectral_bound(d: torch.Tensor, normalized: bool) -> torch.Tensor:
+    """Gershgorin's bound of the Laplacian's spectrum, ``(*)``: 2 for the normalized
+    cut, ``2 max(d)`` for ``D - W``. The iterative solvers' residuals and tie thresholds
+    are relative to it."""
+    return torch.full_like(d[..., 0], 2.0) if normalized else 2 * d.amax(-1)
+
+
 def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
@@ -256,8 +286,13 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
     else:
         # Gershgorin bounds |L|: 2 for the normalized Laplacian, 2 max(d) for D - W, whose
         # diagonal D makes Jacobi preconditioning undo the spread of the degrees.
-        scale = torch.full_like(d[..., 0], 2.0) if normalized else 2 * d.amax(-1)
-        dinv = None if normalized else (1 / d.clamp_min(torch.finfo(d.dtype).tiny)).unsqueeze(-1)
+        scale = ncut_spectral_bound(d, normalized)
+        # max(d) / d: Jacobi up to a factor, O(1) at any scale of W; isolated nodes
+        # (d = 0, possible for D - W) are left unpreconditioned.
+        dinv = None
+        if not normalized:
+            dmax = d.amax(-1, keepdim=True)
+            dinv = torch.where(d > 0, dmax / torch.where(d > 0, d, 1), 1).unsqueeze(-1)
         theta, X, _ = run_lobpcg(
             L,
             k - 1,
@@ -278,7 +313,9 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
     return lam, U, Z
 
 
-def lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol, max_iter):
+def lobpcg_ncut_factors(
+    L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol, max_iter, on_fail="warn"
+):
     """``(P, c, g)`` with ``dL/dW = -c c^T o sym(P U^T) + sym(g 1^T)`` (symmetric part),
     i.e. ``ncut_grad_assemble(P, U, c, g)``, from the k pairs alone (shifted solves)."""
     from diffeig._lobpcg import partial_eigh_factor
@@ -298,6 +335,8 @@ def lobpcg_ncut_factors(L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol
         cg_tol=cg_tol,
         cg_max_iter=max_iter,
         diagonal=None if normalized else d,
+        gap_scale=ncut_spectral_bound(d, normalized),
+        on_fail=on_fail,
     )
     if not normalized:
         return P, torch.ones_like(d), (P * U).sum(-1)
@@ -342,7 +381,7 @@ class _NCutLobpcg(torch.autograd.Function):
         lam, _, d, U = output
         ctx.mark_non_differentiable(d, U)
         ctx.save_for_backward(W, d, lam, U)
-        ctx.args = (normalized, gaps, solver[3], solver[1])
+        ctx.args = (normalized, gaps, solver[3], solver[1], solver[2])
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -427,8 +466,13 @@ def affinity(
         )
     if mode not in ("weighted", "binary"):
         raise ValueError(f"mode must be 'weighted' or 'binary', got {mode!r}")
-    if eps < 0:
-        raise ValueError(f"eps must be non-negative, got {eps}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite non-negative number, got {eps}")
+    if not math.isfinite(tau):
+        raise ValueError(f"tau must be finite, got {tau}")
+    # NaN similarities would fall below tau and become eps: a finite graph from garbage.
+    if _values_readable(features) and not bool(torch.isfinite(features).all()):
+        raise ValueError("features must be finite, got NaN or inf entries")
     f = torch.nn.functional.normalize(features, dim=-1)
     A = f @ f.mT
     A = 0.5 * (A + A.mT)

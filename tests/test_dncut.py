@@ -287,7 +287,7 @@ def test_configs_and_flags():
     cfg = resolve("vit_s8", {"data": "synthetic:8", "alpha": 0.1})
     assert (cfg.arch, cfg.alpha, cfg.batch_size) == ("vit_small_patch8", 0.1, 256)
     with pytest.raises(ValueError, match="--laplacian"):
-        resolve(None, {"data": "x", "laplacian": "rw"})
+        resolve(None, {"data": "synthetic:8", "laplacian": "rw"})
     with pytest.raises(ValueError, match="--data is required"):
         resolve(None, {})
     with pytest.raises(FileNotFoundError, match="packaged: demo"):

@@ -110,9 +110,9 @@ def load_weights(backbone: ViTKeys, path: str | os.PathLike) -> None:
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the
     missing and unexpected keys when the checkpoint does not match the architecture.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--weights: no such file: {path}")
-    state = convert_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    from diffeig.dncut.checkpoint import load_checkpoint
+
+    state = convert_state_dict(load_checkpoint(path, what="--weights"))
     model = backbone.model
     pos = state.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:

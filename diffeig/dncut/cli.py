@@ -77,33 +77,43 @@ def main(argv=None) -> int:
 
             payload = export(args.checkpoint, args.output)
             print(
-                f"wrote {args.output}: {payload['arch']} backbone, "
+                f"wrote {payload['path']}: {payload['arch']} backbone, "
                 f"{len(payload['model'])} tensors, step {payload['step']}"
             )
             return 0
         from diffeig.dncut import evaluate
 
         return evaluate.run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # user errors: bad options, files, data
+        print(f"error: {message(err)}", file=sys.stderr)
         return 2
+
+
+def message(err: BaseException) -> str:
+    """An exception as one line for the user. An error raised in a DataLoader worker
+    arrives with the worker's traceback in its text: keep its last line, the error."""
+    text = str(err).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name, sep, rest = last.partition(": ")
+        text = rest if sep and ("." in name or name.endswith("Error")) else last
+    return text
 
 
 def _train(args) -> int:
     import os
 
-    import torch
-
     from diffeig.dncut.config import resolve
-    from diffeig.dncut.train import NonFiniteLoss, train
+    from diffeig.dncut.train import NonFiniteLoss, train, training_checkpoint
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     overrides = {n: getattr(args, n) for n in names}
     base = None
     if args.resume:
-        if not os.path.isfile(args.resume):
-            raise FileNotFoundError(f"--resume: no such checkpoint: {args.resume}")
-        base = torch.load(args.resume, map_location="cpu", weights_only=False).get("config")
+        base = training_checkpoint(args.resume, "--resume")["config"]
+        # A run continues where its checkpoint is (a run folder may have been moved).
+        if overrides["output"] is None:
+            overrides["output"] = os.path.dirname(os.path.abspath(args.resume))
     cfg = resolve(args.config, overrides, base)
     try:
         record = train(cfg, resume=args.resume, progress=not args.no_progress)

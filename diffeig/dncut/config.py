@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,27 +56,22 @@ class TrainConfig:
     tensorboard: bool = False
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag of the first option that is out of range."""
         if not self.data:
             raise ValueError("--data is required (a folder, a file list, or synthetic:N)")
-        if self.laplacian not in ("unnormalized", "ncut"):
-            raise ValueError(
-                f"--laplacian must be 'unnormalized' or 'ncut', got {self.laplacian!r}"
-            )
-        if self.solve_dtype not in ("float32", "float64"):
-            raise ValueError(f"--solve-dtype must be float32 or float64, got {self.solve_dtype!r}")
-        if self.sign not in ("sum", "max"):
-            raise ValueError(f"--sign must be 'sum' or 'max', got {self.sign!r}")
-        for name in ("batch_size", "epochs", "image_size", "log_every", "vis_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
-                )
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature must be positive, got {self.temperature}")
-        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(
-                f"--crop-scale must be two numbers 0 < lo <= hi <= 1, got {self.crop_scale}"
-            )
+        check_data(self.data)
+        check_choice("laplacian", self.laplacian, ("unnormalized", "ncut"))
+        check_choice("solve_dtype", self.solve_dtype, ("float32", "float64"))
+        check_choice("sign", self.sign, ("sum", "max"))
+        check_device(self.device)
+        for name, kwargs in NUMERIC_OPTIONS.items():
+            check_number(name, getattr(self, name), **kwargs)
+        if not isinstance(self.crop_scale, (list, tuple)) or len(self.crop_scale) != 2:
+            raise ValueError(f"--crop-scale must be two numbers lo <= hi, got {self.crop_scale}")
+        for v in self.crop_scale:
+            check_number("crop_scale", v, lo=0, hi=1, lo_open=True)
+        if not self.crop_scale[0] <= self.crop_scale[1]:
+            raise ValueError(f"--crop-scale must be two numbers lo <= hi, got {self.crop_scale}")
         if self.arch == "color":
             raise ValueError(
                 "--arch color has no parameters to train; it is an evaluation baseline"
@@ -82,6 +79,98 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Every numeric option of `train`, checked in one place: finite, of its type, in range.
+NUMERIC_OPTIONS: dict[str, dict] = {
+    "image_size": dict(integer=True, lo=1),
+    "min_overlap": dict(lo=0, hi=1),
+    "synthetic_size": dict(integer=True, lo=8),
+    "workers": dict(integer=True, lo=0),
+    "proj_hidden": dict(integer=True, lo=1, optional=True),
+    "proj_dim": dict(integer=True, lo=1),
+    "tau": dict(lo=-1, hi=1),
+    "eps": dict(lo=0),
+    "temperature": dict(lo=0, lo_open=True),
+    "alpha": dict(),
+    "iou_threshold": dict(lo=0, hi=1),
+    "min_kept": dict(integer=True, lo=1),
+    "threshold_step": dict(lo=1e-4, hi=1),
+    "batch_size": dict(integer=True, lo=1),
+    "base_lr": dict(lo=0, lo_open=True),
+    "min_lr": dict(lo=0),
+    "weight_decay": dict(lo=0),
+    "momentum": dict(lo=0, hi=1),
+    "trust_coeff": dict(lo=0, lo_open=True),
+    "warmup_epochs": dict(lo=0),
+    "epochs": dict(integer=True, lo=1),
+    "stop_epoch": dict(integer=True, lo=1, optional=True),
+    "max_steps": dict(integer=True, lo=1, optional=True),
+    "seed": dict(integer=True, lo=0),
+    "log_every": dict(integer=True, lo=1),
+    "vis_every": dict(integer=True, lo=1),
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_number(
+    name: str,
+    value,
+    *,
+    integer: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    optional: bool = False,
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number (an int if ``integer``) in
+    ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``); ``None`` passes when ``optional``. The
+    error names the command-line flag of ``name``."""
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a finite number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+        raise ValueError(f"{flag(name)} must be {kind}, got {value!r}")
+    low_ok = lo is None or (value > lo if lo_open else value >= lo)
+    if not (low_ok and (hi is None or value <= hi)):
+        left = "(" if lo_open else "["
+        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ValueError(f"{flag(name)} must be in {rng}, got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_data(spec: str) -> None:
+    """``--data``: an existing folder or file list, or exactly ``synthetic:N`` (N > 0)."""
+    spec = str(spec)
+    if spec.startswith("synthetic"):
+        if not re.fullmatch(r"synthetic:\d+", spec) or int(spec.partition(":")[2]) <= 0:
+            raise ValueError(
+                f"--data {spec!r}: generated images are asked for as synthetic:N with an "
+                "integer N > 0 (e.g. synthetic:1024)"
+            )
+        return
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"--data: no such folder or file list: {spec}")
+
+
+def check_device(device: str) -> None:
+    """``--device``: auto, cpu, cuda or cuda:N (and what else torch names)."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
 
 
 def builtin_configs() -> list[str]:
@@ -108,11 +197,29 @@ def load_yaml(name_or_path: str) -> dict:
         text = packaged.read_text()
     else:
         text = path.read_text()
-    values = yaml.safe_load(text) or {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"--config {name_or_path}: not valid YAML: {what}{where}") from None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"--config {name_or_path}: must be a YAML mapping of options, got "
+            f"{type(values).__name__}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(map(str, values)) - set(fields))
     if unknown:
         raise ValueError(f"--config {name_or_path}: unknown options {unknown}")
+    for name, value in values.items():
+        # YAML reads 1e-3 (no dot) as a string: take numbers written that way as numbers.
+        if isinstance(value, str) and name in NUMERIC_OPTIONS:
+            try:
+                values[name] = int(value) if NUMERIC_OPTIONS[name].get("integer") else float(value)
+            except ValueError:
+                pass  # validate() names it
     return values
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import torch
@@ -34,13 +35,30 @@ def list_images(source: str | os.PathLike) -> list[str]:
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(
-                f"--data {source}: {len(missing)} listed files do not exist, e.g. {missing[:5]}"
+                f"--data {source}: {len(missing)} listed files do not exist (or are not regular "
+                f"files), e.g. {missing[:5]}"
             )
     else:
         raise FileNotFoundError(f"--data: no such folder or file list: {source}")
     if not paths:
         raise ValueError(f"--data {source}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return paths
+
+
+class UnreadableImage(ValueError):
+    """An image file that Pillow cannot decode (corrupt, truncated, empty, not an image)."""
+
+
+def read_image(path, mode: str = "RGB") -> Image.Image:
+    """The image at ``path`` decoded into memory (``mode``), or ``UnreadableImage`` naming
+    the file. Only regular files are opened: a FIFO or device named ``*.png`` would block."""
+    if not os.path.isfile(path):
+        raise UnreadableImage(f"{path}: not a regular file")
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(f"cannot read image {path}: {err}") from None
 
 
 def ln_ok(line: str) -> bool:
@@ -107,13 +125,10 @@ class ImageSource:
     def __init__(self, spec: str, *, synthetic_size: int = 224, seed: int = 0):
         self.spec = str(spec)
         if self.spec.startswith("synthetic"):
-            _, _, count = self.spec.partition(":")
-            try:
-                self.count = int(count or 1024)
-            except ValueError:
-                raise ValueError(f"--data synthetic:N needs an integer N, got {spec!r}") from None
-            if self.count <= 0:
-                raise ValueError(f"--data synthetic:N needs N > 0, got {spec!r}")
+            count = self.spec.partition(":")[2]
+            if not re.fullmatch(r"\d+", count) or int(count) <= 0:
+                raise ValueError(f"--data synthetic:N needs an integer N > 0, got {spec!r}")
+            self.count = int(count)
             self.paths = None
             self.size, self.seed = synthetic_size, seed
         else:
@@ -126,8 +141,7 @@ class ImageSource:
     def __getitem__(self, i: int) -> Image.Image:
         if self.paths is None:
             return synthetic_image(i, self.size, self.seed)[0]
-        with Image.open(self.paths[i]) as im:
-            return im.convert("RGB")
+        return read_image(self.paths[i])
 
 
 # ----------------------------------------------------------------------------- two views

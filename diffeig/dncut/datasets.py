@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from diffeig.dncut.data import IMAGE_EXTENSIONS
+from diffeig.dncut.data import IMAGE_EXTENSIONS, UnreadableImage, read_image
 
 # name -> (image folder, mask folder), relative to --root
 SALIENCY = {
@@ -28,7 +27,12 @@ DISCOVERY = ("voc07", "voc12", "coco20k", "boxes")
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    """Image files by stem; only regular files (a FIFO named ``*.png`` would block a read)."""
+    return {
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    }
 
 
 def _need_dir(path: Path, what: str) -> None:
@@ -40,6 +44,32 @@ def _mismatch(kind: str, names, limit=10) -> str:
     names = sorted(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return f"{len(names)} {kind}: {', '.join(names[:limit])}{more}"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+
+
+def _check_box_table(table, path: Path) -> None:
+    """``boxes.json``: ``{"image file name": [[x1, y1, x2, y2], ...]}``."""
+
+    def is_box(b):
+        return (
+            isinstance(b, list)
+            and len(b) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+        )
+
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: must map image file names to lists of boxes")
+    bad = sorted(k for k, v in table.items() if not (isinstance(v, list) and all(map(is_box, v))))
+    if bad:
+        raise ValueError(
+            f"{path}: " + _mismatch("entries are not lists of [x1, y1, x2, y2] boxes", bad)
+        )
 
 
 class SaliencyDataset:
@@ -69,12 +99,10 @@ class SaliencyDataset:
 
     def __getitem__(self, i):
         name, ip, mp = self.items[i]
-        with Image.open(ip) as im:
-            image = im.convert("RGB")
-        with Image.open(mp) as m:
-            mask = torch.from_numpy(np.asarray(m.convert("L")) > 127)
+        image = read_image(ip)
+        mask = torch.from_numpy(np.asarray(read_image(mp, "L")) > 127)
         if mask.shape != (image.height, image.width):
-            raise ValueError(
+            raise UnreadableImage(
                 f"{mp}: mask {tuple(mask.shape)} and image {image.height}x{image.width} differ"
             )
         return name, image, mask
@@ -83,12 +111,15 @@ class SaliencyDataset:
 def parse_voc_xml(path: Path) -> torch.Tensor:
     """All objects' boxes of a VOC annotation (difficult and truncated kept, as TokenCut),
     converted from VOC's 1-based inclusive pixels to pixel edges."""
-    root = ET.parse(path).getroot()
-    boxes = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        x1, y1, x2, y2 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append([x1 - 1, y1 - 1, x2, y2])
+    try:
+        root = ET.parse(path).getroot()
+        boxes = []
+        for obj in root.iter("object"):
+            bb = obj.find("bndbox")
+            x1, y1, x2, y2 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+            boxes.append([x1 - 1, y1 - 1, x2, y2])
+    except (ET.ParseError, AttributeError, TypeError, ValueError) as err:
+        raise UnreadableImage(f"{path}: not a VOC annotation with numeric boxes ({err})") from None
     return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
 
 
@@ -123,8 +154,9 @@ class DiscoveryDataset:
             _need_dir(root / "images", "image")
             if not ann.is_file():
                 raise FileNotFoundError(f"--root {root}: no boxes.json")
-            table = json.loads(ann.read_text())
-            files = {p.name: p for p in (root / "images").iterdir()}
+            table = _read_json(ann)
+            _check_box_table(table, ann)
+            files = {p.name: p for p in (root / "images").iterdir() if p.is_file()}
             missing = sorted(set(table) - set(files))
             if missing:
                 raise ValueError(
@@ -167,14 +199,20 @@ class DiscoveryDataset:
         if problems:
             raise FileNotFoundError(f"--root {root} (coco20k): missing {', '.join(problems)}")
         names = [Path(ln.strip()).name for ln in lst.read_text().splitlines() if ln.strip()]
-        data = json.loads(ann.read_text())
-        by_name = {im["file_name"]: im["id"] for im in data["images"]}
-        boxes: dict[int, list] = {}
-        for a in data["annotations"]:
-            if a.get("iscrowd", 0):
-                continue  # crowd boxes removed, as LOST / TokenCut
-            x, y, w, h = a["bbox"]
-            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+        data = _read_json(ann)
+        try:
+            by_name = {im["file_name"]: im["id"] for im in data["images"]}
+            boxes: dict[int, list] = {}
+            for a in data["annotations"]:
+                if a.get("iscrowd", 0):
+                    continue  # crowd boxes removed, as LOST / TokenCut
+                x, y, w, h = (float(v) for v in a["bbox"])
+                boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(
+                f"{ann}: not a COCO instances file (images with file_name and id, annotations "
+                f"with image_id and a 4-number bbox): {type(err).__name__}: {err}"
+            ) from None
         missing = [n for n in names if n not in by_name or not (img_dir / n).is_file()]
         if missing:
             raise ValueError(
@@ -188,8 +226,7 @@ class DiscoveryDataset:
 
     def __getitem__(self, i):
         name, ip, (kind, payload) = self.items[i]
-        with Image.open(ip) as im:
-            image = im.convert("RGB")
+        image = read_image(ip)
         if kind == "voc":
             boxes = parse_voc_xml(payload)
         else:

@@ -11,6 +11,7 @@ See docs/evaluation.md for the protocols.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -82,8 +83,8 @@ def load_backbone(args):
 def device_of(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
     return name
 
 
@@ -98,8 +99,28 @@ class _Prepared(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        name, image, target = self.base[i]
+        """An item, or ``(None, message)`` for a file that cannot be read (skipped)."""
+        from diffeig.dncut.data import UnreadableImage
+
+        try:
+            name, image, target = self.base[i]
+        except UnreadableImage as err:
+            return None, str(err)
         return name, (image.height, image.width), self.prepare(image), target, image
+
+
+def readable(batch: list, skipped: list, bar) -> list:
+    """The items of a batch that could be read; the others are counted in ``skipped`` and
+    reported with a warning line each (evaluation goes on without them)."""
+    good = []
+    for item in batch:
+        if item[0] is None:
+            skipped.append(item[1])
+            bar.write(f"warning: skipped: {item[1]}", file=sys.stderr)
+            bar.update(1)
+        else:
+            good.append(item)
+    return good
 
 
 def saliency_map(
@@ -128,9 +149,10 @@ def eval_saliency(args) -> dict:
     backbone = load_backbone(args)
     patch = backbone.patch_size
     prepared = _Prepared(data, lambda im: resize_to_patch(im, patch, args.max_side))
-    per_image = []
+    per_image, skipped = [], []
     bar = tqdm(total=len(data), desc=f"saliency {args.dataset}", disable=args.quiet)
     for batch in chunks(prepared, args.batch_size, args.workers):
+        batch = readable(batch, skipped, bar)
         feats = extract(backbone, [b[2] for b in batch], args.device)
         for (name, size, _, gt, image), f in zip(batch, feats):
             soft, _ = saliency_map(f, args.post, patch, size, image)
@@ -139,8 +161,9 @@ def eval_saliency(args) -> dict:
             bar.update(1)
     bar.close()
     summary = metrics.summarize_saliency(per_image)
+    summary["skipped"] = len(skipped)
     rows = [{k: v for k, v in r.items() if k != "f_curve"} for r in per_image]
-    return {"summary": summary, "per_image": rows}
+    return {"summary": summary, "per_image": rows, "skipped": skipped}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -164,9 +187,10 @@ def eval_discovery(args) -> dict:
     backbone = load_backbone(args)
     patch = backbone.patch_size
     prepared = _Prepared(data, lambda im: pad_to_patch(im, patch))
-    per_image = []
+    per_image, skipped = [], []
     bar = tqdm(total=len(data), desc=f"discovery {args.dataset}", disable=args.quiet)
     for batch in chunks(prepared, args.batch_size, args.workers):
+        batch = readable(batch, skipped, bar)
         feats = extract(backbone, [b[2] for b in batch], args.device)
         for (name, size, _, gt, _), f in zip(batch, feats):
             box, _ = predict_box(f, args.post, patch, size)
@@ -182,8 +206,14 @@ def eval_discovery(args) -> dict:
             bar.update(1)
     bar.close()
     n = len(per_image)
-    summary = {"images": n, "corloc": sum(r["hit"] for r in per_image) / n}
-    return {"summary": summary, "per_image": per_image}
+    if not n:
+        raise ValueError("no images were evaluated (every file was skipped)")
+    summary = {
+        "images": n,
+        "corloc": sum(r["hit"] for r in per_image) / n,
+        "skipped": len(skipped),
+    }
+    return {"summary": summary, "per_image": per_image, "skipped": skipped}
 
 
 # ------------------------------------------------------------------------------ commands
@@ -224,12 +254,58 @@ def add_commands(sub) -> None:
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
     v.add_argument("images", nargs="+")
     _common(v, POSTS_DISCOVERY, "tokencut")
-    v.add_argument("--out", required=True, help="PNG path (one image) or folder (several)")
+    v.add_argument(
+        "--out",
+        required=True,
+        help="a .png/.jpg file (one figure, a row per image) or a folder (one figure per "
+        "image, <folder>/<stem>.png)",
+    )
     v.add_argument("--eigenvectors", type=int, default=4, help="how many (z2, z3, ...)")
     v.add_argument("--max-side", type=int, default=480)
 
 
+# The evaluation commands' numeric options, checked in one place (as train's).
+NUMERIC_OPTIONS = {
+    "limit": dict(integer=True, lo=1, optional=True),
+    "batch_size": dict(integer=True, lo=1),
+    "workers": dict(integer=True, lo=0),
+    "max_side": dict(integer=True, lo=1, optional=True),
+    "patch_size": dict(integer=True, lo=1, hi=1024, optional=True),
+    "eigenvectors": dict(integer=True, lo=1, hi=64),
+}
+
+
+def validate(args) -> None:
+    """Raise ``ValueError`` naming the first option out of range (numbers, device)."""
+    from diffeig.dncut.config import check_device, check_number
+
+    for name, kwargs in NUMERIC_OPTIONS.items():
+        if hasattr(args, name):
+            check_number(name, getattr(args, name), **kwargs)
+    check_device(args.device)
+
+
+def output_path(args) -> Path:
+    """Where the JSON goes; checked writable before any work starts."""
+    out = Path(
+        args.output or f"runs/eval/{args.command[5:]}-{args.dataset}-{args.arch}-{args.post}.json"
+    )
+    if out.is_dir():
+        raise ValueError(f"--output {out} is a directory; give a file name for the JSON")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        with open(out, "a"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as err:
+        raise ValueError(f"--output {out} is not writable: {err.strerror or err}") from None
+    return out
+
+
 def run(args) -> int:
+    validate(args)
     args.device = device_of(args.device)
     if args.command == "visualize":
         from diffeig.dncut.visualize import visualize
@@ -237,8 +313,7 @@ def run(args) -> int:
         for path in visualize(args):
             print(f"wrote {path}")
         return 0
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be positive, got {args.limit}")
+    out = output_path(args)
     t0 = time.perf_counter()
     result = (eval_saliency if args.command == "eval-saliency" else eval_discovery)(args)
     result["config"] = {
@@ -246,10 +321,6 @@ def run(args) -> int:
     }
     result["seconds"] = time.perf_counter() - t0
     print_summary(args, result["summary"])
-    out = Path(
-        args.output or f"runs/eval/{args.command[5:]}-{args.dataset}-{args.arch}-{args.post}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"per-image results: {out}")
     return 0
@@ -267,3 +338,5 @@ def print_summary(args, s: dict) -> None:
     else:
         vals = f"{100 * s['corloc']:.1f} |"
     print(f"| {args.dataset} | {args.arch} ({src}) | {args.post} | {s['images']} | {vals}")
+    if s.get("skipped"):
+        print(f"skipped {s['skipped']} unreadable file(s); their names are in the JSON")

@@ -5,6 +5,8 @@ Masks are ``(B, h, w)`` soft masks in (0, 1) (``sigmoid(z2 / temperature)``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -41,6 +43,13 @@ def mask_consistency(
     Returns ``(loss, stats)`` with stats ``kept`` (fraction), ``iou`` (mean best IoU over
     the batch), ``threshold`` (the one used), ``flipped`` (fraction matched to 1 - t).
     """
+    if not (math.isfinite(iou_threshold) and 0 <= iou_threshold <= 1):
+        raise ValueError(f"iou_threshold must be a number in [0, 1], got {iou_threshold!r}")
+    # A step this small (or 0, or NaN) would lower the threshold forever.
+    if not (math.isfinite(threshold_step) and 1e-4 <= threshold_step <= 1):
+        raise ValueError(f"threshold_step must be a number in [1e-4, 1], got {threshold_step!r}")
+    if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 1:
+        raise ValueError(f"min_kept must be a positive int, got {min_kept!r}")
     t = target.detach()
     hard = online.detach() > 0.5
     iou_pos = hard_iou(hard, t > 0.5)
@@ -50,11 +59,16 @@ def mask_consistency(
     tgt = torch.where(flip.view(-1, *([1] * (t.dim() - 1))), 1 - t, t)
     B = online.shape[0]
     need = min(min_kept, B)
+    # The need-th largest IoU decides how far the threshold drops: one read to the host,
+    # then the authors' repeated subtraction (the same float threshold as theirs), compared
+    # as `iou > thr` compares. IoUs are >= 0, so the loop ends once thr < 0: at most
+    # 1 / threshold_step + 1 steps.
     thr = iou_threshold
+    if need:
+        nth = iou.detach().topk(need).values[-1].cpu()
+        while not bool(nth > thr):
+            thr -= threshold_step
     keep = iou > thr
-    while int(keep.sum()) < need:
-        thr -= threshold_step
-        keep = iou > thr
     per = _bce(online, tgt)
     loss = (per * keep).sum() / keep.sum().clamp_min(1)
     stats = {

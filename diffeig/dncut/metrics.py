@@ -27,12 +27,23 @@ def f_beta_curve(pred: torch.Tensor, gt: torch.Tensor, beta2: float = BETA2) -> 
     ``pred`` in [0, 1]; precision and recall with a 1e-20 guard as the reference code, so
     an empty prediction or an empty ground truth gives F = 0 at that threshold.
     """
-    p = pred.double().flatten()
-    g = gt.flatten().double()
-    hits = p.unsqueeze(0) >= THRESHOLDS.unsqueeze(1)  # (255, P)
-    tp = (hits.double() * g).sum(1)
-    precision = tp / (hits.sum(1) + 1e-20)
-    recall = tp / (g.sum() + 1e-20)
+    p = pred.flatten()
+    g = gt.flatten()
+    # Per pixel, the number of thresholds it reaches (p >= t): then the counts of every
+    # threshold are suffix sums of a 256-bin histogram. Chunked: memory stays O(chunk),
+    # not 255 x H x W; the sums are of integers (or of g), exact in float64.
+    nt = len(THRESHOLDS)
+    reached = torch.zeros(nt + 1, dtype=torch.float64)
+    reached_fg = torch.zeros(nt + 1, dtype=torch.float64)
+    for pc, gc in zip(p.split(1 << 20), g.split(1 << 20)):
+        idx = torch.searchsorted(THRESHOLDS, pc.double().contiguous(), right=True)
+        reached += torch.bincount(idx, minlength=nt + 1).double()
+        reached_fg += torch.bincount(idx, weights=gc.double(), minlength=nt + 1)
+    # hits[j] = #pixels reaching more than j thresholds = those with idx > j
+    hits = reached.flip(0).cumsum(0).flip(0)[1:]
+    tp = reached_fg.flip(0).cumsum(0).flip(0)[1:]
+    precision = tp / (hits + 1e-20)
+    recall = tp / (g.double().sum() + 1e-20)
     f = (1 + beta2) * precision * recall / (beta2 * precision + recall + 1e-20)
     return torch.nan_to_num(f, nan=0.0)
 

@@ -118,9 +118,14 @@ class DNCut(nn.Module):
         maps = align(
             torch.cat([online, target]), torch.cat([boxes, boxes]), torch.cat([flips, flips])
         )
+        # Non-finite weights or inputs show here first; the training loop stops on it
+        # (the NCut's affinity would refuse them).
+        finite = torch.isfinite(maps).all()
+        if not bool(finite):
+            return {"features_finite": finite}
         masks, z2 = ncut_masks(maps, self.ncut)
         m_on, m_tg = masks[: 2 * B], masks[2 * B :]
-        out = {}
+        out = {"features_finite": finite}
         total = 0.0
         for name, (on, tg) in {"12": (m_on[:B], m_tg[B:]), "21": (m_on[B:], m_tg[:B])}.items():
             l_mask, st = mask_consistency(

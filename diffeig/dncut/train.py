@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -13,13 +14,23 @@ import torch
 import torch.distributed as dist
 
 from diffeig.dncut.backbone import build_backbone
+from diffeig.dncut.checkpoint import atomic_save, load_checkpoint
 from diffeig.dncut.config import TrainConfig
 from diffeig.dncut.data import ImageSource, TwoViews
 from diffeig.dncut.model import DNCut, NCutOptions, align
 
 
 class NonFiniteLoss(RuntimeError):
-    """Training stopped because a loss term was not finite."""
+    """Training stopped because a loss term, a gradient, the backbone's features or the
+    updated parameters were not finite. Nothing of that step was saved."""
+
+
+def non_finite(what: str, step: int, iters: int, last_good, detail: str = "") -> NonFiniteLoss:
+    return NonFiniteLoss(
+        f"non-finite {what} at step {step} (epoch {step / iters:.2f}){detail}. Stopped before "
+        "saving anything of this step; the last good checkpoint is "
+        f"{last_good or 'none (no checkpoint yet)'}"
+    )
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -99,17 +110,6 @@ def freeze_unused(vit: torch.nn.Module) -> None:
             p.requires_grad_(False)
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
@@ -126,10 +126,11 @@ class Dist:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
+        if device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise ValueError("--device cuda: no CUDA device is available")
-            device = f"cuda:{self.local_rank}"
+                raise ValueError(f"--device {device}: no CUDA device is available")
+            if device == "cuda":
+                device = f"cuda:{self.local_rank}"
             torch.cuda.set_device(device)
         self.device = torch.device(device)
         if self.world > 1 and not dist.is_initialized():
@@ -238,6 +239,8 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
     from tqdm import tqdm
 
     out_dir = Path(cfg.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output {out_dir} exists and is not a directory")
     if dst.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         import yaml
@@ -268,10 +271,7 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
     optimizer = build_optimizer(model, cfg)
     step = 0
     if resume:
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        step = restore(resume, cfg, model, optimizer)
         if dst.main:
             print(f"resumed from {resume} at step {step} (epoch {step / iters:.2f})", flush=True)
     if dst.world > 1:
@@ -286,8 +286,10 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     log_path = out_dir / "log.jsonl"
-    if dst.main and not resume and log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
+    if dst.main:
+        # A fresh run starts a fresh log; a resumed one keeps the records up to its step
+        # (a run killed after logging but before saving would otherwise log steps twice).
+        trim_log(log_path, step if resume else 0)
     writer = None
     if dst.main and cfg.tensorboard:
         try:
@@ -308,6 +310,7 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
         dynamic_ncols=True,
     )
     t_last = time.perf_counter()
+    trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     while step < total:
         epoch = step // iters
@@ -327,21 +330,25 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
             lr = float(schedule[step])
             for g in optimizer.param_groups:
                 g["lr"] = lr
+            where = (step, iters, last_good)
             out = model(batch)
+            if not dst.all_true(bool(out["features_finite"])):
+                raise non_finite("features", *where, " (weights or input images)")
             loss = out["loss"]
             terms = {
                 k: v.detach() for k, v in out.items() if not k.startswith("masks") and v.dim() == 0
             }
+            terms.pop("features_finite")
             if not dst.all_true(bool(torch.isfinite(loss))):
-                msg = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-                raise NonFiniteLoss(
-                    f"non-finite loss at step {step} (epoch {step / iters:.2f}): {msg}. "
-                    "Stopped; the last good checkpoint is "
-                    f"{last_good or 'none (no checkpoint yet)'}"
-                )
+                values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise non_finite("loss", *where, detail=f": {values}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if not dst.all_true(all_finite(p.grad for p in trainable if p.grad is not None)):
+                raise non_finite("gradients", *where)
             optimizer.step()
+            if not dst.all_true(all_finite(trainable)):
+                raise non_finite("parameters after the update", *where, " (lr too high?)")
             step += 1
             bar.update(1)
             terms = dst.mean(terms)
@@ -388,18 +395,77 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
     return record
 
 
+def all_finite(tensors) -> bool:
+    """Whether every entry of every tensor is finite, with one host synchronization."""
+    tensors = [t.detach() for t in tensors]
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)))
+
+
+def training_checkpoint(path, what: str) -> dict:
+    """A diffeig.dncut training checkpoint (see :func:`load_checkpoint`), its keys checked."""
+    state = load_checkpoint(path, what=what)
+    missing = [k for k in ("model", "optimizer", "step", "config") if k not in state]
+    if not isinstance(state, dict) or missing:
+        raise ValueError(f"{what} {path} is not a diffeig.dncut training checkpoint")
+    return state
+
+
+def restore(path, cfg: TrainConfig, model, optimizer) -> int:
+    """Load a training checkpoint into ``model`` and ``optimizer``; return its step."""
+    state = training_checkpoint(path, "--resume")
+    saved = state["config"].get("arch")
+    if saved != cfg.arch:
+        raise ValueError(
+            f"--resume {path} was trained with --arch {saved}; this run asks for {cfg.arch} "
+            "(drop --arch to continue it as it was)"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"--resume {path} does not fit this model: {first}") from None
+    return int(state["step"])
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the records of ``log.jsonl`` up to ``step`` (none for 0), atomically."""
+    if not path.exists():
+        return
+    keep = []
+    if step > 0:
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if rec.get("step", 0) <= step:
+                keep.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def export(checkpoint: str, output: str) -> dict:
-    """The backbone of a training checkpoint in timm's naming, for evaluation."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"no such checkpoint: {checkpoint}")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"{checkpoint} is not a diffeig.dncut training checkpoint")
+    """The backbone of a training checkpoint in timm's naming, for evaluation.
+
+    ``output`` is a file, or an existing folder to write ``backbone.pth`` into. The
+    payload records the architecture (``arch``) and the training step."""
+    state = training_checkpoint(checkpoint, "export")
     prefix = "backbone.model."
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{checkpoint}: the model has no ViT backbone to export")
     payload = {"model": weights, "arch": state["config"]["arch"], "step": state["step"]}
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(payload, output)
+    out = Path(output)
+    if out.is_dir():
+        out = out / "backbone.pth"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload["path"] = str(atomic_save(payload, out))
     return payload

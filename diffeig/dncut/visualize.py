@@ -73,6 +73,13 @@ def compose(rows: list[tuple[list, list]]) -> Image.Image:
 
 
 def visualize(args) -> list[str]:
+    """Write the figures; returns their paths.
+
+    ``--out`` ending in an image extension (``.png``, ``.jpg``) is one figure with a row
+    per image; any other ``--out`` (an existing folder, or a new one) gets one figure per
+    image, named after it (``<folder>/<stem>.png``).
+    """
+    from diffeig.dncut.data import read_image
     from diffeig.dncut.evaluate import extract, load_backbone, resize_to_patch
 
     if args.eigenvectors < 1:
@@ -80,16 +87,30 @@ def visualize(args) -> list[str]:
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such image(s): {', '.join(missing)}")
+    out = Path(args.out)
+    folder = out.is_dir() or out.suffix.lower() not in (".png", ".jpg", ".jpeg")
+    if not folder and out.exists() and not out.is_file():
+        raise ValueError(f"--out {out} exists and is not a file")
+    images = [read_image(p) for p in args.images]  # every file is checked before any work
     backbone = load_backbone(args)
     patch = backbone.patch_size
     rows = []
-    for path in args.images:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+    for image in images:
         x = resize_to_patch(image, patch, args.max_side)
         (f,) = extract(backbone, [x], args.device)
         rows.append(panel(image, f, patch, args.post, args.eigenvectors))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compose(rows).save(out)
-    return [str(out)]
+    if not folder:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        compose(rows).save(out)
+        return [str(out)]
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    for path, row in zip(args.images, rows):
+        target = out / f"{Path(path).stem}.png"
+        n = 1
+        while str(target) in written:  # two inputs with one stem
+            target = out / f"{Path(path).stem}-{n}.png"
+            n += 1
+        compose([row]).save(target)
+        written.append(str(target))
+    return written

@@ -1,0 +1,105 @@
+"""Checkpoints that are written atomically, loaded safely and checked for corruption.
+
+Every checkpoint the recipe writes (``last.pth``, ``epochN.pth``, exported backbones) is a
+dict of tensors and plain Python values (the config is stored as plain types), so it
+loads with ``torch.load(weights_only=True)``: a file that holds any other object (a pickle
+with a code payload) is refused instead of executed. Each one records a SHA-256 of its
+tensors under ``"checksum"``; a file whose tensors no longer match is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["atomic_save", "load_checkpoint", "tensor_checksum", "CHECKSUM_KEY"]
+
+CHECKSUM_KEY = "checksum"
+
+
+def _tensors(obj, prefix: str = ""):
+    """``(path, tensor)`` of every tensor in nested dicts / lists, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            if prefix == "" and key == CHECKSUM_KEY:
+                continue
+            yield from _tensors(obj[key], f"{prefix}/{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}/{i}")
+
+
+def tensor_checksum(state) -> str:
+    """SHA-256 over every tensor's path, dtype, shape and bytes (hex)."""
+    h = hashlib.sha256()
+    for path, t in _tensors(state):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{path}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_save(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` with its checksum to ``path``: a temporary file in the same folder,
+    fsync, then rename, so that ``path`` is always either the old file or the whole new
+    one. The temporary file is removed if writing fails or is interrupted. Returns the
+    path written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give a file name to write the checkpoint to")
+    state = dict(state)
+    state[CHECKSUM_KEY] = tensor_checksum(state)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt and SystemExit too: never leave a .tmp
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dict:
+    """Load a checkpoint with ``weights_only=True`` and verify its checksum if it has one.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is
+    not a readable checkpoint (truncated, corrupt, holding objects other than tensors and
+    plain values, or whose tensors do not match the recorded checksum). ``what`` names
+    the file's role in the messages (e.g. ``"--resume"``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL [\w.]+", str(err))
+        detail = f" ({found.group(0)})" if found else ""
+        raise ValueError(
+            f"{what} {path}: refused to load: the file holds objects other than tensors and "
+            f"plain Python values{detail}, which could run code when unpickled; diffeig "
+            "loads checkpoints with torch.load(weights_only=True)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        raise ValueError(
+            f"{what} {path}: not a readable checkpoint (truncated or corrupt?): "
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+        ) from None
+    if isinstance(state, dict) and CHECKSUM_KEY in state:
+        if tensor_checksum(state) != state[CHECKSUM_KEY]:
+            raise ValueError(
+                f"{what} {path}: corrupt: its tensors do not match the checksum recorded "
+                "when it was written"
+            )
+    return state

@@ -11,7 +11,7 @@ EXTRAS ?= test,dncut,bench,dev
 CSRC   := $(shell find csrc -type f) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all install ext test bench lint format demo clean
+.PHONY: all install ext test bench gpu-check lint format demo clean
 
 all: test
 
@@ -37,6 +37,11 @@ test: $(VENV)/.ext
 
 bench: $(VENV)/.ext
 	$(PY) benchmarks/backward_timing.py --json bench-results/backward_timing.json
+
+# On a machine with a CUDA GPU: build with its kernels, run the suite with the cuda tests,
+# opcheck, the benchmarks and a training smoke run; results under $OUT (or gpu-check/).
+gpu-check: $(VENV)/.deps
+	$(PY) benchmarks/gpu_check.py --device cuda
 
 # A short DNCut training on generated images (CPU, about a minute), ending with a figure.
 demo: $(VENV)/.ext

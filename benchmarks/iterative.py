@@ -19,7 +19,15 @@ import argparse
 import time
 
 import torch
-from _common import make_affinity, mask_loss, metadata, summarize, synthetic_features, write_json
+from _common import (
+    make_affinity,
+    mask_loss,
+    metadata,
+    summarize,
+    sync,
+    synthetic_features,
+    write_json,
+)
 
 import diffeig
 
@@ -28,6 +36,7 @@ SETTINGS = [("ViT-S/8 224px", 64, 28), ("ViT-S/8 480px", 8, 60)]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--laplacians", nargs="+", default=["ncut", "unnormalized"])
     p.add_argument("--batch-scale", type=float, default=1.0)
@@ -46,8 +55,10 @@ def solve(W, laplacian, method):
 
 
 def timed(W, laplacian, method):
+    sync(W.device)
     t0 = time.perf_counter()
     solve(W, laplacian, method)
+    sync(W.device)
     return time.perf_counter() - t0
 
 
@@ -76,7 +87,8 @@ def main(argv=None):
     results = []
     for name, batch, side in SETTINGS:
         b = max(1, round(batch * args.batch_scale))
-        W = make_affinity(synthetic_features(b, side, seed=args.seed)).to(dtype)
+        feats = synthetic_features(b, side, seed=args.seed, device=args.device)
+        W = make_affinity(feats).to(dtype)
         for laplacian in args.laplacians:
             print(f"\n{name}: batch {b}, N = {side * side}, {args.dtype}, laplacian={laplacian}")
             acc = accuracy(W[: args.check_samples], laplacian, dtype)
@@ -117,7 +129,7 @@ def main(argv=None):
             {
                 "benchmark": "iterative",
                 "args": vars(args),
-                "metadata": metadata("cpu"),
+                "metadata": metadata(args.device),
                 "results": results,
             },
         )

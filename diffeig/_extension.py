@@ -5,7 +5,9 @@ Importing ``diffeig._C`` registers the ``torch.ops.diffeig`` operators (schemas 
 makes ``import diffeig`` fail: every operator then runs its pure-PyTorch twin from
 ``diffeig/_reference.py``, which gives the same numbers, only slower.
 
-Set ``DIFFEIG_NO_EXT=1`` to ignore a built extension (the reference path alone).
+Set ``DIFFEIG_NO_EXT=1`` to ignore a built extension (the reference path alone), or
+``DIFFEIG_DISABLE_CUDA_KERNELS=1`` to keep the CPU kernels and route every operator on a
+CUDA tensor to its pure-PyTorch twin (a one-line way out of a CUDA kernel bug).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import warnings
 
 import torch
 
-__all__ = ["has_ops", "has_cuda_kernels", "load_error", "use_native"]
+__all__ = ["has_ops", "has_cuda_kernels", "load_error", "use_native", "native_for"]
 
 _LOAD_ERROR: str | None = None
 _LOADED = False
 _FORCE_REFERENCE = False
+CUDA_KERNELS_DISABLED = os.environ.get("DIFFEIG_DISABLE_CUDA_KERNELS", "0") == "1"
 
 
 def _load() -> None:
@@ -57,10 +60,19 @@ def has_ops() -> bool:
 
 
 def has_cuda_kernels() -> bool:
-    """Whether ``diffeig._C`` was compiled with its CUDA kernels."""
+    """Whether ``diffeig._C`` was compiled with its CUDA kernels (they are not used when
+    ``DIFFEIG_DISABLE_CUDA_KERNELS=1``; see :func:`native_for`)."""
     return _LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(
         "diffeig::eigh_backward_core", "CUDA"
     )
+
+
+def native_for(device: torch.device) -> bool:
+    """Whether an operator on ``device`` runs its native kernel (else its reference twin):
+    the extension is loaded and in use, and CUDA kernels are not switched off for CUDA."""
+    if not has_ops():
+        return False
+    return not (device.type == "cuda" and CUDA_KERNELS_DISABLED)
 
 
 def load_error() -> str | None:

@@ -18,7 +18,7 @@ __all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble", "ncut_backwa
 
 
 def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_atol: float):
-    if _extension.has_ops():
+    if _extension.native_for(X.device):
         return torch.ops.diffeig.eigh_backward_core(
             eigenvalues, X, grad_eigenvalues, float(gap_rtol), float(gap_atol)
         )
@@ -26,13 +26,13 @@ def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_at
 
 
 def laplacian(W, normalized: bool):
-    if _extension.has_ops():
+    if _extension.native_for(W.device):
         return torch.ops.diffeig.laplacian(W, bool(normalized))
     return _reference.laplacian(W, normalized)
 
 
 def ncut_grad_assemble(P, V, scale, diag_term):
-    if _extension.has_ops():
+    if _extension.native_for(P.device):
         return torch.ops.diffeig.ncut_grad_assemble(P, V, scale, diag_term)
     return _reference.ncut_grad_assemble(P, V, scale, diag_term)
 
@@ -40,7 +40,7 @@ def ncut_grad_assemble(P, V, scale, diag_term):
 def ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, gap_rtol, gap_atol):
     args = (V, eigenvalues, degree, grad_Z, grad_eigenvalues, bool(normalized))
     gaps = (float(gap_rtol), float(gap_atol))
-    if _extension.has_ops() and V.device.type == "cpu":
+    if _extension.native_for(V.device) and V.device.type == "cpu":
         return torch.ops.diffeig.ncut_backward(*args, *gaps)
     # Elsewhere (CUDA) the same computation runs as batched ATen products around the
     # native core and assemble kernels; without the extension, all in PyTorch.
@@ -50,7 +50,7 @@ def ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, 
 
 
 def cg_step(Y, R, P, AP, rr, stop, active):
-    if _extension.has_ops():
+    if _extension.native_for(Y.device):
         return torch.ops.diffeig.cg_step(Y, R, P, AP, rr, stop, active)
     return _reference.cg_step(Y, R, P, AP, rr, stop, active)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -17,6 +19,15 @@ TOL = {
 }
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_configure(config):
+    # `make gpu-check` sets this: there the cuda-marked tests must run, never be skipped.
+    if os.environ.get("DIFFEIG_REQUIRE_CUDA") == "1" and not torch.cuda.is_available():
+        raise pytest.UsageError(
+            "DIFFEIG_REQUIRE_CUDA=1 but torch.cuda.is_available() is False: the cuda-marked "
+            "tests would be skipped"
+        )
 
 
 def pytest_collection_modifyitems(config, items):

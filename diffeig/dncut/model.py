@@ -106,26 +106,45 @@ class DNCut(nn.Module):
         return self.backbone(images)
 
     def forward(self, batch: dict) -> dict:
-        """All loss terms and statistics of one batch; ``out['loss']`` is the objective."""
-        B = batch["view1"].shape[0]
-        f = self.features(torch.cat([batch["view1"], batch["view2"]]))
+        """All loss terms and statistics of one batch; ``out['loss']`` is the objective.
+
+        The stages (``backbone_features``, ``aligned_maps``, :func:`ncut_masks`,
+        ``objective``) are methods of their own so that a step can be timed part by part
+        (``benchmarks/train_step.py``) with the code that trains."""
+        f = self.backbone_features(batch)
+        maps = self.aligned_maps(f, batch)
+        # Non-finite weights or inputs show here first; the training loop stops on it
+        # (the NCut's affinity would refuse them).
+        finite = torch.isfinite(maps).all()
+        if not bool(finite):
+            return {"features_finite": finite}
+        masks, _ = ncut_masks(maps, self.ncut)
+        out = self.objective(masks)
+        out["features_finite"] = finite
+        return out
+
+    def backbone_features(self, batch: dict) -> torch.Tensor:
+        """Keys of both views, ``(2B, C, h, w)``: view 1 then view 2."""
+        return self.features(torch.cat([batch["view1"], batch["view2"]]))
+
+    def aligned_maps(self, f: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Projector / predictor, normalized, aligned on the views' overlap: ``(4B, D, h, w)``
+        in the order online view 1, online view 2, target view 1, target view 2."""
         z = self.projector(f)
         online = F.normalize(self.predictor(z), dim=1)
         target = F.normalize(z, dim=1)
         boxes = torch.cat([batch["box1"], batch["box2"]]).to(f.dtype)
         flips = torch.cat([batch["flip1"], batch["flip2"]])
         # One NCut per aligned map: online and target branch of both views.
-        maps = align(
+        return align(
             torch.cat([online, target]), torch.cat([boxes, boxes]), torch.cat([flips, flips])
         )
-        # Non-finite weights or inputs show here first; the training loop stops on it
-        # (the NCut's affinity would refuse them).
-        finite = torch.isfinite(maps).all()
-        if not bool(finite):
-            return {"features_finite": finite}
-        masks, z2 = ncut_masks(maps, self.ncut)
+
+    def objective(self, masks: torch.Tensor) -> dict:
+        """The symmetric DNCut objective from the ``(4B, h, w)`` masks of ``aligned_maps``."""
+        B = masks.shape[0] // 4
         m_on, m_tg = masks[: 2 * B], masks[2 * B :]
-        out = {"features_finite": finite}
+        out = {}
         total = 0.0
         for name, (on, tg) in {"12": (m_on[:B], m_tg[B:]), "21": (m_on[B:], m_tg[:B])}.items():
             l_mask, st = mask_consistency(

@@ -11,7 +11,7 @@ EXTRAS ?= test,dncut,bench,dev
 CSRC   := $(shell find csrc -type f) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all install ext test bench gpu-check lint format demo clean
+.PHONY: all install ext test test-slow test-all dist-check bench gpu-check lint format demo clean
 
 all: test
 
@@ -32,8 +32,19 @@ install: $(VENV)/.ext
 
 ext: $(VENV)/.ext
 
+# The quick suite (a few minutes on 2 cores); the slow cases carry the `slow` marker.
 test: $(VENV)/.ext
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" --durations=10 $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.ext
+	$(PY) -m pytest tests -m slow --durations=10 $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+# What a user installs: the sdist builds a wheel on its own, and that wheel, installed in a
+# fresh venv (torch taken from .venv, nothing else), imports with its native ops.
+dist-check: $(VENV)/.deps
+	bash scripts/dist_check.sh $(PY)
 
 bench: $(VENV)/.ext
 	$(PY) benchmarks/backward_timing.py --json bench-results/backward_timing.json
@@ -45,7 +56,7 @@ gpu-check: $(VENV)/.deps
 
 # A short DNCut training on generated images (CPU, about a minute), ending with a figure.
 demo: $(VENV)/.ext
-	$(PY) -m diffeig.dncut train --config demo --output runs/demo
+	$(PY) -m diffeig.dncut train --config demo --output runs/demo --overwrite
 
 lint: $(VENV)/.deps
 	$(PY) -m ruff check .
@@ -56,4 +67,4 @@ format: $(VENV)/.deps
 	$(PY) -m ruff format .
 
 clean:
-	rm -rf build diffeig/_C*.so $(VENV)/.ext
+	rm -rf build dist dist-check diffeig/_C*.so diffeig/_build_info.py $(VENV)/.ext

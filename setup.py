@@ -2,8 +2,10 @@
 
 Switches (environment variables):
     DIFFEIG_SKIP_EXT=1    build no extension; diffeig then runs its pure-PyTorch reference path.
-    FORCE_CUDA=1          compile the CUDA kernels even if torch or nvcc look unusable.
+    FORCE_CUDA=1          compile the CUDA kernels (CI does, so that they never rot).
     FORCE_CUDA=0          never compile the CUDA kernels.
+                          Unset: compile them when a CUDA build of torch sees a GPU and
+                          the toolkit (nvcc) is found.
     TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default "8.0;9.0": A100, H100).
     CUDA_HOME             the CUDA toolkit; found from nvcc on PATH when unset.
     MAX_JOBS              parallel compile jobs (ninja).
@@ -35,6 +37,33 @@ def _find_cuda_home():
     return None
 
 
+def _torch_release(torch) -> str:
+    return torch.__version__.split("+")[0]
+
+
+def _write_build_info(torch, with_cuda: bool) -> None:
+    """diffeig/_build_info.py: the torch the extension is compiled against, read by
+    diffeig._extension to warn when another torch loads it."""
+    with open(os.path.join(ROOT, "diffeig", "_build_info.py"), "w") as f:
+        f.write(
+            '"""Written by setup.py when diffeig._C was built."""\n\n'
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"TORCH_CUDA = {torch.version.cuda!r}\n"
+            f"CUDA_KERNELS = {with_cuda!r}\n"
+        )
+
+
+def _install_requires():
+    """A compiled extension works with the torch release it was built against: pin it, as
+    extension packages do (torch==2.14.1 also matches its local builds, +cu130, +cpu)."""
+    base = ["numpy"]
+    if os.environ.get("DIFFEIG_SKIP_EXT", "0") == "1":
+        return ["torch>=2.4", *base]
+    import torch
+
+    return [f"torch=={_torch_release(torch)}", *base]
+
+
 def _extensions():
     if os.environ.get("DIFFEIG_SKIP_EXT", "0") == "1":
         print("diffeig build: DIFFEIG_SKIP_EXT=1, no native extension (reference path only)")
@@ -50,7 +79,10 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     force = os.environ.get("FORCE_CUDA")
+    # Kernels that can be used: a CUDA torch that sees a GPU. Compiling them for nothing
+    # costs minutes on a small machine.
     with_cuda = torch.version.cuda is not None and cuda_home is not None
+    with_cuda = with_cuda and torch.cuda.is_available()
     if force == "1":
         with_cuda = True
     elif force == "0":
@@ -89,6 +121,7 @@ def _extensions():
             len(sources),
         )
     )
+    _write_build_info(torch, with_cuda)
     ext = ext_cls(
         "diffeig._C",
         sources,
@@ -104,5 +137,7 @@ ext_modules, cmdclass = _extensions()
 setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    install_requires=_install_requires(),
+    # the stable ABI of the oldest Python we support (requires-python >= 3.10)
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
 )

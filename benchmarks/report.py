@@ -1,6 +1,9 @@
 """Print the Markdown table of a backward_timing.py JSON (as quoted in the README).
 
-python benchmarks/report.py benchmarks/results/cpu-2core-float32.json
+python benchmarks/report.py [results.json ...]
+
+Without arguments: bench-results/backward_timing.json (what `make bench` writes) if it
+exists, else the recorded benchmarks/results/cpu-2core-float32.json.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ def report(path: str) -> str:
     for r in d["results"]:
         for m, row in r["methods"].items():
             nan = (
-                f" (non-finite grads on {100 * row['nan_fraction']:.1f}% of graphs)"
+                f" (non-finite grads on {100 * row['nan_fraction']:.1f}% of the "
+                f"{r['batch']} timed graphs)"
                 if row["nan_fraction"]
                 else ""
             )
@@ -58,9 +62,26 @@ def report(path: str) -> str:
     return "\n".join(lines)
 
 
+def default_paths() -> list[str]:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for p in (
+        root / "bench-results/backward_timing.json",
+        root / "benchmarks/results/cpu-2core-float32.json",
+    ):
+        if p.is_file():
+            return [str(p)]
+    return []
+
+
 if __name__ == "__main__":
     import argparse
+    import sys
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("json", help="a JSON file written by backward_timing.py --json")
-    print(report(p.parse_args().json))
+    p.add_argument("json", nargs="*", help="JSON files written by backward_timing.py --json")
+    paths = p.parse_args().json or default_paths()
+    if not paths:
+        sys.exit("error: no results: run `make bench` first, or give a JSON file")
+    print("\n\n".join(f"{path}:\n\n{report(path)}" for path in paths))

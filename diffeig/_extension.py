@@ -13,6 +13,7 @@ CUDA tensor to its pure-PyTorch twin (a one-line way out of a CUDA kernel bug).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import warnings
 
@@ -31,6 +32,17 @@ def _load() -> None:
     if os.environ.get("DIFFEIG_NO_EXT", "0") == "1":
         _LOAD_ERROR = "disabled by DIFFEIG_NO_EXT=1"
         return
+    if importlib.util.find_spec("diffeig._C") is None:
+        _LOAD_ERROR = "diffeig._C was not built (e.g. installed with DIFFEIG_SKIP_EXT=1)"
+        warnings.warn(
+            "diffeig: the native extension was not built; the pure-PyTorch reference path "
+            "runs (same results, slower). Build it with `make ext` or "
+            "`pip install --no-build-isolation -e .`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    _check_torch_version()
     try:
         from diffeig import _C  # noqa: F401  (importing registers the ops)
     except (ImportError, OSError) as exc:
@@ -47,6 +59,22 @@ def _load() -> None:
     _LOADED = hasattr(torch.ops.diffeig, "eigh_backward_core")
     if not _LOADED:
         _LOAD_ERROR = "diffeig._C imported but registered no operators"
+
+
+def _check_torch_version() -> None:
+    """Warn once when the torch in use is not the one diffeig._C was compiled against."""
+    try:
+        from diffeig._build_info import TORCH_VERSION
+    except ImportError:
+        return
+    if TORCH_VERSION.split("+")[0] != torch.__version__.split("+")[0]:
+        warnings.warn(
+            f"diffeig: the native extension was compiled against torch {TORCH_VERSION} but "
+            f"torch {torch.__version__} is loaded; operators may fail to load or misbehave. "
+            "Reinstall diffeig for this torch (or the torch it was built for).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def has_ops() -> bool:

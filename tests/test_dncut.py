@@ -368,6 +368,7 @@ def test_bad_options_are_clear_errors(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "x.pth"), str(tmp_path / "y.pth")]) == 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [

@@ -417,6 +417,7 @@ def test_corrupted_checkpoint_is_refused(run2, tmp_path, capsys):
     assert_clean_error(capsys.readouterr().err, "not a readable checkpoint")
 
 
+@pytest.mark.slow
 def test_f_beta_in_bounded_memory():
     # 3000 x 3000 pixels: the old 255 x H x W float64 temporary alone was 18 GB.
     code = textwrap.dedent(

@@ -72,6 +72,7 @@ def test_eigsh_dense_method_and_small_fallback():
         assert_close(aligned(X, V0[..., :2]), V0[..., :2])
 
 
+@pytest.mark.slow
 def test_eigsh_gradient_matches_dense_and_gradcheck():
     n, k = 30, 2
     A0 = spectrum_matrix(n, torch.linspace(0, 3, n).double() ** 2, seed=1)

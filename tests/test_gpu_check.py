@@ -28,6 +28,7 @@ def gpu_check(out, *args, env=None):
     )
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_step_on_cpu(tmp_path):
     # `tests` is left out: this is the test suite already.
     res = gpu_check(tmp_path, "--skip", "tests")

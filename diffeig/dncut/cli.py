@@ -1,6 +1,7 @@
-"""``python -m diffeig.dncut <command>``.
+"""Fine-tune a ViT with differentiable normalized cuts (DNCut) and evaluate it.
 
-Commands: train, export, eval-saliency, eval-discovery, visualize.
+Commands: train, export, eval-saliency, eval-discovery, visualize. Run one with --help for
+its options; docs/dncut.md and docs/evaluation.md describe them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,32 @@ HELP = {
     "max_steps": "stop after this many steps in total",
     "vis_every": "save a PNG grid of views, masks and pseudo-masks every N steps",
     "bf16": "bf16 autocast for the backbone on CUDA",
+    "image_size": "crop side in pixels",
+    "crop_scale": "area range of the random crops (two numbers, lo <= hi in (0, 1])",
+    "min_overlap": "minimum overlap of the two views, as a fraction of a view",
+    "synthetic_size": "side of the generated images of synthetic:N",
+    "workers": "image-loading processes",
+    "proj_hidden": "hidden width of the projector and predictor (None: the backbone's width)",
+    "proj_dim": "output width of the projector and predictor",
+    "tau": "affinity threshold on the cosine similarity, in [-1, 1]",
+    "eps": "affinity of the pairs at or below tau (keeps the graph connected)",
+    "temperature": "mask = sigmoid(z2 / temperature), > 0",
+    "sign": "sign rule of z2: sum (sum >= 0, the authors') or max (largest entry > 0)",
+    "alpha": "weight of the structural regularization",
+    "iou_threshold": "keep a sample when its masks' IoU exceeds this, in [0, 1]",
+    "min_kept": "lower the IoU threshold until this many samples are kept",
+    "threshold_step": "how much to lower it each time, in [1e-4, 1]",
+    "min_lr": "learning rate at the end of the cosine",
+    "weight_decay": "weight decay of the weights (LARS-adapted)",
+    "momentum": "SGD momentum, in [0, 1]",
+    "trust_coeff": "LARS trust coefficient, > 0",
+    "warmup_epochs": "epochs of linear warm-up",
+    "output": "run folder: config.yaml, log.jsonl, last.pth, epochN.pth, vis/",
+    "device": "auto, cpu, cuda or cuda:N",
+    "seed": "seed of the data order, the augmentations and the heads",
+    "log_every": "write log.jsonl every N steps",
+    "tensorboard": "also log to <output>/tb (needs tensorboard)",
+    "save_epochs": "keep epochN.pth at the end of each epoch besides last.pth",
 }
 
 
@@ -55,11 +82,20 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", help="continue a run from its checkpoint (e.g. runs/x/last.pth)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --output that holds a run (its log and checkpoints are replaced)",
+    )
     _add_config_flags(t)
 
     e = sub.add_parser("export", help="write a training checkpoint's backbone for evaluation")
-    e.add_argument("checkpoint")
-    e.add_argument("output")
+    e.add_argument("checkpoint", help="a training checkpoint (last.pth or epochN.pth)")
+    e.add_argument(
+        "output",
+        help="the backbone file to write, or an existing folder (backbone.pth inside); it "
+        "records the architecture, which the evaluation commands read",
+    )
 
     from diffeig.dncut import evaluate
 
@@ -67,7 +103,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+EXTRA = ("timm", "torchvision", "PIL", "tqdm", "yaml", "scipy")
+
+
+def missing_extra() -> list[str]:
+    """The [dncut] extra's modules that cannot be imported here."""
+    import importlib.util
+
+    return [m for m in EXTRA if importlib.util.find_spec(m) is None]
+
+
 def main(argv=None) -> int:
+    missing = missing_extra()
+    if missing:
+        print(
+            'error: the DNCut recipe needs the [dncut] extra: pip install "diffeig[dncut]" '
+            f"(missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
     args = parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -116,7 +170,9 @@ def _train(args) -> int:
             overrides["output"] = os.path.dirname(os.path.abspath(args.resume))
     cfg = resolve(args.config, overrides, base)
     try:
-        record = train(cfg, resume=args.resume, progress=not args.no_progress)
+        record = train(
+            cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite
+        )
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -124,8 +180,14 @@ def _train(args) -> int:
         print(
             f"done: step {record['step']} (epoch {record['epoch']:.2f}), "
             f"loss {record['loss']:.4f}, "
-            f"kept {record['kept']:.2f}, IoU {record['iou']:.3f}; checkpoints in {cfg.output}"
+            f"kept {record['kept']:.2f}, IoU {record['iou']:.3f}; checkpoints in {cfg.output}\n"
+            "  IoU: agreement of the two views' hard masks on their overlap (not accuracy: no "
+            "labels are used); kept: the share of samples that passed the IoU filter"
         )
         if "figure" in record:
-            print(f"figure: {record['figure']} (views, masks and pseudo-masks of the last batch)")
+            print(
+                f"figure: {record['figure']}: per sample, the two views' overlap, the online "
+                "mask of view 1, the target mask of view 2, and the h1, v1 and uniform "
+                "pseudo-masks the regularization pushes away from"
+            )
     return 0

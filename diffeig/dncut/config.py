@@ -54,6 +54,7 @@ class TrainConfig:
     log_every: int = 10
     vis_every: int = 500
     tensorboard: bool = False
+    save_epochs: bool = True  # also keep epochN.pth at the end of each epoch
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the flag of the first option that is out of range."""

@@ -80,6 +80,27 @@ def load_backbone(args):
     return backbone.to(args.device).eval()
 
 
+def resolve_arch(args) -> str:
+    """``--arch``, or the architecture an exported backbone records, or ViT-S/16.
+
+    A backbone written by ``export`` records its architecture: an explicit ``--arch``
+    that differs from it is an error naming both."""
+    recorded = None
+    if args.weights and args.arch not in BASELINES:
+        from diffeig.dncut.checkpoint import load_checkpoint
+
+        state = load_checkpoint(args.weights, what="--weights")
+        recorded = state.get("arch") if isinstance(state.get("arch"), str) else None
+    if args.arch is None:
+        return recorded or "vit_small_patch16"
+    if recorded and recorded != args.arch:
+        raise ValueError(
+            f"--weights {args.weights} is a {recorded} backbone (recorded by export); "
+            f"--arch {args.arch} does not fit it (leave --arch out to use {recorded})"
+        )
+    return args.arch
+
+
 def device_of(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -221,14 +242,27 @@ def eval_discovery(args) -> dict:
 
 def _common(p, posts, default_post):
     p.add_argument(
-        "--arch", default="vit_small_patch16", help=f"{' | '.join(list(ARCHS) + list(BASELINES))}"
+        "--arch",
+        default=None,
+        choices=list(ARCHS) + list(BASELINES),
+        help="backbone (default: the one an exported --weights file records, else "
+        "vit_small_patch16); color: colour + position baseline, random: seeded random ViT-S/16",
     )
     p.add_argument(
-        "--weights", default=None, help="backbone checkpoint (DINO / MAE / MoCo v3 / export)"
+        "--weights",
+        default=None,
+        help="backbone checkpoint: DINO / MAE / MoCo v3, or the output of export (default: none)",
     )
-    p.add_argument("--patch-size", type=int, default=None, help="patch of the color backbone (16)")
-    p.add_argument("--post", default=default_post, choices=posts)
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--patch-size", type=int, default=None, help="patch of the color backbone (default: 16)"
+    )
+    p.add_argument(
+        "--post",
+        default=default_post,
+        choices=posts,
+        help=f"post-processing of the eigenvectors (default: {default_post}; docs/evaluation.md)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -240,19 +274,38 @@ def add_commands(sub) -> None:
         ("eval-discovery", list(DISCOVERY), POSTS_DISCOVERY, "tokencut"),
     ):
         p = sub.add_parser(cmd, help=f"{cmd[5:]} benchmark of a backbone")
-        p.add_argument("--dataset", required=True, choices=datasets)
-        p.add_argument("--root", required=True, help="the dataset's folder (standard layout)")
+        p.add_argument(
+            "--dataset", required=True, choices=datasets, help="which benchmark (its layout)"
+        )
+        p.add_argument(
+            "--root", required=True, help="the dataset's folder (layouts: docs/evaluation.md)"
+        )
         _common(p, posts, default)
-        p.add_argument("--limit", type=int, default=None, help="only the first N images")
-        p.add_argument("--batch-size", type=int, default=16, help="images per feature batch")
-        p.add_argument("--workers", type=int, default=2)
-        p.add_argument("--output", default=None, help="JSON of the summary and per-image results")
+        p.add_argument(
+            "--limit", type=int, default=None, help="only the first N images (default: all)"
+        )
+        p.add_argument(
+            "--batch-size", type=int, default=16, help="images per feature batch (default: 16)"
+        )
+        p.add_argument(
+            "--workers", type=int, default=2, help="image-loading processes (default: 2)"
+        )
+        p.add_argument(
+            "--output",
+            default=None,
+            help="JSON of the summary and per-image results "
+            "(default: runs/eval/<task>-<dataset>-<arch>-<post>.json)",
+        )
         if cmd == "eval-saliency":
             p.add_argument(
-                "--max-side", type=int, default=None, help="downscale larger images first"
+                "--max-side",
+                type=int,
+                default=None,
+                help="downscale images whose longer side exceeds this many pixels first "
+                "(default: none)",
             )
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
-    v.add_argument("images", nargs="+")
+    v.add_argument("images", nargs="+", help="image files")
     _common(v, POSTS_DISCOVERY, "tokencut")
     v.add_argument(
         "--out",
@@ -260,8 +313,15 @@ def add_commands(sub) -> None:
         help="a .png/.jpg file (one figure, a row per image) or a folder (one figure per "
         "image, <folder>/<stem>.png)",
     )
-    v.add_argument("--eigenvectors", type=int, default=4, help="how many (z2, z3, ...)")
-    v.add_argument("--max-side", type=int, default=480)
+    v.add_argument(
+        "--eigenvectors", type=int, default=4, help="how many to show, z2, z3, ... (default: 4)"
+    )
+    v.add_argument(
+        "--max-side",
+        type=int,
+        default=480,
+        help="downscale images whose longer side exceeds this (default: 480)",
+    )
 
 
 # The evaluation commands' numeric options, checked in one place (as train's).
@@ -307,6 +367,7 @@ def output_path(args) -> Path:
 def run(args) -> int:
     validate(args)
     args.device = device_of(args.device)
+    args.arch = resolve_arch(args)
     if args.command == "visualize":
         from diffeig.dncut.visualize import visualize
 

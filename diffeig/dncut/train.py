@@ -226,8 +226,20 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True) -> dict:
-    """Run (or continue) a training; returns the last logged record."""
+def train(
+    cfg: TrainConfig, *, resume: str | None = None, progress: bool = True, overwrite: bool = False
+) -> dict:
+    """Run (or continue) a training; returns the last logged record.
+
+    A fresh run (no ``resume``) into an ``output`` that already holds a run (``last.pth``
+    or ``log.jsonl``) is refused unless ``overwrite``."""
+    out_dir = Path(cfg.output)
+    held = [n for n in ("last.pth", "log.jsonl") if (out_dir / n).exists()]
+    if not resume and held and not overwrite:
+        raise ValueError(
+            f"--output {out_dir} holds a run ({', '.join(held)}): continue it with --resume "
+            f"{out_dir / 'last.pth'}, or replace it with --overwrite"
+        )
     dst = Dist(cfg.device)
     try:
         return _train(cfg, dst, resume, progress)
@@ -385,7 +397,7 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
                 }
                 if dst.main:
                     atomic_save(state, out_dir / "last.pth")
-                    if end_of_epoch:
+                    if end_of_epoch and cfg.save_epochs:
                         atomic_save(state, out_dir / f"epoch{step // iters}.pth")
                 last_good = str(out_dir / "last.pth")
                 dst.barrier()
@@ -462,7 +474,10 @@ def export(checkpoint: str, output: str) -> dict:
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{checkpoint}: the model has no ViT backbone to export")
-    payload = {"model": weights, "arch": state["config"]["arch"], "step": state["step"]}
+    trained = state["config"]["arch"]
+    # the architecture the weights load into ('random' is a seeded ViT-S/16)
+    arch = "vit_small_patch16" if trained == "random" else trained
+    payload = {"model": weights, "arch": arch, "trained_arch": trained, "step": state["step"]}
     out = Path(output)
     if out.is_dir():
         out = out / "backbone.pth"

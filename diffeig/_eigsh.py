@@ -137,13 +137,10 @@ def run_lobpcg(
         return theta, X, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
     r = 0 if constraints is None else constraints.shape[-1]
     m = default_block(k, n - r)
-    if dense and 3 * m >= n - r:  # the iteration would cost as much as a dense solve
-        lam, V = _dense(A, k + r, largest)
-        if constraints is not None:  # drop the pairs spanned by the constraints
-            overlap = (constraints.mT @ V).square().sum(-2)
-            keep = overlap.argsort(dim=-1, stable=True)[..., :k].sort(-1).values
-            lam = torch.gather(lam, -1, keep)
-            V = torch.gather(V, -1, keep.unsqueeze(-2).expand(*V.shape[:-1], k))
+    if n - r <= DENSE_BELOW * m:
+        # The iteration would cost about as much as a dense solve, and Rayleigh-Ritz on a
+        # basis that nearly spans the space is fragile (a 26 x 26 matrix diverged).
+        lam, V = _dense_pairs(_materialize(A, like), k, largest, constraints)
         return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
     X0 = initial_block((*like.shape, m), like.dtype, like.device)
     if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
@@ -159,14 +156,55 @@ def run_lobpcg(
         scale=scale,
         preconditioner=preconditioner,
     )
-    if not info.converged:
+    failed = info.failed
+    if bool(failed.any()):
+        count, total = int(failed.sum()), failed.numel()
         msg = (
-            f"LOBPCG did not converge in {info.iterations} iterations: the largest relative "
-            f"residual is {info.max_residual:.2e} > tol. Raise max_iter or tol, or use "
-            "method='dense'."
+            f"LOBPCG did not converge on {count} of {total} matrices in {info.iterations} "
+            f"iterations (largest relative residual {info.max_residual:.2e} > tol, or Ritz "
+            "values outside the spectrum's bounds)"
         )
+        if dense or n <= MAX_FALLBACK_N:
+            Ad = A[failed] if dense else _materialize(A, like)[failed]
+            C = None if constraints is None else constraints[failed]
+            lam, V = _dense_pairs(Ad, k, largest, C)
+            theta, X = theta.clone(), X.clone()
+            theta[failed], X[failed] = lam.to(theta.dtype), V.to(X.dtype)
+            info.fallbacks = count
+            msg += "; those were solved densely (torch.linalg.eigh), so the results are exact."
+        else:
+            msg += ". Raise max_iter or tol, or use method='dense'."
         report_failure(msg, on_fail, stacklevel=4)
     return theta, X, info
+
+
+# Use the dense solve when N (less the deflated constraints) is at most this many times
+# the LOBPCG block.
+DENSE_BELOW = 5
+# Matrix-free operators are materialized for a dense fallback only up to this N.
+MAX_FALLBACK_N = 8192
+
+
+def _materialize(A, like):
+    """``A`` as a dense ``(*, N, N)`` tensor (a function is applied to the identity)."""
+    if not callable(A):
+        return A
+    n = like.shape[-1]
+    eye = torch.eye(n, dtype=like.dtype, device=like.device).expand(*like.shape[:-1], n, n)
+    M = A(eye.contiguous())
+    return 0.5 * (M + M.mT)
+
+
+def _dense_pairs(A, k, largest, constraints):
+    """The k extreme pairs of dense symmetric ``A`` orthogonal to the orthonormal
+    ``constraints`` (an invariant subspace of A, e.g. known eigenvectors): they are the
+    extreme pairs of ``A + s C C^T`` with the constraints shifted past the spectrum, so a
+    degenerate eigenspace that meets them still gives vectors orthogonal to them."""
+    if constraints is not None:
+        shift = 2 * spectral_bound(A) + 1
+        shift = -shift if largest else shift
+        A = A + shift[..., None, None] * (constraints @ constraints.mT)
+    return _dense(A, k, largest)
 
 
 def eigsh(

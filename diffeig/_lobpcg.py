@@ -32,11 +32,19 @@ __all__ = [
 
 @dataclass
 class LobpcgInfo:
-    """Convergence report of :func:`lobpcg`."""
+    """Convergence report of :func:`lobpcg`.
+
+    ``converged``: every matrix reached ``tol``. ``restarts``: how many times a matrix was
+    restarted on an ill-conditioned basis. ``fallbacks``: matrices that LOBPCG did not
+    solve (not converged, or Ritz values outside the spectrum's bounds) and that were
+    solved densely instead. ``failed``: per matrix, whether LOBPCG failed on it."""
 
     iterations: int
     max_residual: float
     converged: bool
+    restarts: int = 0
+    fallbacks: int = 0
+    failed: torch.Tensor | None = None
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -53,6 +61,17 @@ def _safe_norm(Y):
     """Column norms, with 1 for (numerically) zero columns so that they stay zero."""
     n = Y.norm(dim=-2, keepdim=True)
     return torch.where(n > torch.finfo(Y.dtype).eps * n.amax(-1, keepdim=True).clamp_min(1), n, 1)
+
+
+def _orthonormalize(X, AX):
+    """``(X G^-1/2, AX G^-1/2)``-like with ``G = X^T X``: X orthonormal, AX consistent.
+    Through the Cholesky factor; a matrix whose factorization fails keeps its X."""
+    L, info = torch.linalg.cholesky_ex(X.mT @ X)
+    ok = (info == 0)[..., None, None]
+    L = torch.where(ok, L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device))
+    X2 = torch.linalg.solve_triangular(L, X.mT, upper=False).mT
+    AX2 = torch.linalg.solve_triangular(L, AX.mT, upper=False).mT
+    return torch.where(ok, X2, X), torch.where(ok, AX2, AX)
 
 
 def _project(Y, C):
@@ -129,25 +148,57 @@ def lobpcg(
         big = Hs.abs().sum(-1).amax(-1, keepdim=True) * 2 + 1
         Hs = Hs + torch.diag_embed(torch.where(keep, 0, big))
         th, C = torch.linalg.eigh(0.5 * (Hs + Hs.mT))
-        return th[..., :m], T @ C[..., :m]
+        # How much the whitening amplifies rounding: the implicit updates AX = AS C carry
+        # AS's error times 1 / sqrt(smallest kept Gram eigenvalue), every iteration. Past
+        # eps^-1/4 (a Gram ratio below sqrt(eps)) the matrix is restarted.
+        smallest = torch.where(keep, e, e[..., -1:]).amin(-1)
+        ill = smallest < e[..., -1] * torch.finfo(dtype).eps ** 0.5
+        return th[..., :m], T @ C[..., :m], ill
 
     X = _project(X0, constraints)
     X = torch.linalg.qr(X).Q
     m = X.shape[-1]
     AX = op(X)
-    theta, C = rayleigh_ritz(X, AX, m)
+    theta, C, _ = rayleigh_ritz(X, AX, m)
     X, AX = X @ C, AX @ C
     P = AP = None
-    it, max_res, converged = 0, math.inf, False
+    it, max_res, converged, restarts = 0, math.inf, False, 0
+    ill = pending = torch.zeros(X.shape[:-2], dtype=torch.bool, device=X.device)
+    prev = torch.full(X.shape[:-2], math.inf, dtype=dtype, device=X.device)
+
+    def relative_residuals(X, AX, theta):
+        res = (AX[..., :k] - X[..., :k] * theta[..., :k].unsqueeze(-2)).norm(dim=-2)
+        if scale is None:
+            return res / theta.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
+        return res  # the operator is A / scale
+
     for it in range(1, max_iter + 1):  # noqa: B007
         R = AX - X * theta.unsqueeze(-2)
-        res = R[..., :k].norm(dim=-2)
-        if scale is None:
-            rel = res / theta.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
-        else:
-            rel = res  # the operator is A / scale
+        rel = relative_residuals(X, AX, theta)
+        # A matrix whose basis was ill-conditioned and whose residual stopped falling is
+        # restarted (below); an ill-conditioned basis alone is common near convergence.
+        worst = rel.amax(-1)
+        pending = pending | (ill & (worst >= prev))
+        prev = worst
+        check = it % check_every == 0 or it == max_iter
+        if check and bool(pending.any()):
+            # AS C carries AS's rounding amplified by the whitening, and that error
+            # compounds each iteration until the Ritz values leave the spectrum (the
+            # divergence on TokenCut-like graphs): X re-orthonormalized, A X computed
+            # afresh, P dropped.
+            X2, _ = _orthonormalize(X, AX)
+            AX2 = op(X2)
+            bad = pending[..., None, None]
+            X, AX = torch.where(bad, X2, X), torch.where(bad, AX2, AX)
+            theta = torch.where(pending.unsqueeze(-1), (X * AX).sum(-2), theta)
+            if P is not None:
+                P, AP = torch.where(bad, 0, P), torch.where(bad, 0, AP)
+            restarts += int(pending.sum())
+            pending = torch.zeros_like(pending)
+            R = AX - X * theta.unsqueeze(-2)
+            rel = relative_residuals(X, AX, theta)
         done = (rel <= tol).all(-1)  # per matrix
-        if it % check_every == 0 or it == max_iter:
+        if check:
             max_res = rel.amax().item()  # the only host synchronization
             if max_res <= tol:
                 converged = True
@@ -164,7 +215,7 @@ def lobpcg(
         else:
             nP = _safe_norm(P)
             S, AS = torch.cat([X, Wb, P / nP], -1), torch.cat([AX, AW, AP / nP], -1)
-        theta, C = rayleigh_ritz(S, AS, m)
+        theta, C, ill = rayleigh_ritz(S, AS, m)
         X, AX = S @ C, AS @ C
         P, AP = S[..., m:] @ C[..., m:, :], AS[..., m:] @ C[..., m:, :]
         X, AX = torch.where(keep, X_old, X), torch.where(keep, AX_old, AX)
@@ -172,7 +223,23 @@ def lobpcg(
         P, AP = torch.where(keep, 0, P), torch.where(keep, 0, AP)
         if constraints is not None:  # keep rounding from leaking into the deflated space
             X = _project(X, constraints)
-    info = LobpcgInfo(iterations=it, max_residual=max_res, converged=converged)
+    # Per matrix: the wanted pairs converged, and (on A / scale, whose spectrum lies in
+    # [-1, 1]) no Ritz value left the spectrum's bounds: what a divergence looks like.
+    R = AX[..., :k] - X[..., :k] * theta[..., :k].unsqueeze(-2)
+    res = R.norm(dim=-2)
+    if scale is None:
+        res = res / theta.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
+        inside = torch.ones_like(res[..., 0], dtype=torch.bool)
+    else:
+        inside = (theta[..., :k].abs() <= 1 + 100 * tol).all(-1)
+    failed = ~((res <= tol).all(-1) & inside & torch.isfinite(theta[..., :k]).all(-1))
+    info = LobpcgInfo(
+        iterations=it,
+        max_residual=max_res,
+        converged=converged and not bool(failed.any()),
+        restarts=restarts,
+        failed=failed,
+    )
     if scale is not None:
         theta = theta * scale.unsqueeze(-1)
     return sign * theta[..., :k], X[..., :k], info

@@ -17,8 +17,27 @@ from diffeig import _extension, _reference
 __all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble", "ncut_backward", "cg_step"]
 
 
+def _differentiated(*tensors) -> bool:
+    """Whether a derivative of this call may be taken: an input requires grad (double
+    backward), is wrapped by a torch.func transform (jacrev(jacrev), hessian) or carries a
+    forward-mode tangent. The differentiable reference formula then runs instead of the
+    native kernel, whose registered autograd covers reverse mode only."""
+    from torch.autograd import forward_ad
+
+    if torch.compiler.is_compiling():
+        return False  # traced graphs get the native op (fake kernel + registered autograd)
+    for t in tensors:
+        if t is None:
+            continue
+        if t.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return True
+        if forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
 def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_atol: float):
-    if _extension.native_for(X.device):
+    if _extension.native_for(X.device) and not _differentiated(eigenvalues, X, grad_eigenvalues):
         return torch.ops.diffeig.eigh_backward_core(
             eigenvalues, X, grad_eigenvalues, float(gap_rtol), float(gap_atol)
         )

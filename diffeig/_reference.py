@@ -34,8 +34,8 @@ def gap_mask(eigenvalues: torch.Tensor, k: int, gap_rtol: float, gap_atol: float
     """
     l = eigenvalues
     d = l[..., None, :k] - l[..., :, None]
-    if scale is None:
-        scale = l.detach().abs().amax(-1)
+    if scale is None:  # (an empty spectrum has no magnitude)
+        scale = l.detach().abs().amax(-1) if l.shape[-1] else l.new_zeros(l.shape[:-1])
     thr = gap_atol + gap_rtol * scale.detach().to(l.dtype)[..., None, None]
     mask = (d == 0) | (d.abs() < thr)
     return d, mask

@@ -221,7 +221,8 @@ def sym_eigh_ncut(
         k: number of eigenpairs, ``1 <= k <= N``. Index 0 is the trivial pair
             (``l = 0``, ``z`` constant on a connected graph); index 1 is the Fiedler vector.
         laplacian: ``'ncut'`` or ``'unnormalized'``.
-        gap_eps: tie threshold of the backward: ``None`` for ``N * eps(dtype) * max|l|``,
+        gap_eps: tie threshold of the backward: ``None`` for
+            ``max(N, 16 sqrt(N)) * eps(dtype) * max|l|`` (:func:`diffeig.gap_tolerances`),
             a number for an absolute threshold (``1e-9`` is the paper's).
         sign: ``'max'`` (default) flips each eigenvector so its entry of largest magnitude
             is positive; ``'sum'`` so that its sum is >= 0 (the authors' code);

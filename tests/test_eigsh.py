@@ -74,7 +74,7 @@ def test_eigsh_dense_method_and_small_fallback():
 
 @pytest.mark.slow
 def test_eigsh_gradient_matches_dense_and_gradcheck():
-    n, k = 30, 2
+    n, k = 32, 2  # N > 5 (k + 4): the LOBPCG forward, not the dense one
     A0 = spectrum_matrix(n, torch.linspace(0, 3, n).double() ** 2, seed=1)
 
     def loss_terms(theta, X):
@@ -225,7 +225,7 @@ def _dense(f):
 
 
 @pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
-@pytest.mark.parametrize("n", [80, 12])  # 12: the block is not small, LOBPCG runs anyway
+@pytest.mark.parametrize("n", [80, 12])  # 12: the block is not small: solved densely
 def test_matrix_free_equals_dense_matrix(laplacian, n):
     from diffeig.ncut import ncut_operator
 

@@ -150,7 +150,8 @@ def lobpcg(
         th, C = torch.linalg.eigh(0.5 * (Hs + Hs.mT))
         # How much the whitening amplifies rounding: the implicit updates AX = AS C carry
         # AS's error times 1 / sqrt(smallest kept Gram eigenvalue), every iteration. Past
-        # eps^-1/4 (a Gram ratio below sqrt(eps)) the matrix is restarted.
+        # eps^-1/4 (a Gram ratio below sqrt(eps)) a matrix whose residual also stopped
+        # falling is restarted.
         smallest = torch.where(keep, e, e[..., -1:]).amin(-1)
         ill = smallest < e[..., -1] * torch.finfo(dtype).eps ** 0.5
         return th[..., :m], T @ C[..., :m], ill
@@ -166,15 +167,15 @@ def lobpcg(
     ill = pending = torch.zeros(X.shape[:-2], dtype=torch.bool, device=X.device)
     prev = torch.full(X.shape[:-2], math.inf, dtype=dtype, device=X.device)
 
-    def relative_residuals(X, AX, theta):
-        res = (AX[..., :k] - X[..., :k] * theta[..., :k].unsqueeze(-2)).norm(dim=-2)
+    def relative_residuals(R, theta):
+        res = R[..., :k].norm(dim=-2)
         if scale is None:
             return res / theta.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
         return res  # the operator is A / scale
 
     for it in range(1, max_iter + 1):  # noqa: B007
         R = AX - X * theta.unsqueeze(-2)
-        rel = relative_residuals(X, AX, theta)
+        rel = relative_residuals(R, theta)
         # A matrix whose basis was ill-conditioned and whose residual stopped falling is
         # restarted (below); an ill-conditioned basis alone is common near convergence.
         worst = rel.amax(-1)
@@ -196,7 +197,7 @@ def lobpcg(
             restarts += int(pending.sum())
             pending = torch.zeros_like(pending)
             R = AX - X * theta.unsqueeze(-2)
-            rel = relative_residuals(X, AX, theta)
+            rel = relative_residuals(R, theta)
         done = (rel <= tol).all(-1)  # per matrix
         if check:
             max_res = rel.amax().item()  # the only host synchronization
@@ -225,10 +226,8 @@ def lobpcg(
             X = _project(X, constraints)
     # Per matrix: the wanted pairs converged, and (on A / scale, whose spectrum lies in
     # [-1, 1]) no Ritz value left the spectrum's bounds: what a divergence looks like.
-    R = AX[..., :k] - X[..., :k] * theta[..., :k].unsqueeze(-2)
-    res = R.norm(dim=-2)
+    res = relative_residuals(AX - X * theta.unsqueeze(-2), theta)
     if scale is None:
-        res = res / theta.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
         inside = torch.ones_like(res[..., 0], dtype=torch.bool)
     else:
         inside = (theta[..., :k].abs() <= 1 + 100 * tol).all(-1)

@@ -518,32 +518,6 @@ def bipartition(z: torch.Tensor, *, rule: str = "zero", foreground: str | None =
     return above ^ flip
 
 
-def ncut_operator(
-    matmul,
-    params,
-    shape,
-    k: int = 2,
-    *,
-    laplacian: str = "ncut",
-    sign: str | None = "max",
-    gap_eps: float | None = None,
-    tol: float | None = None,
-    max_iter: int = 1000,
-    on_fail: str = "warn",
-):
-    """Matrix-free :func:`sym_eigh_ncut` (``W`` given as ``matmul(X, *params) -> W @ X``);
-    see :func:`diffeig._ncut_operator.ncut_operator` for the arguments."""
-    from diffeig._ncut_operator import ncut_operator as impl
-
-    return impl(
-        matmul,
-        params,
-        shape,
-        k,
-        laplacian=laplacian,
-        sign=sign,
-        gap_eps=gap_eps,
-        tol=tol,
-        max_iter=max_iter,
-        on_fail=on_fail,
-    )
+# The matrix-free variant is built on the LOBPCG helpers above; imported last, so that
+# diffeig.ncut.ncut_operator is the function itself, with its real signature.
+from diffeig._ncut_operator import ncut_operator  # noqa: E402

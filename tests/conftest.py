@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +75,15 @@ def with_spectrum(eigenvalues, dtype=torch.float64, seed=0):
 def sym_directional_fd(f, A, E, h=1e-6):
     """Central difference of f along the Hermitian direction E."""
     return (f(A + h * E) - f(A - h * E)) / (2 * h)
+
+
+@pytest.fixture
+def quokka_ecssd(tmp_path):
+    """The quokka photo and its mask laid out as the ECSSD dataset."""
+    data = Path(__file__).parent / "data"
+    root = tmp_path / "ECSSD"
+    (root / "images").mkdir(parents=True)
+    (root / "ground_truth_mask").mkdir()
+    shutil.copy(data / "quokka.jpg", root / "images/quokka.jpg")
+    shutil.copy(data / "quokka_mask.png", root / "ground_truth_mask/quokka.png")
+    return root

@@ -196,12 +196,8 @@ def test_numeric_eval_options_are_checked(cmd, flag, value, tmp_path, capsys):
     assert_clean_error(capsys.readouterr().err, flag)
 
 
-def test_fifo_named_png_is_never_opened(tmp_path):
-    root = tmp_path / "ECSSD"
-    (root / "images").mkdir(parents=True)
-    (root / "ground_truth_mask").mkdir()
-    shutil.copy(DATA / "quokka.jpg", root / "images/quokka.jpg")
-    shutil.copy(DATA / "quokka_mask.png", root / "ground_truth_mask/quokka.png")
+def test_fifo_named_png_is_never_opened(quokka_ecssd):
+    root = quokka_ecssd
     os.mkfifo(root / "images/blocker.png")
     os.mkfifo(root / "ground_truth_mask/blocker.png")
     ds = SaliencyDataset("ecssd", str(root))  # would block in Image.open before
@@ -330,12 +326,8 @@ def test_unknown_device(device, tmp_path, capsys):
     assert_clean_error(capsys.readouterr().err, "--device")
 
 
-def test_evaluation_checks_its_output_before_starting(tmp_path, capsys):
-    root = tmp_path / "ECSSD"
-    (root / "images").mkdir(parents=True)
-    (root / "ground_truth_mask").mkdir()
-    shutil.copy(DATA / "quokka.jpg", root / "images/quokka.jpg")
-    shutil.copy(DATA / "quokka_mask.png", root / "ground_truth_mask/quokka.png")
+def test_evaluation_checks_its_output_before_starting(quokka_ecssd, tmp_path, capsys):
+    root = quokka_ecssd
     blocker = tmp_path / "file"
     blocker.write_text("x")
     argv = ["eval-saliency", "--dataset", "ecssd", "--root", str(root), "--arch", "color"]

@@ -212,16 +212,6 @@ def test_boxes_json_layout(tmp_path):
 
 
 @pytest.fixture
-def quokka_ecssd(tmp_path):
-    root = tmp_path / "ECSSD"
-    (root / "images").mkdir(parents=True)
-    (root / "ground_truth_mask").mkdir()
-    shutil.copy(DATA / "quokka.jpg", root / "images/quokka.jpg")
-    shutil.copy(DATA / "quokka_mask.png", root / "ground_truth_mask/quokka.png")
-    return root
-
-
-@pytest.fixture
 def quokka_boxes(tmp_path):
     root = tmp_path / "boxes"
     (root / "images").mkdir(parents=True)

@@ -91,6 +91,7 @@ def run(args) -> dict:
         bf16=args.bf16,
         solve_dtype=args.solve_dtype,
         laplacian=args.laplacian,
+        solver=args.solver,
         min_kept=min(20, args.batch_size),
     )
     cfg.validate()
@@ -121,7 +122,15 @@ def run(args) -> dict:
     return {
         "config": {
             k: getattr(args, k)
-            for k in ("arch", "image_size", "batch_size", "bf16", "solve_dtype", "laplacian")
+            for k in (
+                "arch",
+                "image_size",
+                "batch_size",
+                "bf16",
+                "solve_dtype",
+                "laplacian",
+                "solver",
+            )
         },
         "tokens": (args.image_size // model.backbone.patch_size) ** 2,
         "parts": parts,
@@ -153,6 +162,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast of the backbone (CUDA)")
     p.add_argument("--solve-dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--laplacian", default="unnormalized", choices=["unnormalized", "ncut"])
+    p.add_argument(
+        "--solver", default="dense", choices=["dense", "lobpcg", "auto"], help="(default: dense)"
+    )
     p.add_argument("--quiet", action="store_true", help="no line per step")
     p.add_argument("--json", default=None, help="write the figures and metadata here")
     return p

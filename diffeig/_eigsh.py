@@ -178,6 +178,36 @@ def run_lobpcg(
     return theta, X, info
 
 
+# method="auto": the N from which LOBPCG (forward + backward) beats the dense solve, by
+# the number of pairs LOBPCG iterates on (the NCut's trivial pair is deflated, not
+# iterated). Measured on a 2-core CPU in float64 (benchmarks/README.md, "method='auto'"):
+# training-like unnormalized graphs, batches of 2-64, the loss on every returned vector.
+# Between the points N* is interpolated linearly in the number of pairs; beyond, it grows
+# as the last segment does.
+AUTO_CROSSOVER_CPU = ((1, 250), (2, 900), (4, 1450), (7, 2500))
+
+
+def auto_method(n: int, iterated: int, device: torch.device) -> str:
+    """``'dense'`` or ``'lobpcg'``: the faster exact solver for ``iterated`` pairs of
+    ``(*, n, n)`` matrices on ``device``: the one rule behind ``method='auto'``.
+
+    On CPU LOBPCG wins from ``N*(pairs)`` on (``AUTO_CROSSOVER_CPU``). On other devices the
+    dense solve until measured there (``make gpu-check`` records the figures). Both are
+    exact to the same float64 tolerance (tests/test_auto.py), and LOBPCG falls back to the
+    dense solve on any matrix it does not solve, so the choice only moves time."""
+    if device.type != "cpu" or iterated < 1:
+        return "dense"
+    pts = AUTO_CROSSOVER_CPU
+    for (p0, n0), (p1, n1) in zip(pts, pts[1:]):
+        if iterated <= p1:
+            cross = n0 + (n1 - n0) * (max(iterated, p0) - p0) / (p1 - p0)
+            break
+    else:
+        (p0, n0), (p1, n1) = pts[-2], pts[-1]
+        cross = n1 + (n1 - n0) * (iterated - p1) / (p1 - p0)
+    return "lobpcg" if n >= cross else "dense"
+
+
 # Use the dense solve when N (less the deflated constraints) is at most this many times
 # the LOBPCG block.
 DENSE_BELOW = 5
@@ -242,7 +272,8 @@ def eigsh(
             ``L^{-1} A L^{-T}`` (an ``O(N^3)`` reduction, differentiable in ``B``), or a
             ``(*, N)`` positive diagonal, reduced by ``D^{-1/2} A D^{-1/2}`` in
             ``O(N^2)``. The eigenvectors are then B-orthonormal (``X^T B X = I``).
-        method: ``'lobpcg'`` or ``'dense'``.
+        method: ``'lobpcg'``, ``'dense'``, or ``'auto'``: the faster of the two for this
+            device, N and k (:func:`diffeig._eigsh.auto_method`; both are exact).
         tol: LOBPCG stops when every wanted pair has ``|A x - l x| <= tol * s`` with
             ``s`` the largest absolute row sum of ``A`` (a bound on its norm); default
             1e-9 in float64, 7e-5 in float32. The backward's CG solves stop at
@@ -274,8 +305,10 @@ def eigsh(
     n = A.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, N] = [1, {n}], got {k!r}")
-    if method not in ("lobpcg", "dense"):
-        raise ValueError(f"method must be 'lobpcg' or 'dense', got {method!r}")
+    if method not in ("lobpcg", "dense", "auto"):
+        raise ValueError(f"method must be 'lobpcg', 'dense' or 'auto', got {method!r}")
+    if method == "auto":
+        method = auto_method(n, k, A.device)
     check_solver_options(tol, max_iter, on_fail)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, n, A.dtype)
     cg_tol = default_tol(A.dtype) if tol is None else tol

@@ -232,6 +232,9 @@ def sym_eigh_ncut(
             deflated exactly; backward by shifted conjugate-gradient solves
             (:func:`diffeig.eigsh`). Needs ``l_k < l_{k+1}`` (a graph with more than k
             connected components makes the solves singular).
+            ``'auto'``: whichever of the two is faster for this device, N and k
+            (:func:`diffeig._eigsh.auto_method`: on CPU LOBPCG from N = 250 for k = 2).
+            Both give the same float64 results to the solver tolerance.
         tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
             limit, and ``'warn'`` or ``'raise'`` when it did not converge.
 
@@ -256,8 +259,13 @@ def sym_eigh_ncut(
     normalized = laplacian == "ncut"
     check_affinity(W, normalized=normalized)
     _check_k(k, W.shape[-1])
-    if method not in ("dense", "lobpcg"):
-        raise ValueError(f"method must be 'dense' or 'lobpcg', got {method!r}")
+    if method not in ("dense", "lobpcg", "auto"):
+        raise ValueError(f"method must be 'dense', 'lobpcg' or 'auto', got {method!r}")
+    if method == "auto":
+        from diffeig._eigsh import auto_method
+
+        # the trivial pair is deflated exactly: LOBPCG iterates on k - 1 pairs
+        method = auto_method(W.shape[-1], k - 1, W.device)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
     if method == "lobpcg":
         return _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail)

@@ -39,6 +39,8 @@ HELP = {
     "temperature": "mask = sigmoid(z2 / temperature), > 0",
     "sign": "sign rule of z2: sum (sum >= 0, the authors') or max (largest entry > 0)",
     "alpha": "weight of the structural regularization",
+    "solver": "eigen solver of the NCut: dense (the authors'), lobpcg, or auto (the faster "
+    "for the token count; the same float64 loss with sign max)",
     "iou_threshold": "keep a sample when its masks' IoU exceeds this, in [0, 1]",
     "min_kept": "lower the IoU threshold until this many samples are kept",
     "threshold_step": "how much to lower it each time, in [1e-4, 1]",

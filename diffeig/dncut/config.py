@@ -31,6 +31,7 @@ class TrainConfig:
     solve_dtype: str = "float64"
     temperature: float = 0.05
     sign: str = "sum"
+    solver: str = "dense"
     alpha: float = 0.05
     iou_threshold: float = 0.5
     min_kept: int = 20
@@ -64,6 +65,7 @@ class TrainConfig:
         check_choice("laplacian", self.laplacian, ("unnormalized", "ncut"))
         check_choice("solve_dtype", self.solve_dtype, ("float32", "float64"))
         check_choice("sign", self.sign, ("sum", "max"))
+        check_choice("solver", self.solver, ("dense", "lobpcg", "auto"))
         check_device(self.device)
         for name, kwargs in NUMERIC_OPTIONS.items():
             check_number(name, getattr(self, name), **kwargs)

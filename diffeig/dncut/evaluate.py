@@ -21,6 +21,7 @@ from diffeig.dncut import metrics, postprocess
 from diffeig.dncut.backbone import ARCHS, BASELINES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 
 POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs")
+SOLVERS = ("dense", "lobpcg", "auto")
 POSTS_DISCOVERY = ("tokencut", "simple")
 
 
@@ -145,14 +146,16 @@ def readable(batch: list, skipped: list, bar) -> list:
 
 
 def saliency_map(
-    features, post: str, patch: int, image_size, image=None
+    features, post: str, patch: int, image_size, image=None, solver: str = "dense"
 ) -> tuple[torch.Tensor, dict]:
     """The soft saliency map ``(H, W)`` in [0, 1] of one image and the post-processing's output."""
     if post == "simple":
-        r = postprocess.simple(features)
+        r = postprocess.simple(features, solver=solver)
     else:
         h, w = features.shape[1:]
-        r = postprocess.tokencut(features, patch_size=patch, image_size=(h * patch, w * patch))
+        r = postprocess.tokencut(
+            features, patch_size=patch, image_size=(h * patch, w * patch), solver=solver
+        )
     soft = postprocess.upsample(r["mask"], image_size)
     if post == "tokencut+bs":
         from diffeig.dncut.bilateral import bilateral_solve
@@ -176,7 +179,7 @@ def eval_saliency(args) -> dict:
         batch = readable(batch, skipped, bar)
         feats = extract(backbone, [b[2] for b in batch], args.device)
         for (name, size, _, gt, image), f in zip(batch, feats):
-            soft, _ = saliency_map(f, args.post, patch, size, image)
+            soft, _ = saliency_map(f, args.post, patch, size, image, solver=args.solver)
             s = metrics.saliency_scores(soft, gt)
             per_image.append(dict(name=name, **s))
             bar.update(1)
@@ -190,11 +193,13 @@ def eval_saliency(args) -> dict:
 # --------------------------------------------------------------------------- discovery
 
 
-def predict_box(features, post: str, patch: int, image_size) -> tuple[torch.Tensor, dict]:
+def predict_box(
+    features, post: str, patch: int, image_size, solver: str = "dense"
+) -> tuple[torch.Tensor, dict]:
     if post == "tokencut":
-        r = postprocess.tokencut(features, patch_size=patch, image_size=image_size)
+        r = postprocess.tokencut(features, patch_size=patch, image_size=image_size, solver=solver)
         return r["box"], r
-    r = postprocess.simple(features)
+    r = postprocess.simple(features, solver=solver)
     box = postprocess.mask_box(r["mask"], patch, image_size)
     return box, r
 
@@ -214,7 +219,7 @@ def eval_discovery(args) -> dict:
         batch = readable(batch, skipped, bar)
         feats = extract(backbone, [b[2] for b in batch], args.device)
         for (name, size, _, gt, _), f in zip(batch, feats):
-            box, _ = predict_box(f, args.post, patch, size)
+            box, _ = predict_box(f, args.post, patch, size, solver=args.solver)
             ious = metrics.box_iou(box, gt) if gt.numel() else torch.zeros(0)
             per_image.append(
                 {
@@ -295,6 +300,13 @@ def add_commands(sub) -> None:
             default=None,
             help="JSON of the summary and per-image results "
             "(default: runs/eval/<task>-<dataset>-<arch>-<post>.json)",
+        )
+        p.add_argument(
+            "--solver",
+            default="dense",
+            choices=SOLVERS,
+            help="eigen solver of the cuts: dense (torch.linalg.eigh, the authors'), lobpcg, "
+            "or auto (the faster for the token count; the same vectors) (default: dense)",
         )
         if cmd == "eval-saliency":
             p.add_argument(
@@ -378,7 +390,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     result = (eval_saliency if args.command == "eval-saliency" else eval_discovery)(args)
     result["config"] = {
-        k: getattr(args, k) for k in ("dataset", "root", "arch", "weights", "post", "limit")
+        k: getattr(args, k)
+        for k in ("dataset", "root", "arch", "weights", "post", "limit", "solver")
     }
     result["seconds"] = time.perf_counter() - t0
     print_summary(args, result["summary"])

@@ -50,6 +50,7 @@ class NCutOptions:
     solve_dtype: str = "float64"
     temperature: float = 0.05
     sign: str = "sum"
+    solver: str = "dense"  # method of diffeig.sym_eigh_ncut: dense | lobpcg | auto
 
 
 def ncut_masks(feature_map: torch.Tensor, opt: NCutOptions):
@@ -62,7 +63,7 @@ def ncut_masks(feature_map: torch.Tensor, opt: NCutOptions):
     B, C, h, w = feature_map.shape
     f = feature_map.flatten(2).transpose(1, 2).to(getattr(torch, opt.solve_dtype))
     W = affinity(f, tau=opt.tau, eps=opt.eps, mode="weighted")
-    _, Z = diffeig.sym_eigh_ncut(W, 2, laplacian=opt.laplacian, sign=opt.sign)
+    _, Z = diffeig.sym_eigh_ncut(W, 2, laplacian=opt.laplacian, sign=opt.sign, method=opt.solver)
     z2 = Z[..., 1].reshape(B, h, w)
     m = torch.sigmoid(z2 / opt.temperature).to(feature_map.dtype)
     return m, z2

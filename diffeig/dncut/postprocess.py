@@ -14,21 +14,35 @@ import diffeig
 from diffeig.ncut import affinity, bipartition, seed
 
 
-def eigenvectors(features, *, k, tau, eps, mode, laplacian):
+def eigenvectors(features, *, k, tau, eps, mode, laplacian, solver="dense"):
     C, h, w = features.shape
     if h * w < 2:
         raise ValueError(f"an image needs at least 2 patches to be cut, got a {h} x {w} token grid")
     f = features.flatten(1).T.double()
     W = affinity(f, tau=tau, eps=eps, mode=mode)
-    lam, Z = diffeig.sym_eigh_ncut(W, min(k, h * w), laplacian=laplacian, sign="max")
+    lam, Z = diffeig.sym_eigh_ncut(W, min(k, h * w), laplacian=laplacian, sign="max", method=solver)
     return lam, Z.reshape(h, w, -1)
 
 
-def simple(features: torch.Tensor, *, k: int = 2, tau: float = 0.0, eps: float = 1e-6) -> dict:
+def simple(
+    features: torch.Tensor,
+    *,
+    k: int = 2,
+    tau: float = 0.0,
+    eps: float = 1e-6,
+    solver: str = "dense",
+) -> dict:
     """The DNCut code's saliency rule: tau = 0 weighted graph, z2 of the unnormalized
-    Laplacian, foreground = the smaller side of ``z2 > 0``."""
+    Laplacian, foreground = the smaller side of ``z2 > 0``. ``solver``: the ``method`` of
+    :func:`diffeig.sym_eigh_ncut` (dense, lobpcg or auto: the same vectors)."""
     lam, Z = eigenvectors(
-        features, k=max(k, 2), tau=tau, eps=eps, mode="weighted", laplacian="unnormalized"
+        features,
+        k=max(k, 2),
+        tau=tau,
+        eps=eps,
+        mode="weighted",
+        laplacian="unnormalized",
+        solver=solver,
     )
     z2 = Z[..., 1]
     mask = bipartition(z2.flatten(), rule="zero", foreground="smaller").reshape(z2.shape)
@@ -43,11 +57,14 @@ def tokencut(
     k: int = 2,
     tau: float = 0.2,
     eps: float = 1e-5,
+    solver: str = "dense",
 ) -> dict:
     """TokenCut: binary graph (``A > tau``, else ``eps``), generalized NCut, split at the
     mean of z2, foreground = the side of the seed ``argmax |z2|``, then the 4-connected
     component of the seed; its bounding box times the patch size, clipped to the image."""
-    lam, Z = eigenvectors(features, k=max(k, 2), tau=tau, eps=eps, mode="binary", laplacian="ncut")
+    lam, Z = eigenvectors(
+        features, k=max(k, 2), tau=tau, eps=eps, mode="binary", laplacian="ncut", solver=solver
+    )
     out = seed_component(Z[..., 1], patch_size=patch_size, image_size=image_size)
     out.update(z=Z, eigenvalues=lam)
     return out

@@ -1,0 +1,103 @@
+"""method="auto": one documented rule picks dense or LOBPCG, and the choice never changes
+the float64 results (eigenpairs, gradients, the recipe's loss) beyond solver tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffeig
+from diffeig._eigsh import auto_method
+
+F64 = torch.float64
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_the_rule():
+    # CPU crossovers (benchmarks/README.md): 1 iterated pair from N = 250, 2 from 900.
+    assert auto_method(196, 1, CPU) == "dense" and auto_method(400, 1, CPU) == "lobpcg"
+    assert auto_method(784, 2, CPU) == "dense" and auto_method(1600, 2, CPU) == "lobpcg"
+    assert auto_method(1600, 4, CPU) == "lobpcg" and auto_method(1000, 7, CPU) == "dense"
+    assert auto_method(10**6, 0, CPU) == "dense"  # nothing to iterate on
+    assert auto_method(10**5, 1, CUDA) == "dense"  # not measured on GPUs yet
+
+
+def graphs(n, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.nn.functional.normalize(torch.randn(batch, n, 16, dtype=F64, generator=g), dim=-1)
+    return diffeig.ncut.affinity(f)
+
+
+def solve(W, k, laplacian, method, C):
+    Wr = W.clone().requires_grad_()
+    lam, Z = diffeig.sym_eigh_ncut(Wr, k, laplacian=laplacian, method=method)
+    (torch.sigmoid(Z[..., 1:] / 0.05) * C[..., : Z.shape[-2], : k - 1]).sum().backward()
+    return lam, Z, Wr.grad
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+@pytest.mark.parametrize("k", [2, 3, 4, 6])
+def test_auto_equals_dense_in_float64(laplacian, k):
+    # N = 300 puts k = 2 on LOBPCG; k = 3 ... 6 stay dense there, so a larger N takes
+    # them to LOBPCG too.
+    n = 300 if k == 2 else 1100 if k == 3 else 2200
+    W = graphs(n, batch=2 if k == 2 else 1)
+    C = torch.randn(*W.shape[:-1], 8, dtype=F64, generator=torch.Generator().manual_seed(1))
+    assert auto_method(n, k - 1, CPU) == "lobpcg"
+    lam_d, Z_d, g_d = solve(W, k, laplacian, "dense", C)
+    lam_a, Z_a, g_a = solve(W, k, laplacian, "auto", C)
+    torch.testing.assert_close(lam_a, lam_d, rtol=1e-8, atol=1e-10)
+    cos = (Z_a * Z_d).sum(-2).abs() / (Z_a.norm(dim=-2) * Z_d.norm(dim=-2))
+    assert (1 - cos).max().item() < 1e-10
+    assert ((g_a - g_d).norm() / g_d.norm()).item() < 1e-7
+
+
+def test_auto_on_an_exact_tie():
+    n1, n2 = 120, 180
+    g = torch.Generator().manual_seed(3)
+    A, B = torch.rand(n1, n1, dtype=F64, generator=g), torch.rand(n2, n2, dtype=F64, generator=g)
+    W = torch.block_diag(A + A.T + 0.1, B + B.T + 0.1)  # two components: l1 = l2 = 0
+    C = torch.randn(n1 + n2, n1 + n2, dtype=F64, generator=g)
+    grads = []
+    for method in ("dense", "auto"):
+        Wr = W.clone().requires_grad_()
+        _, Z = diffeig.sym_eigh_ncut(Wr, 2, laplacian="unnormalized", method=method)
+        (Z @ Z.mT * (C + C.T)).sum().backward()
+        grads.append(Wr.grad)
+    assert ((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item() < 1e-7
+
+
+def test_eigsh_auto():
+    A = graphs(400, batch=1)[0]
+    L = torch.diag(A.sum(-1)) - A
+    torch.testing.assert_close(
+        diffeig.eigsh(L, 1, method="auto")[0], diffeig.eigsh(L, 1, method="dense")[0]
+    )
+    with pytest.raises(ValueError, match="'auto'"):
+        diffeig.eigsh(L, 1, method="fast")
+
+
+def test_recipe_loss_is_the_same_with_either_solver():
+    pytest.importorskip("timm")
+    from diffeig.dncut.backbone import build_backbone
+    from diffeig.dncut.data import ImageSource, TwoViews
+    from diffeig.dncut.model import DNCut, NCutOptions, ncut_masks
+
+    data = TwoViews(ImageSource("synthetic:4", synthetic_size=160), size=128)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    torch.manual_seed(0)
+    # sign "max": "sum" is decided by rounding for D - W (z2 sums to 0), so two exact
+    # solvers may return opposite signs there (docs/dncut.md, "The sign of z2")
+    model = DNCut(build_backbone("random"), ncut=NCutOptions(sign="max"), min_kept=4)
+    with torch.no_grad():
+        maps = model.aligned_maps(model.backbone_features(batch), batch)
+    out = {}
+    for solver in ("dense", "lobpcg"):
+        m = maps.clone().requires_grad_()
+        masks, _ = ncut_masks(m, NCutOptions(sign="max", solver=solver))
+        loss = model.objective(masks)["loss"]
+        loss.backward()
+        out[solver] = (loss.item(), m.grad)
+    assert out["lobpcg"][0] == pytest.approx(out["dense"][0], rel=1e-6)
+    g_d, g_l = out["dense"][1], out["lobpcg"][1]
+    assert ((g_l - g_d).norm() / g_d.norm()).item() < 1e-6

@@ -429,3 +429,24 @@ def test_f_beta_in_bounded_memory():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.strip()) < 400  # MB
+
+
+# ------------------------------------------------- a gradient spike at saturated masks
+
+
+def test_saturated_mask_gives_no_gradient_spike():
+    """z2 is solved in float64; a float64 sigmoid that rounds to 1.0 in float32 kept its
+    derivative and met the BCE's 1 / (m (1 - m)): 3e4 - 5e4 per saturated token."""
+    from diffeig.dncut.losses import _bce
+    from diffeig.dncut.model import NCutOptions, ncut_masks
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 8, 4, 4, generator=g)  # float32 maps, as in training
+    f[0, :, 0, 0] = 40 * f[0, :, 1, 1]  # a token far from the rest: |z2| large there
+    f = f.requires_grad_()
+    masks, z2 = ncut_masks(f, NCutOptions(sign="max", temperature=0.01))
+    assert masks.dtype == torch.float32 and (masks == 1).any()  # saturated entries
+    z2.retain_grad()
+    _bce(masks, torch.full_like(masks, 0.5)).sum().backward()
+    # d BCE / d z2 = (m - t) / T per token: at most 0.5 / 0.01 / 16 tokens here
+    assert z2.grad.abs().max().item() <= 0.5 / 0.01 / 16 * 1.01

@@ -65,7 +65,12 @@ def ncut_masks(feature_map: torch.Tensor, opt: NCutOptions):
     W = affinity(f, tau=opt.tau, eps=opt.eps, mode="weighted")
     _, Z = diffeig.sym_eigh_ncut(W, 2, laplacian=opt.laplacian, sign=opt.sign, method=opt.solver)
     z2 = Z[..., 1].reshape(B, h, w)
-    m = torch.sigmoid(z2 / opt.temperature).to(feature_map.dtype)
+    # z2 is cast to the features' dtype before the sigmoid, as the authors' code does. Cast
+    # after it, a float64 sigmoid of 1 - 1e-9 rounds to exactly 1.0 in float32 while its
+    # derivative stays non-zero: the BCE's 1 / (m (1 - m)) then multiplies it into a
+    # gradient spike (3e4 - 5e4 per saturated token); computed in float32 the sigmoid
+    # saturates with a zero derivative there instead.
+    m = torch.sigmoid(z2.to(feature_map.dtype) / opt.temperature)
     return m, z2
 
 

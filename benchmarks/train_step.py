@@ -163,7 +163,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--solve-dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--laplacian", default="unnormalized", choices=["unnormalized", "ncut"])
     p.add_argument(
-        "--solver", default="dense", choices=["dense", "lobpcg", "auto"], help="(default: dense)"
+        "--solver",
+        nargs="+",
+        default=["dense"],
+        choices=["dense", "lobpcg", "auto"],
+        help="one or more eigen solvers, timed in the same run on the same batch (default: dense)",
     )
     p.add_argument("--quiet", action="store_true", help="no line per step")
     p.add_argument("--json", default=None, help="write the figures and metadata here")
@@ -175,9 +179,14 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device is available", file=sys.stderr)
         return 2
-    result = run(args)
+    results = {}
+    for solver in args.solver:
+        one = argparse.Namespace(**{**vars(args), "solver": solver})
+        print(f"solver {solver}:", flush=True)
+        results[solver] = run(one)
+        print(table(results[solver]))
+    result = results[args.solver[0]] if len(results) == 1 else {"solvers": results}
     result["metadata"] = metadata(torch.device(args.device))
-    print(table(result))
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")

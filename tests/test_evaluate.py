@@ -188,11 +188,16 @@ def test_coco20k_layout_drops_crowd_boxes(tmp_path):
             {"image_id": 9, "bbox": [1, 2, 10, 20], "iscrowd": 0},
             {"image_id": 9, "bbox": [0, 0, 50, 40], "iscrowd": 1},
             {"image_id": 25, "bbox": [5, 5, 5, 5], "iscrowd": 0},
+            # fractional: x2 = 111.1, y2 = 70.9; rounded as the authors' code rounds
+            {"image_id": 25, "bbox": [10.4, 20.6, 100.7, 50.3], "iscrowd": 0},
         ],
     }
     (tmp_path / "instances_train2014_sel20k.json").write_text(json.dumps(ann))
     ds = DiscoveryDataset("coco20k", str(tmp_path))
-    assert [ds[i][2].tolist() for i in range(2)] == [[[1, 2, 11, 22]], [[5, 5, 10, 10]]]
+    assert [ds[i][2].tolist() for i in range(2)] == [
+        [[1, 2, 11, 22]],
+        [[5, 5, 10, 10], [10, 21, 111, 71]],
+    ]
     (tmp_path / "images/train2014" / names[1]).unlink()
     with pytest.raises(ValueError, match="COCO_train2014_000000000025.jpg"):
         DiscoveryDataset("coco20k", str(tmp_path))

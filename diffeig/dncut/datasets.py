@@ -207,7 +207,10 @@ class DiscoveryDataset:
                 if a.get("iscrowd", 0):
                     continue  # crowd boxes removed, as LOST / TokenCut
                 x, y, w, h = (float(v) for v in a["bbox"])
-                boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+                # rounded to integers as LOST / TokenCut / the DNCut code do (Python's
+                # round: halves to even)
+                box = [int(round(v)) for v in (x, y, x + w, y + h)]
+                boxes.setdefault(a["image_id"], []).append(box)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(
                 f"{ann}: not a COCO instances file (images with file_name and id, annotations "

@@ -63,6 +63,17 @@ def test_mask_consistency_iou_filter_and_lowering_rule():
     assert loss.item() == pytest.approx((only_first + second) / 2, rel=1e-5)
 
 
+def test_mask_consistency_iou_tie_goes_to_the_flipped_target():
+    # online hard mask [1, 1, 0, 0]; target hard [1, 0, 1, 0]: IoU 1/3 with t, 1/3 with
+    # 1 - t ([0, 1, 0, 1]): a tie, matched to 1 - t as the authors' IoU_bg >= IoU_fg
+    on = torch.tensor([[[0.9, 0.8, 0.2, 0.1]]])
+    t = torch.tensor([[[0.7, 0.3, 0.6, 0.4]]])
+    loss, st = mask_consistency(on, t, min_kept=1)
+    assert st["flipped"].item() == 1.0 and st["iou"].item() == pytest.approx(1 / 3)
+    expected = sum(bce(p, 1 - q) for p, q in zip([0.9, 0.8, 0.2, 0.1], [0.7, 0.3, 0.6, 0.4])) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_hard_iou_of_empty_masks_is_zero():
     e = torch.zeros(1, 3, dtype=torch.bool)
     assert hard_iou(e, e).item() == 0.0

@@ -35,7 +35,8 @@ def mask_consistency(
     """``BCE(online, stopgrad(target))`` up to the sign ambiguity of z2, IoU-filtered.
 
     Per sample, the target is ``t`` or ``1 - t``, whichever's hard mask (> 0.5) has the
-    larger IoU with the online hard mask (ties go to ``t``). A sample is kept when that
+    larger IoU with the online hard mask (ties go to ``1 - t``, as the authors' code:
+    ``IoU_bg >= IoU_fg``). A sample is kept when that
     IoU exceeds the threshold; the threshold is lowered by ``threshold_step`` until at
     least ``min(min_kept, B)`` samples are kept. The loss is the mean BCE over the kept
     samples.
@@ -54,7 +55,7 @@ def mask_consistency(
     hard = online.detach() > 0.5
     iou_pos = hard_iou(hard, t > 0.5)
     iou_neg = hard_iou(hard, t <= 0.5)
-    flip = iou_neg > iou_pos
+    flip = iou_neg >= iou_pos
     iou = torch.where(flip, iou_neg, iou_pos)
     tgt = torch.where(flip.view(-1, *([1] * (t.dim() - 1))), 1 - t, t)
     B = online.shape[0]

@@ -63,15 +63,13 @@ def _safe_norm(Y):
     return torch.where(n > torch.finfo(Y.dtype).eps * n.amax(-1, keepdim=True).clamp_min(1), n, 1)
 
 
-def _orthonormalize(X, AX):
-    """``(X G^-1/2, AX G^-1/2)``-like with ``G = X^T X``: X orthonormal, AX consistent.
-    Through the Cholesky factor; a matrix whose factorization fails keeps its X."""
+def _orthonormalize(X):
+    """``X L^-T`` with ``L L^T = X^T X`` (Cholesky): orthonormal columns spanning X. A
+    matrix whose factorization fails keeps its X."""
     L, info = torch.linalg.cholesky_ex(X.mT @ X)
     ok = (info == 0)[..., None, None]
     L = torch.where(ok, L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device))
-    X2 = torch.linalg.solve_triangular(L, X.mT, upper=False).mT
-    AX2 = torch.linalg.solve_triangular(L, AX.mT, upper=False).mT
-    return torch.where(ok, X2, X), torch.where(ok, AX2, AX)
+    return torch.where(ok, torch.linalg.solve_triangular(L, X.mT, upper=False).mT, X)
 
 
 def _project(Y, C):
@@ -187,7 +185,7 @@ def lobpcg(
             # compounds each iteration until the Ritz values leave the spectrum (the
             # divergence on TokenCut-like graphs): X re-orthonormalized, A X computed
             # afresh, P dropped.
-            X2, _ = _orthonormalize(X, AX)
+            X2 = _orthonormalize(X)
             AX2 = op(X2)
             bad = pending[..., None, None]
             X, AX = torch.where(bad, X2, X), torch.where(bad, AX2, AX)

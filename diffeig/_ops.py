@@ -22,18 +22,11 @@ def _differentiated(*tensors) -> bool:
     backward), is wrapped by a torch.func transform (jacrev(jacrev), hessian) or carries a
     forward-mode tangent. The differentiable reference formula then runs instead of the
     native kernel, whose registered autograd covers reverse mode only."""
-    from torch.autograd import forward_ad
-
     if torch.compiler.is_compiling():
         return False  # traced graphs get the native op (fake kernel + registered autograd)
-    for t in tensors:
-        if t is None:
-            continue
-        if t.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(t):
-            return True
-        if forward_ad.unpack_dual(t).tangent is not None:
-            return True
-    return False
+    from diffeig._eigh import _needs_derivative  # (_eigh imports this module)
+
+    return any(t is not None and _needs_derivative(t) for t in tensors)
 
 
 def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_atol: float):

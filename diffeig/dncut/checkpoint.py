@@ -13,11 +13,13 @@ import hashlib
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
-__all__ = ["atomic_save", "load_checkpoint", "tensor_checksum", "CHECKSUM_KEY"]
+__all__ = ["atomic_save", "atomic_write", "load_checkpoint", "tensor_checksum", "CHECKSUM_KEY"]
 
 CHECKSUM_KEY = "checksum"
 
@@ -47,20 +49,15 @@ def tensor_checksum(state) -> str:
     return h.hexdigest()
 
 
-def atomic_save(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` with its checksum to ``path``: a temporary file in the same folder,
-    fsync, then rename, so that ``path`` is always either the old file or the whole new
-    one. The temporary file is removed if writing fails or is interrupted. Returns the
-    path written."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, fsync, then rename it over
+    ``path``: ``path`` is always either the old file or the whole new one. The temporary
+    file is removed if writing fails or is interrupted. Returns the path written."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory: give a file name to write the checkpoint to")
-    state = dict(state)
-    state[CHECKSUM_KEY] = tensor_checksum(state)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,6 +65,16 @@ def atomic_save(state: dict, path: str | os.PathLike) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(state: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` of ``state`` with its checksum to ``path``, atomically
+    (:func:`atomic_write`). Returns the path written."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a directory: give a file name to write the checkpoint to")
+    state = dict(state)
+    state[CHECKSUM_KEY] = tensor_checksum(state)
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dict:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from diffeig.dncut.backbone import build_backbone
-from diffeig.dncut.checkpoint import atomic_save, load_checkpoint
+from diffeig.dncut.checkpoint import atomic_save, atomic_write, load_checkpoint
 from diffeig.dncut.config import TrainConfig
 from diffeig.dncut.data import ImageSource, TwoViews
 from diffeig.dncut.model import DNCut, NCutOptions, align
@@ -455,13 +455,7 @@ def trim_log(path: Path, step: int) -> None:
                 continue  # a line cut short by a kill
             if rec.get("step", 0) <= step:
                 keep.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
 
 def export(checkpoint: str, output: str) -> dict:

@@ -150,17 +150,21 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def synthetic_count(spec: str) -> int | None:
+    """N of a ``--data synthetic:N`` (exactly that form, N > 0), or ``None`` for a path."""
+    spec = str(spec)
+    if not spec.startswith("synthetic"):
+        return None
+    if not re.fullmatch(r"synthetic:\d+", spec) or int(spec.partition(":")[2]) <= 0:
+        raise ValueError(
+            f"--data synthetic:N needs an integer N > 0 (e.g. synthetic:1024), got {spec!r}"
+        )
+    return int(spec.partition(":")[2])
+
+
 def check_data(spec: str) -> None:
     """``--data``: an existing folder or file list, or exactly ``synthetic:N`` (N > 0)."""
-    spec = str(spec)
-    if spec.startswith("synthetic"):
-        if not re.fullmatch(r"synthetic:\d+", spec) or int(spec.partition(":")[2]) <= 0:
-            raise ValueError(
-                f"--data {spec!r}: generated images are asked for as synthetic:N with an "
-                "integer N > 0 (e.g. synthetic:1024)"
-            )
-        return
-    if not Path(spec).exists():
+    if synthetic_count(spec) is None and not Path(spec).exists():
         raise FileNotFoundError(f"--data: no such folder or file list: {spec}")
 
 
@@ -212,8 +216,8 @@ def load_yaml(name_or_path: str) -> dict:
             f"--config {name_or_path}: must be a YAML mapping of options, got "
             f"{type(values).__name__}"
         )
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(map(str, values)) - set(fields))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(map(str, values)) - fields)
     if unknown:
         raise ValueError(f"--config {name_or_path}: unknown options {unknown}")
     for name, value in values.items():

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import os
 import random
-import re
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from diffeig.dncut.backbone import IMAGENET_MEAN, IMAGENET_STD
+from diffeig.dncut.config import synthetic_count
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -124,11 +124,9 @@ class ImageSource:
 
     def __init__(self, spec: str, *, synthetic_size: int = 224, seed: int = 0):
         self.spec = str(spec)
-        if self.spec.startswith("synthetic"):
-            count = self.spec.partition(":")[2]
-            if not re.fullmatch(r"\d+", count) or int(count) <= 0:
-                raise ValueError(f"--data synthetic:N needs an integer N > 0, got {spec!r}")
-            self.count = int(count)
+        count = synthetic_count(self.spec)
+        if count is not None:
+            self.count = count
             self.paths = None
             self.size, self.seed = synthetic_size, seed
         else:

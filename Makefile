@@ -48,6 +48,7 @@ dist-check: $(VENV)/.deps
 
 bench: $(VENV)/.ext
 	$(PY) benchmarks/backward_timing.py --json bench-results/backward_timing.json
+	$(PY) benchmarks/ncut_speed.py --json bench-results/ncut_speed.json
 
 # On a machine with a CUDA GPU: build with its kernels, run the suite with the cuda tests,
 # opcheck, the benchmarks and a training smoke run; results under $OUT (or gpu-check/).

@@ -11,6 +11,7 @@ Steps, each a subprocess whose exit status, wall time and output tail are record
   opcheck     torch.library.opcheck of every native op on the device
   table3      benchmarks/backward_timing.py (the paper's Table 3)
   iterative   benchmarks/iterative.py (dense vs LOBPCG)
+  ncut        benchmarks/ncut_speed.py (the recipe's NCut: dense vs auto)
   scaling     benchmarks/scaling.py
   train       20 steps of `python -m diffeig.dncut train` (random ViT-S/16, 224 px,
               batch 64, bf16 autocast on CUDA)
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("build", "tests", "opcheck", "table3", "iterative", "scaling", "train", "step")
+STEPS = ("build", "tests", "opcheck", "table3", "iterative", "ncut", "scaling", "train", "step")
 
 OPCHECK = r"""
 import sys, torch, diffeig
@@ -98,6 +99,12 @@ def commands(args, out: Path) -> dict[str, tuple[list[str], dict]]:
         [py, "benchmarks/iterative.py", "--device", dev, *scale]
         + (["--repeats", "1", "--check-samples", "1", "--laplacians", "unnormalized"] if q else [])
         + ["--json", str(out / "iterative.json")],
+        env,
+    )
+    cmds["ncut"] = (
+        [py, "benchmarks/ncut_speed.py", "--device", dev]
+        + (["--sizes", "64:4", "--repeats", "1"] if q else [])
+        + ["--json", str(out / "ncut_speed.json")],
         env,
     )
     cmds["scaling"] = (

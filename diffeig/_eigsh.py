@@ -6,7 +6,9 @@ import torch
 
 from diffeig._eigh import _check_square, _torch_eigh, gap_tolerances
 from diffeig._lobpcg import (
+    BatchedOperator,
     LobpcgInfo,
+    _matmul,
     default_tol,
     lobpcg,
     partial_eigh_backward,
@@ -146,7 +148,7 @@ def run_lobpcg(
     if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
         scale = spectral_bound(A)
     theta, X, info = lobpcg(
-        (lambda Y: A @ Y) if dense else A,
+        BatchedOperator(_matmul, A, batch_shape=A.shape[:-2]) if dense else A,
         X0,
         k,
         largest=largest,
@@ -184,7 +186,7 @@ def run_lobpcg(
 # training-like unnormalized graphs, batches of 2-64, the loss on every returned vector.
 # Between the points N* is interpolated linearly in the number of pairs; beyond, it grows
 # as the last segment does.
-AUTO_CROSSOVER_CPU = ((1, 250), (2, 900), (4, 1450), (7, 2500))
+AUTO_CROSSOVER_CPU = ((1, 180), (2, 900), (4, 1450), (7, 2500))
 
 
 def auto_method(n: int, iterated: int, device: torch.device) -> str:

@@ -20,6 +20,7 @@ import torch
 from diffeig import _ops, _reference
 
 __all__ = [
+    "BatchedOperator",
     "LobpcgInfo",
     "default_tol",
     "lobpcg",
@@ -30,6 +31,49 @@ __all__ = [
 ]
 
 
+class BatchedOperator:
+    """``Y -> fn(Y, *data)`` for a batch of operators, restrictable to some of them.
+
+    Every tensor in ``data`` has the batch's leading dimensions ``batch_shape`` (or
+    broadcasts to them); an entry may also be another :class:`BatchedOperator` (an
+    operator built on one) or ``None``. :meth:`restrict` indexes them all, so the
+    iterative solvers can drop matrices that converged and stop paying for their
+    products: a batch costs the sum of its matrices' iterations, not its slowest
+    matrix's iterations times its size.
+    """
+
+    def __init__(self, fn, *data, batch_shape):
+        self.fn, self.data, self.batch_shape = fn, data, tuple(batch_shape)
+
+    def __call__(self, Y):
+        return self.fn(Y, *self.data)
+
+    def restrict(self, index: torch.Tensor | None = None) -> BatchedOperator:
+        """The same operators with the batch flattened to one dimension and, given a 1-D
+        ``index`` into it, only those matrices (their data copied once)."""
+        nb = len(self.batch_shape)
+
+        def take(t):
+            if t is None:
+                return None
+            if isinstance(t, BatchedOperator):
+                return t.restrict(index)
+            t = t.expand(*self.batch_shape, *t.shape[nb:])
+            t = t.reshape(-1, *t.shape[nb:])
+            return t if index is None else t.index_select(0, index)
+
+        size = math.prod(self.batch_shape) if index is None else index.numel()
+        return BatchedOperator(self.fn, *(take(t) for t in self.data), batch_shape=(size,))
+
+
+def _restrictable(*ops) -> bool:
+    return all(op is None or isinstance(op, BatchedOperator) for op in ops)
+
+
+# A working set is compacted when at most this share of its matrices is still iterating.
+COMPACT_BELOW = 0.5
+
+
 @dataclass
 class LobpcgInfo:
     """Convergence report of :func:`lobpcg`.
@@ -37,7 +81,9 @@ class LobpcgInfo:
     ``converged``: every matrix reached ``tol``. ``restarts``: how many times a matrix was
     restarted on an ill-conditioned basis. ``fallbacks``: matrices that LOBPCG did not
     solve (not converged, or Ritz values outside the spectrum's bounds) and that were
-    solved densely instead. ``failed``: per matrix, whether LOBPCG failed on it."""
+    solved densely instead. ``failed``: per matrix, whether LOBPCG failed on it.
+    ``matrix_iterations``: per matrix, the iterations that updated it (a matrix stops
+    being iterated once its pairs converged)."""
 
     iterations: int
     max_residual: float
@@ -45,6 +91,7 @@ class LobpcgInfo:
     restarts: int = 0
     fallbacks: int = 0
     failed: torch.Tensor | None = None
+    matrix_iterations: torch.Tensor | None = None
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -70,6 +117,10 @@ def _orthonormalize(X):
     ok = (info == 0)[..., None, None]
     L = torch.where(ok, L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device))
     return torch.where(ok, torch.linalg.solve_triangular(L, X.mT, upper=False).mT, X)
+
+
+def _matmul(Y, A):
+    return A @ Y
 
 
 def _project(Y, C):
@@ -119,15 +170,36 @@ def lobpcg(
     if tol is None:
         tol = default_tol(dtype)
     sign = -1.0 if largest else 1.0
-    op = (lambda Y: -matmul(Y)) if largest else matmul
+    batch, (n, m) = X0.shape[:-2], X0.shape[-2:]
+    B = math.prod(batch)
+    inv = None
     if scale is not None:
         # Iterate on A / scale, whose spectrum lies in [-1, 1]: the residual test and the
         # Gram matrices are then the same at any scale of A (at 1e-200 the squared
         # residuals of A itself underflow to 0 and a random block "converges").
         scale = scale.detach().to(dtype)
         inv = torch.where(scale > 0, 1 / scale, 1.0)[..., None, None]
-        unscaled = op
-        op = lambda Y: unscaled(Y) * inv  # noqa: E731
+
+    def signed_scaled(Y, A, inv):
+        AY = A(Y)
+        AY = -AY if largest else AY
+        return AY if inv is None else AY * inv
+
+    # With a BatchedOperator (and a restrictable preconditioner) the iteration runs on a
+    # flat batch (B, N, m), and matrices that converged leave the working set.
+    compact = B > 1 and isinstance(matmul, BatchedOperator) and _restrictable(preconditioner)
+    if compact:
+        op = BatchedOperator(signed_scaled, matmul, inv, batch_shape=batch).restrict()
+        prec = None if preconditioner is None else preconditioner.restrict()
+        X0 = X0.reshape(B, n, m)
+        if constraints is not None:
+            constraints = constraints.expand(*batch, n, constraints.shape[-1]).reshape(B, n, -1)
+    else:
+
+        def op(Y):
+            return signed_scaled(Y, matmul, inv)
+
+        prec = preconditioner
 
     def rayleigh_ritz(S, AS, m):
         G = S.mT @ S
@@ -156,7 +228,6 @@ def lobpcg(
 
     X = _project(X0, constraints)
     X = torch.linalg.qr(X).Q
-    m = X.shape[-1]
     AX = op(X)
     theta, C, _ = rayleigh_ritz(X, AX, m)
     X, AX = X @ C, AX @ C
@@ -164,6 +235,9 @@ def lobpcg(
     it, max_res, converged, restarts = 0, math.inf, False, 0
     ill = pending = torch.zeros(X.shape[:-2], dtype=torch.bool, device=X.device)
     prev = torch.full(X.shape[:-2], math.inf, dtype=dtype, device=X.device)
+    iters = torch.zeros(X.shape[:-2], dtype=torch.long, device=X.device)
+    # The working set: rows of the flat batch still iterating, and where the others went.
+    rows, out = None, None
 
     def relative_residuals(R, theta):
         res = R[..., :k].norm(dim=-2)
@@ -202,11 +276,33 @@ def lobpcg(
             if max_res <= tol:
                 converged = True
                 break
+            if compact and int((~done).sum()) <= COMPACT_BELOW * done.numel():
+                # Converged matrices leave the working set (their products would be
+                # wasted): their pairs are kept in `out`, the rest is indexed once.
+                if out is None:
+                    rows = torch.arange(B, device=X.device)
+                    out = (X.new_empty(B, n, m), AX.new_empty(B, n, m), theta.new_empty(B, m))
+                    out += (iters.new_empty(B),)
+                for buf, t in zip(out, (X, AX, theta, iters)):
+                    buf.index_copy_(0, rows, t)
+                live = (~done).nonzero().squeeze(-1)
+                rows = rows[live]
+                X, AX, theta, R, ill, pending, prev, iters, done = (
+                    t.index_select(0, live)
+                    for t in (X, AX, theta, R, ill, pending, prev, iters, done)
+                )
+                if P is not None:
+                    P, AP = P.index_select(0, live), AP.index_select(0, live)
+                if constraints is not None:
+                    constraints = constraints.index_select(0, live)
+                op = op.restrict(live)
+                prec = None if prec is None else prec.restrict(live)
+        iters = iters + (~done).long()
         # Converged matrices keep their pairs: iterating on a residual at rounding level
         # only feeds noise into the basis.
         keep = done[..., None, None]
         X_old, AX_old, theta_old = X, AX, theta
-        Wb = _project(R if preconditioner is None else preconditioner(R), constraints)
+        Wb = _project(R if prec is None else prec(R), constraints)
         Wb = Wb / _safe_norm(Wb)
         AW = op(Wb)
         if P is None:
@@ -222,6 +318,10 @@ def lobpcg(
         P, AP = torch.where(keep, 0, P), torch.where(keep, 0, AP)
         if constraints is not None:  # keep rounding from leaking into the deflated space
             X = _project(X, constraints)
+    if out is not None:
+        for buf, t in zip(out, (X, AX, theta, iters)):
+            buf.index_copy_(0, rows, t)
+        X, AX, theta, iters = out
     # Per matrix: the wanted pairs converged, and (on A / scale, whose spectrum lies in
     # [-1, 1]) no Ritz value left the spectrum's bounds: what a divergence looks like.
     res = relative_residuals(AX - X * theta.unsqueeze(-2), theta)
@@ -235,8 +335,10 @@ def lobpcg(
         max_residual=max_res,
         converged=converged and not bool(failed.any()),
         restarts=restarts,
-        failed=failed,
+        failed=failed.reshape(batch),
+        matrix_iterations=iters.reshape(batch),
     )
+    theta, X = theta.reshape(*batch, m), X.reshape(*batch, n, m)
     if scale is not None:
         theta = theta * scale.unsqueeze(-1)
     return sign * theta[..., :k], X[..., :k], info
@@ -248,8 +350,17 @@ def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
     Returns ``(Y, iterations, max relative residual)``. A column stops when its residual
     is below ``tol`` relative to ``ref_norm`` (default: its right-hand side's norm), or
     when its curvature ``p^T op(p)`` is no longer positive (rounding at the end of
-    convergence).
+    convergence). With a :class:`BatchedOperator`, matrices whose columns all stopped
+    leave the working set, so their products are no longer computed.
     """
+    batch, (n, c) = rhs.shape[:-2], rhs.shape[-2:]
+    B = math.prod(batch)
+    compact = B > 1 and isinstance(op, BatchedOperator)
+    if compact:
+        op = op.restrict()
+        rhs = rhs.reshape(B, n, c)
+        if ref_norm is not None:
+            ref_norm = ref_norm.expand(*batch, 1, c).reshape(B, 1, c)
     Y = torch.zeros_like(rhs)
     R = rhs.clone()
     P = R.clone()
@@ -257,12 +368,32 @@ def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
     ref = rhs.norm(dim=-2) if ref_norm is None else ref_norm.squeeze(-2)
     stop = (tol * ref) ** 2
     active = rr > stop
-    it = 0
+    it, rows, out = 0, None, None
     for it in range(1, max_iter + 1):  # noqa: B007
-        if not bool(active.any()):
+        live = active.any(-1)
+        n_live = int(live.sum())
+        if n_live == 0:
             break
+        if compact and n_live <= COMPACT_BELOW * live.numel():
+            if out is None:
+                rows = torch.arange(B, device=rhs.device)
+                out = (torch.empty_like(Y), torch.empty_like(rr))
+            out[0].index_copy_(0, rows, Y)
+            out[1].index_copy_(0, rows, rr)
+            idx = live.nonzero().squeeze(-1)
+            rows = rows[idx]
+            Y, R, P, rr, stop, active = (
+                t.index_select(0, idx) for t in (Y, R, P, rr, stop, active)
+            )
+            op = op.restrict(idx)
         # The vector updates of a step are one fused native op (diffeig::cg_step).
         Y, R, P, rr, active = _ops.cg_step(Y, R, P, op(P), rr, stop, active)
+    if out is not None:
+        out[0].index_copy_(0, rows, Y)
+        out[1].index_copy_(0, rows, rr)
+        Y, rr = out
+    if compact:
+        Y, rr, ref = Y.reshape(*batch, n, c), rr.reshape(*batch, c), ref.reshape(*batch, c)
     # Relative to the same reference as the stopping rule, so that rel <= tol is "converged".
     rel = rr.sqrt() / ref.clamp_min(torch.finfo(rhs.dtype).tiny)
     return Y, it, rel.amax().item() if rel.numel() else 0.0
@@ -343,38 +474,44 @@ def partial_eigh_factor(
         # projector leaks, and CG then chases components that A - l_j cannot reduce.
         X64 = torch.linalg.qr(X.to(wide)).Q
 
-        apply = A if callable(A) else (lambda Y: A @ Y)
+        if not callable(A):
+            A = BatchedOperator(_matmul, A, batch_shape=A.shape[:-2])
+        dtype = X.dtype
+        # Isolated nodes (zero diagonal) keep a unit scale: their rows of A - l are -l
+        # there, and 1 / sqrt(0) would blow the system up.
+        sc = None
+        if diagonal is not None:
+            dg = diagonal.to(wide)
+            sc = torch.where(dg > 0, dg, 1.0).rsqrt().unsqueeze(-1)
 
-        def op(Y):
-            AY = apply(Y.to(X.dtype)).to(wide)
-            return s * _project(AY - Y * th64.unsqueeze(-2), X64)
+        def shifted(Y, A, th, Q, sc):
+            # With sc: split Jacobi, sc (I - Q Q^T)(A - th)(I - Q Q^T) sc.
+            Y = Y if sc is None else sc * Y
+            AY = A(Y.to(dtype)).to(wide)
+            Y = s * _project(AY - Y * th.unsqueeze(-2), Q)
+            return Y if sc is None else sc * Y
+
+        if isinstance(A, BatchedOperator):
+            op = BatchedOperator(shifted, A, th64, X64, sc, batch_shape=X.shape[:-2])
+        else:  # a plain function: no restriction to the unconverged matrices
+
+            def op(Y):
+                return shifted(Y, A, th64, X64, sc)
 
         g64 = grad_X.to(wide)
-        rhs = _project(g64, X64)
+        rhs = s * _project(g64, X64)
         # Tolerance relative to the cotangent itself: when g_j lies in span(X) the
         # projected right-hand side is rounding noise, and there is nothing to solve.
-        if diagonal is None:
-            Y, it, rel = batched_cg(
-                op,
-                s * rhs,
-                tol=cg_tol,
-                max_iter=cg_max_iter,
-                ref_norm=g64.norm(dim=-2, keepdim=True),
-            )
-        else:
-            # Isolated nodes (zero diagonal) keep a unit scale: their rows of A - l are
-            # -l there, and 1 / sqrt(0) would blow the system up.
-            dg = diagonal.to(wide)
-            dg = torch.where(dg > 0, dg, 1.0)
-            sc = dg.rsqrt().unsqueeze(-1)
-            Ys, it, rel = batched_cg(
-                lambda Y: sc * op(sc * Y),
-                s * sc * rhs,
-                tol=cg_tol,
-                max_iter=cg_max_iter,
-                ref_norm=(sc * g64).norm(dim=-2, keepdim=True),
-            )
-            Y = _project(sc * Ys, X64)
+        ref = g64 if sc is None else sc * g64
+        Y, it, rel = batched_cg(
+            op,
+            rhs if sc is None else sc * rhs,
+            tol=cg_tol,
+            max_iter=cg_max_iter,
+            ref_norm=ref.norm(dim=-2, keepdim=True),
+        )
+        if sc is not None:
+            Y = _project(sc * Y, X64)
         if not rel <= cg_tol:
             report_failure(
                 f"the backward's conjugate-gradient solves stopped after {it} iterations at a "

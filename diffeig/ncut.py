@@ -233,7 +233,7 @@ def sym_eigh_ncut(
             (:func:`diffeig.eigsh`). Needs ``l_k < l_{k+1}`` (a graph with more than k
             connected components makes the solves singular).
             ``'auto'``: whichever of the two is faster for this device, N and k
-            (:func:`diffeig._eigsh.auto_method`: on CPU LOBPCG from N = 250 for k = 2).
+            (:func:`diffeig._eigsh.auto_method`: on CPU LOBPCG from N = 180 for k = 2).
             Both give the same float64 results to the solver tolerance.
         tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
             limit, and ``'warn'`` or ``'raise'`` when it did not converge.
@@ -280,12 +280,17 @@ def ncut_spectral_bound(d: torch.Tensor, normalized: bool) -> torch.Tensor:
     return torch.full_like(d[..., 0], 2.0) if normalized else 2 * d.amax(-1)
 
 
+def _scale_rows(R, s):
+    return R * s
+
+
 def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
     ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees.
     """
     from diffeig._eigsh import run_lobpcg
+    from diffeig._lobpcg import BatchedOperator
 
     # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
     u1 = d.sqrt() if normalized else torch.ones_like(d)
@@ -298,10 +303,11 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
         scale = ncut_spectral_bound(d, normalized)
         # max(d) / d: Jacobi up to a factor, O(1) at any scale of W; isolated nodes
         # (d = 0, possible for D - W) are left unpreconditioned.
-        dinv = None
+        precond = None
         if not normalized:
             dmax = d.amax(-1, keepdim=True)
             dinv = torch.where(d > 0, dmax / torch.where(d > 0, d, 1), 1).unsqueeze(-1)
+            precond = BatchedOperator(_scale_rows, dinv, batch_shape=d.shape[:-1])
         theta, X, _ = run_lobpcg(
             L,
             k - 1,
@@ -311,7 +317,7 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
             max_iter=max_iter,
             on_fail=on_fail,
             scale=scale,
-            preconditioner=None if dinv is None else (lambda R: R * dinv),
+            preconditioner=precond,
             like=d,
         )
         lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
@@ -356,15 +362,28 @@ def lobpcg_ncut_factors(
     return P, dis, grad_d + 0.5 * dis**3 * s
 
 
+def _normalized_laplacian(X, W, dis):
+    return X - dis * (W(dis * X) if callable(W) else W @ (dis * X))
+
+
+def _unnormalized_laplacian(X, W, d):
+    return d * X - (W(X) if callable(W) else W @ X)
+
+
 def laplacian_operator(W, d: torch.Tensor, normalized: bool):
     """``X -> L @ X`` from ``W`` (a tensor, or a function ``X -> W @ X``) and its degrees,
-    without forming ``L``: one product with W per application."""
-    matmul = W if callable(W) else (lambda X: W @ X)
+    without forming ``L``: one product with W per application. For a tensor W it is a
+    :class:`diffeig._lobpcg.BatchedOperator`, which the solvers restrict to the matrices
+    still iterating."""
+    from diffeig._lobpcg import BatchedOperator
+
     if normalized:
-        dis = d.rsqrt().unsqueeze(-1)
-        return lambda X: X - dis * matmul(dis * X)
-    dd = d.unsqueeze(-1)
-    return lambda X: dd * X - matmul(X)
+        fn, vec = _normalized_laplacian, d.rsqrt().unsqueeze(-1)
+    else:
+        fn, vec = _unnormalized_laplacian, d.unsqueeze(-1)
+    if callable(W):
+        return lambda X: fn(X, W, vec)
+    return BatchedOperator(fn, W, vec, batch_shape=d.shape[:-1])
 
 
 class _NCutLobpcg(torch.autograd.Function):

@@ -14,8 +14,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_the_rule():
-    # CPU crossovers (benchmarks/README.md): 1 iterated pair from N = 250, 2 from 900.
-    assert auto_method(196, 1, CPU) == "dense" and auto_method(400, 1, CPU) == "lobpcg"
+    # CPU crossovers (benchmarks/README.md): 1 iterated pair from N = 180, 2 from 900.
+    assert auto_method(100, 1, CPU) == "dense" and auto_method(196, 1, CPU) == "lobpcg"
     assert auto_method(784, 2, CPU) == "dense" and auto_method(1600, 2, CPU) == "lobpcg"
     assert auto_method(1600, 4, CPU) == "lobpcg" and auto_method(1000, 7, CPU) == "dense"
     assert auto_method(10**6, 0, CPU) == "dense"  # nothing to iterate on

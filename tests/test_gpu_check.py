@@ -41,6 +41,7 @@ def test_gpu_check_runs_every_step_on_cpu(tmp_path):
         "opcheck": "ok",
         "table3": "ok",
         "iterative": "ok",
+        "ncut": "ok",
         "scaling": "ok",
         "train": "ok",
         "step": "ok",

@@ -493,11 +493,17 @@ def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_f
 
 
 def affinity(
-    features: torch.Tensor, *, tau: float = 0.0, eps: float = 1e-6, mode: str = "weighted"
+    features: torch.Tensor,
+    *,
+    tau: float = 0.0,
+    eps: float = 1e-6,
+    mode: str = "weighted",
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Token affinities from features: cosine similarity, thresholded.
 
-    ``A = f f^T`` with ``f`` L2-normalized over channels (and symmetrized exactly).
+    ``A = f f^T`` with ``f`` L2-normalized over channels (``normalize=False``: the
+    features as given, raw dot products), symmetrized exactly.
     ``mode='weighted'``: ``W = A where A > tau else eps`` (the DNCut training graph,
     ``tau=0``, ``eps=1e-6``), differentiable in ``features``. ``mode='binary'``:
     ``W = 1 where A > tau else eps`` (TokenCut: ``tau=0.2``, ``eps=1e-5``), piecewise
@@ -508,6 +514,7 @@ def affinity(
         tau: similarity threshold.
         eps: weight of the pairs at or below ``tau`` (keeps the graph connected).
         mode: ``'weighted'`` or ``'binary'``.
+        normalize: L2-normalize the features first (default).
 
     Returns:
         ``(*, N, N)`` affinity of the features' dtype.
@@ -526,7 +533,7 @@ def affinity(
     # NaN similarities would fall below tau and become eps: a finite graph from garbage.
     if _values_readable(features) and not bool(torch.isfinite(features).all()):
         raise ValueError("features must be finite, got NaN or inf entries")
-    f = torch.nn.functional.normalize(features, dim=-1)
+    f = torch.nn.functional.normalize(features, dim=-1) if normalize else features
     A = f @ f.mT
     A = 0.5 * (A + A.mT)
     keep = A > tau

@@ -21,7 +21,8 @@ from diffeig.dncut.config import TrainConfig, builtin_configs, load_yaml, resolv
 from diffeig.dncut.data import ImageSource, TwoViews, list_images, overlap_boxes, write_synthetic  # noqa: E402
 from diffeig.dncut.losses import hard_iou, mask_consistency, pseudo_masks, structural_regularization  # noqa: E402
 from diffeig.dncut.model import DNCut, align  # noqa: E402
-from diffeig.dncut.train import lr_schedule, param_groups  # noqa: E402
+from diffeig.dncut.optim import authors_param_groups  # noqa: E402
+from diffeig.dncut.train import lr_schedule  # noqa: E402
 
 
 def bce(p, t):
@@ -265,6 +266,31 @@ def test_gradient_reaches_the_backbone_and_is_finite():
     assert grads["backbone.model.blocks.11.attn.qkv.weight"].abs().sum() > 0
 
 
+def test_heads_normalize_each_view_by_its_own_batch_statistics():
+    """As the authors' code (one head call per view); --joint-bn: one batch of both."""
+    torch.manual_seed(0)
+    b = batch_of()
+    other = dict(b, view2=torch.randn_like(b["view2"]))
+    for joint in (False, True):
+        torch.manual_seed(0)
+        model = DNCut(build_backbone("random"), min_kept=2, joint_bn=joint).train()
+        with torch.no_grad():
+            maps = [model.aligned_maps(model.backbone_features(x), x) for x in (b, other)]
+        B = b["view1"].shape[0]
+        view1 = [m[[*range(B), *range(2 * B, 3 * B)]] for m in maps]  # online and target
+        assert torch.equal(view1[0], view1[1]) != joint
+
+
+def test_heads_are_initialized_as_the_authors():
+    torch.manual_seed(0)
+    model = DNCut(build_backbone("random"))
+    for head in (model.projector, model.predictor):
+        for conv in (head[0], head[3]):
+            assert not conv.bias.any()
+            # trunc_normal_(std=0.02) with its default bounds +-2 (absolute, as theirs)
+            assert 0.018 < conv.weight.std() < 0.022 and conv.weight.abs().max() < 0.2
+
+
 def test_symmetric_objective_swaps_roles():
     torch.manual_seed(0)
     model = DNCut(build_backbone("random"), min_kept=2).double().eval()  # per-sample BN
@@ -309,15 +335,20 @@ def test_lr_schedule_and_parameter_groups():
     cfg = TrainConfig(data="x", batch_size=512, epochs=10, warmup_epochs=1)
     lr = lr_schedule(cfg, 100)
     assert len(lr) == 1000
-    assert lr[0] == pytest.approx(1e-3 / 100) and lr[99] == pytest.approx(1e-3)
+    assert lr[0] == 0 and lr[99] == pytest.approx(0.99e-3)  # the authors' T / warm-up
     assert lr[100] == pytest.approx(1e-3) and lr[-1] == pytest.approx(1e-6, rel=0.05)
     assert all(a >= b for a, b in zip(lr[100:], lr[101:]))
     model = DNCut(build_backbone("random"))
-    decay, plain = param_groups(model, 5e-4)
+    decay, plain = authors_param_groups(model, 5e-4)
     assert plain["weight_decay"] == 0 and decay["weight_decay"] == 5e-4
+    assert decay["adapt"] and not plain["adapt"]
     ids = {id(p) for p in plain["params"]}
-    assert id(model.projector[1].weight) in ids and id(model.projector[0].bias) in ids
-    assert id(model.projector[0].weight) not in ids
+    # The authors' rule: only names with "bias" or "bn" are left out; the heads'
+    # Sequential BatchNorm ("projector.1.weight") and LayerNorm weights are adapted.
+    assert id(model.projector[0].bias) in ids and id(model.projector[1].bias) in ids
+    assert id(model.projector[1].weight) not in ids and id(model.projector[0].weight) not in ids
+    norm_weights = [p for n, p in model.named_parameters() if "norm" in n and "weight" in n]
+    assert norm_weights and not ids & {id(p) for p in norm_weights}
 
 
 # --------------------------------------------------------------------------- training

@@ -81,9 +81,9 @@ def test_huge_learning_rate_stops_without_touching_the_checkpoint(run2, tmp_path
 def test_non_finite_parameters_are_caught_before_saving(run2, tmp_path, monkeypatch, capsys):
     out = copy_run(run2, tmp_path)
     before = (out / "last.pth").read_bytes()
-    from timm.optim import Lars
+    from diffeig.dncut.optim import LARS
 
-    real = Lars.step
+    real = LARS.step
 
     def poisoned(self, *a, **k):
         r = real(self, *a, **k)
@@ -91,7 +91,7 @@ def test_non_finite_parameters_are_caught_before_saving(run2, tmp_path, monkeypa
             self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
         return r
 
-    monkeypatch.setattr(Lars, "step", poisoned)
+    monkeypatch.setattr(LARS, "step", poisoned)
     assert train("--resume", str(out / "last.pth"), "--max-steps", "4") == 3
     err = capsys.readouterr().err
     assert "non-finite parameters after the update at step 2" in err

@@ -29,7 +29,8 @@ HELP = {
     "bf16": "bf16 autocast for the backbone on CUDA",
     "image_size": "crop side in pixels",
     "crop_scale": "area range of the random crops (two numbers, lo <= hi in (0, 1])",
-    "min_overlap": "minimum overlap of the two views, as a fraction of a view",
+    "min_overlap": "view 2's crop is redrawn (10 tries, as the authors' code) until this "
+    "fraction of its area lies in view 1's",
     "synthetic_size": "side of the generated images of synthetic:N",
     "workers": "image-loading processes",
     "proj_hidden": "hidden width of the projector and predictor (None: the backbone's width)",
@@ -41,6 +42,10 @@ HELP = {
     "alpha": "weight of the structural regularization",
     "solver": "eigen solver of the NCut: dense (the authors'), lobpcg, or auto (the faster "
     "for the token count; the same float64 loss with sign max)",
+    "renormalize": "L2-normalize the aligned features again before the affinity (cosine "
+    "affinity); default: their raw dot products, as the authors' code",
+    "joint_bn": "run both views through the projector and predictor as one batch (shared "
+    "BatchNorm statistics); default: one view at a time, as the authors' code",
     "iou_threshold": "keep a sample when its masks' IoU exceeds this, in [0, 1]",
     "min_kept": "lower the IoU threshold until this many samples are kept",
     "threshold_step": "how much to lower it each time, in [1e-4, 1]",

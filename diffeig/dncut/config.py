@@ -16,7 +16,7 @@ class TrainConfig:
     data: str | None = None  # folder / file list / "synthetic:N"
     image_size: int = 224
     crop_scale: list = field(default_factory=lambda: [0.2, 1.0])
-    min_overlap: float = 0.05
+    min_overlap: float = 0.01
     synthetic_size: int = 224
     workers: int = 4
     # backbone and heads
@@ -32,6 +32,8 @@ class TrainConfig:
     temperature: float = 0.05
     sign: str = "sum"
     solver: str = "dense"
+    renormalize: bool = False  # ours: cosine affinity of the aligned features
+    joint_bn: bool = False  # ours: both views through the heads as one batch
     alpha: float = 0.05
     iou_threshold: float = 0.5
     min_kept: int = 20

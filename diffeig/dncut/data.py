@@ -145,8 +145,12 @@ class ImageSource:
 # ----------------------------------------------------------------------------- two views
 
 
-def sample_crop(width, height, scale, ratio, gen: torch.Generator):
-    """torchvision's RandomResizedCrop box ``(left, top, w, h)``, drawn from ``gen``."""
+def sample_crop(width, height, scale, ratio, gen: torch.Generator, constraint=None, fraction=0.0):
+    """torchvision's RandomResizedCrop box ``(left, top, w, h)``, drawn from ``gen``.
+
+    With a ``constraint`` crop, the authors' ``get_params_conditioned``: up to 10 draws,
+    each kept only if its intersection with ``constraint`` holds at least ``fraction`` of
+    its drawn area; then an unconstrained draw."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -159,7 +163,11 @@ def sample_crop(width, height, scale, ratio, gen: torch.Generator):
         if 0 < w <= width and 0 < h <= height:
             left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
             top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
-            return left, top, w, h
+            crop = (left, top, w, h)
+            if constraint is None or intersection(crop, constraint) >= fraction * target:
+                return crop
+    if constraint is not None:
+        return sample_crop(width, height, scale, ratio, gen)
     # fallback: the central crop of the allowed aspect ratio
     in_ratio = width / height
     if in_ratio < ratio[0]:
@@ -169,6 +177,13 @@ def sample_crop(width, height, scale, ratio, gen: torch.Generator):
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
+
+
+def intersection(c1, c2) -> int:
+    """Pixels shared by two crops ``(left, top, w, h)``."""
+    w = min(c1[0] + c1[2], c2[0] + c2[2]) - max(c1[0], c2[0])
+    h = min(c1[1] + c1[3], c2[1] + c2[3]) - max(c1[1], c2[1])
+    return max(w, 0) * max(h, 0)
 
 
 def overlap_boxes(c1, c2, flip1: bool, flip2: bool):
@@ -199,9 +214,8 @@ class TwoViews(torch.utils.data.Dataset):
 
     An item is ``dict(view1, view2, box1, box2, flip1, flip2, index)``: views
     ``(3, size, size)`` ImageNet-normalized; boxes ``(4,)`` normalized ``x1, y1, x2, y2``
-    in each view's (possibly mirrored) coordinates; flips bool. Crops whose overlap is
-    smaller than ``min_overlap`` of a view (or empty) are redrawn; after
-    ``max_tries`` the second view falls back to the first crop.
+    in each view's (possibly mirrored) coordinates; flips bool. The crops follow the
+    authors' overlap rule (:meth:`_pair`), resized bicubically as theirs.
     """
 
     def __init__(
@@ -211,15 +225,14 @@ class TwoViews(torch.utils.data.Dataset):
         size: int = 224,
         scale=(0.2, 1.0),
         ratio=(3 / 4, 4 / 3),
-        min_overlap: float = 0.05,
-        max_tries: int = 50,
+        min_overlap: float = 0.01,
         augment: bool = True,
         seed: int = 0,
     ):
         self.source = source
         self.size = size
         self.scale, self.ratio = tuple(scale), tuple(ratio)
-        self.min_overlap, self.max_tries = min_overlap, max_tries
+        self.min_overlap = min_overlap
         self.augment = augment
         self.seed = seed
         self.epoch = 0
@@ -231,15 +244,21 @@ class TwoViews(torch.utils.data.Dataset):
         return len(self.source)
 
     def _pair(self, W, H, gen):
-        for _ in range(self.max_tries):
-            c1 = sample_crop(W, H, self.scale, self.ratio, gen)
-            c2 = sample_crop(W, H, self.scale, self.ratio, gen)
-            f1, f2 = (bool(torch.rand(1, generator=gen) < 0.5) for _ in range(2))
+        """The authors' rule (their ``CustomTwoCrop``): view 1's crop drawn freely; view
+        2's redrawn up to 10 times until its intersection with view 1 holds at least
+        ``min_overlap`` of its drawn area, else drawn freely; each view flipped with
+        p 0.5. A pair that does not overlap at all (possible after the fallback; the
+        authors' code would then align inverted boxes) takes view 1's crop twice."""
+        c1 = sample_crop(W, H, self.scale, self.ratio, gen)
+        c2 = sample_crop(
+            W, H, self.scale, self.ratio, gen, constraint=c1, fraction=self.min_overlap
+        )
+        f1, f2 = (bool(torch.rand(1, generator=gen) < 0.5) for _ in range(2))
+        boxes = overlap_boxes(c1, c2, f1, f2)
+        if boxes is None:
+            c2, f2 = c1, f1
             boxes = overlap_boxes(c1, c2, f1, f2)
-            if boxes and all((b[2] - b[0]) * (b[3] - b[1]) >= self.min_overlap for b in boxes):
-                return c1, c2, f1, f2, boxes
-        f1 = bool(torch.rand(1, generator=gen) < 0.5)
-        return c1, c1, f1, f1, overlap_boxes(c1, c1, f1, f1)
+        return c1, c2, f1, f2, boxes
 
     def __getitem__(self, index: int) -> dict:
         from torchvision.transforms import functional as TF
@@ -250,7 +269,16 @@ class TwoViews(torch.utils.data.Dataset):
         c1, c2, f1, f2, (b1, b2) = self._pair(W, H, gen)
         views = []
         for n, (c, f) in enumerate(((c1, f1), (c2, f2))):
-            v = TF.resized_crop(img, c[1], c[0], c[3], c[2], [self.size, self.size], antialias=True)
+            v = TF.resized_crop(
+                img,
+                c[1],
+                c[0],
+                c[3],
+                c[2],
+                [self.size, self.size],
+                interpolation=TF.InterpolationMode.BICUBIC,
+                antialias=True,
+            )
             if f:
                 v = TF.hflip(v)
             v = TF.to_tensor(v)
@@ -268,9 +296,22 @@ class TwoViews(torch.utils.data.Dataset):
         }
 
 
+def jitter_factors(gen: torch.Generator) -> list[float]:
+    """Brightness, contrast, saturation and hue factors of the authors' colour jitter
+    (``ColorJitter(0.8, 0.8, 0.8, 0.2)``): the first three in [0.2, 1.8], hue in
+    [-0.2, 0.2]."""
+
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(1, generator=gen).item()
+
+    return [u(0.2, 1.8), u(0.2, 1.8), u(0.2, 1.8), u(-0.2, 0.2)]
+
+
 def augment(v: torch.Tensor, gen: torch.Generator, *, second: bool) -> torch.Tensor:
-    """BYOL's photometric augmentation, drawn from ``gen``: colour jitter (p 0.8; 0.4,
-    0.4, 0.2, 0.1), grayscale (p 0.2), Gaussian blur (p 1.0 / 0.1), solarize (p 0 / 0.2)."""
+    """The authors' photometric augmentation (their ``CustomDataAugmentation``), drawn
+    from ``gen``: colour jitter (p 0.8; strengths 0.8, 0.8, 0.8, 0.2, in random order),
+    grayscale (p 0.2), Gaussian blur (sigma 0.1 - 2; p 1.0 on the first view, 0.1 on the
+    second), solarize (second view, p 0.2)."""
     from torchvision.transforms import functional as TF
 
     def u(lo=0.0, hi=1.0):
@@ -278,7 +319,7 @@ def augment(v: torch.Tensor, gen: torch.Generator, *, second: bool) -> torch.Ten
 
     if u() < 0.8:
         order = torch.randperm(4, generator=gen).tolist()
-        factors = [u(0.6, 1.4), u(0.6, 1.4), u(0.8, 1.2), u(-0.1, 0.1)]
+        factors = jitter_factors(gen)
         for o in order:
             if o == 0:
                 v = TF.adjust_brightness(v, factors[0])

@@ -14,13 +14,19 @@ from diffeig.ncut import affinity
 
 
 def mlp2d(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """``Conv1x1 - BN - GELU - Conv1x1``."""
-    return nn.Sequential(
+    """``Conv1x1 - BN - GELU - Conv1x1``, the convolutions initialized as the authors'
+    ``ProjectionHead2d``: truncated normal weights (std 0.02), zero biases."""
+    mlp = nn.Sequential(
         nn.Conv2d(in_dim, hidden, 1),
         nn.BatchNorm2d(hidden),
         nn.GELU(),
         nn.Conv2d(hidden, out_dim, 1),
     )
+    for m in mlp:
+        if isinstance(m, nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+    return mlp
 
 
 def align(features: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -28,8 +34,9 @@ def align(features: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> t
 
     ``features (B, C, h, w)``; ``boxes (B, 4)`` normalized ``x1, y1, x2, y2`` in the
     view's (mirrored when ``flips``) coordinates. ``torchvision.ops.roi_align`` with
-    ``aligned=True``; mirrored views are flipped back so that both views' grids
-    describe the same region in the same orientation.
+    ``aligned=True`` and its adaptive sampling (``sampling_ratio=-1``: ceil(box / grid)
+    samples per cell), as the authors' ``invaug``; mirrored views are flipped back so that
+    both views' grids describe the same region in the same orientation.
     """
     from torchvision.ops import roi_align
 
@@ -38,7 +45,7 @@ def align(features: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> t
     rois = torch.cat(
         [torch.arange(B, device=boxes.device, dtype=boxes.dtype)[:, None], boxes * scale], 1
     )
-    out = roi_align(features, rois.to(features.dtype), (h, w), 1.0, 2, aligned=True)
+    out = roi_align(features, rois.to(features.dtype), (h, w), 1.0, -1, aligned=True)
     return torch.where(flips.view(B, 1, 1, 1), out.flip(-1), out)
 
 
@@ -51,18 +58,22 @@ class NCutOptions:
     temperature: float = 0.05
     sign: str = "sum"
     solver: str = "dense"  # method of diffeig.sym_eigh_ncut: dense | lobpcg | auto
+    # L2-normalize the aligned features again before the affinity (ours); the authors take
+    # the raw dot products of the aligned (interpolated, so slightly shorter) features.
+    renormalize: bool = False
 
 
 def ncut_masks(feature_map: torch.Tensor, opt: NCutOptions):
     """``sigmoid(z2 / temperature)`` of each map's NCut ``(B, h, w)``, and ``z2``.
 
-    Graph: cosine affinity thresholded at ``tau`` (``eps`` below), the ``laplacian`` of
+    Graph: dot products of the features (cosine similarities with ``renormalize``)
+    thresholded at ``tau`` (``eps`` below), the ``laplacian`` of
     :func:`diffeig.sym_eigh_ncut` solved in ``solve_dtype``; z2 = the eigenvector of
     the second smallest eigenvalue, signed by ``sign``.
     """
     B, C, h, w = feature_map.shape
     f = feature_map.flatten(2).transpose(1, 2).to(getattr(torch, opt.solve_dtype))
-    W = affinity(f, tau=opt.tau, eps=opt.eps, mode="weighted")
+    W = affinity(f, tau=opt.tau, eps=opt.eps, mode="weighted", normalize=opt.renormalize)
     _, Z = diffeig.sym_eigh_ncut(W, 2, laplacian=opt.laplacian, sign=opt.sign, method=opt.solver)
     z2 = Z[..., 1].reshape(B, h, w)
     # z2 is cast to the features' dtype before the sigmoid, as the authors' code does. Cast
@@ -89,6 +100,7 @@ class DNCut(nn.Module):
         min_kept: int = 20,
         threshold_step: float = 0.05,
         autocast_backbone: bool = False,
+        joint_bn: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -104,6 +116,7 @@ class DNCut(nn.Module):
             threshold_step,
         )
         self.autocast_backbone = autocast_backbone
+        self.joint_bn = joint_bn
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         if self.autocast_backbone and images.is_cuda:
@@ -135,10 +148,15 @@ class DNCut(nn.Module):
 
     def aligned_maps(self, f: torch.Tensor, batch: dict) -> torch.Tensor:
         """Projector / predictor, normalized, aligned on the views' overlap: ``(4B, D, h, w)``
-        in the order online view 1, online view 2, target view 1, target view 2."""
-        z = self.projector(f)
-        online = F.normalize(self.predictor(z), dim=1)
-        target = F.normalize(z, dim=1)
+        in the order online view 1, online view 2, target view 1, target view 2.
+
+        Each view goes through the heads on its own, so their BatchNorm normalizes it by
+        its own batch statistics, as the authors' code (one call per view); ``joint_bn``
+        runs both views as one batch instead."""
+        views = (f,) if self.joint_bn else f.chunk(2)
+        z = [self.projector(v) for v in views]
+        online = F.normalize(torch.cat([self.predictor(v) for v in z]), dim=1)
+        target = F.normalize(torch.cat(z), dim=1)
         boxes = torch.cat([batch["box1"], batch["box2"]]).to(f.dtype)
         flips = torch.cat([batch["flip1"], batch["flip2"]])
         # One NCut per aligned map: online and target branch of both views.

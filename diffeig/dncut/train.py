@@ -37,36 +37,27 @@ def non_finite(what: str, step: int, iters: int, last_good, detail: str = "") ->
 
 
 def lr_schedule(cfg: TrainConfig, iters_per_epoch: int) -> np.ndarray:
-    """Per-iteration learning rates: linear warm-up from 0 over ``warmup_epochs``, then
-    cosine from ``base_lr * batch / 256`` to ``min_lr`` at the end of ``epochs``."""
+    """Per-iteration learning rates: linear warm-up from 0 (the first step's) over
+    ``warmup_epochs``, then cosine from ``base_lr * batch / 256`` to ``min_lr`` at the end
+    of ``epochs``."""
     peak = cfg.base_lr * cfg.batch_size / 256
     total = cfg.epochs * iters_per_epoch
     warm = min(int(round(cfg.warmup_epochs * iters_per_epoch)), total)
-    warmup = peak * (np.arange(warm) + 1) / max(warm, 1)
+    # As the authors' adjust_learning_rate: step T of the warm-up runs at peak * T / warm,
+    # so the first step's learning rate is 0.
+    warmup = peak * np.arange(warm) / max(warm, 1)
     t = np.arange(total - warm) / max(total - warm, 1)
     cosine = cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + np.cos(np.pi * t))
     return np.concatenate([warmup, cosine])
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weights with decay and LARS adaptation; biases and norm (BN / LN) parameters
-    without either (timm's Lars adapts only groups with weight decay)."""
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (plain if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
-
-
 def build_optimizer(model, cfg: TrainConfig):
-    from timm.optim import Lars
+    """The authors' optimizer: SGD with momentum and their LARS (``diffeig.dncut.optim``),
+    biases and ``bn`` parameters without decay or adaptation."""
+    from diffeig.dncut.optim import LARS, authors_param_groups
 
-    return Lars(
-        param_groups(model, cfg.weight_decay),
+    return LARS(
+        authors_param_groups(model, cfg.weight_decay),
         lr=0.0,
         momentum=cfg.momentum,
         trust_coeff=cfg.trust_coeff,
@@ -89,6 +80,7 @@ def build_model(cfg: TrainConfig) -> DNCut:
         min_kept=cfg.min_kept,
         threshold_step=cfg.threshold_step,
         autocast_backbone=cfg.bf16,
+        joint_bn=cfg.joint_bn,
     )
 
 

@@ -1,0 +1,157 @@
+"""Regenerate tests/data/authors/fixtures.pt from the authors' code (run once, by hand).
+
+    git clone https://github.com/csyanbin/DiffNCuts /tmp/DiffNCuts
+    git -C /tmp/DiffNCuts checkout b34d38abae653808825eb529ac3c3efd56db7593
+    python tests/data/authors/make_fixtures.py /tmp/DiffNCuts
+
+Runs the authors' functions (nothing of theirs is copied into this repository) on seeded
+inputs and saves inputs and outputs as tensors, which tests/test_fidelity.py compares with
+ours without network access:
+
+- ``lars``: their ``util/LARS.py`` around ``torch.optim.SGD(momentum=0.9)``, grouped as
+  their ``eigen_pred_iou.py`` groups (``bn`` or ``bias`` in the name: no decay, not
+  adapted), ``LARS(optimizer, eps=0.0)``: two steps on given gradients, float64.
+- ``invaug``: ``EIGEN.invaug`` (roi_align of the overlap box, flip back) on a feature map.
+- ``loss``: their training objective from the four aligned feature maps: ``get_eigenvectors``
+  (``which_matrix='ours'``, tau 0) of each, ``eigen_loss`` of (online view 1, target
+  view 2) and (online view 2, target view 1), combined as ``EIGEN.forward`` combines them
+  (weight 0.05), in float64 (their final ``.float()`` casts are made no-ops while it runs,
+  and ``.cuda()`` too, since this machine has no GPU); the loss and its gradient with
+  respect to the four maps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+COMMIT = "b34d38abae653808825eb529ac3c3efd56db7593"
+OUT = Path(__file__).with_name("fixtures.pt")
+
+
+@contextlib.contextmanager
+def float64_without_gpu():
+    """Their code casts eigenvectors to float32 and masks to CUDA: both no-ops here."""
+    saved = torch.Tensor.float, torch.Tensor.cuda
+    # floating tensors keep float64; masks (bool -> float) become float64
+    torch.Tensor.float = lambda self, *a, **k: self if self.is_floating_point() else self.double()
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    try:
+        yield
+    finally:
+        torch.Tensor.float, torch.Tensor.cuda = saved
+
+
+def lars_fixture(LARS):
+    g = torch.Generator().manual_seed(0)
+    names = ["blocks.0.norm1.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias",
+             "head1.bn1.weight", "head2d_proj.mlp.1.weight",
+             "head2d_proj.mlp.0.weight"]  # fmt: skip
+    shapes = [(8,), (24, 8), (24,), (8,), (8,), (8, 4, 1, 1)]
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(2)]
+    params = [torch.nn.Parameter(t.clone()) for t in init]
+    named = dict(zip(names, params))
+    bn = [v for n, v in named.items() if "bn" in n or "bias" in n]
+    rest = [v for n, v in named.items() if not ("bn" in n or "bias" in n)]
+    wd, lr = 1e-4, 0.3
+    opt = torch.optim.SGD([{"params": bn, "weight_decay": 0, "ignore": True},
+                           {"params": rest, "weight_decay": wd, "ignore": False}],
+                          lr=lr, momentum=0.9, weight_decay=wd)  # fmt: skip
+    opt = LARS(opt, eps=0.0)
+    after = []
+    for step in grads:
+        for p, gr in zip(params, step):
+            p.grad = gr.clone()
+        opt.step()
+        after.append([p.detach().clone() for p in params])
+    return {"names": names, "init": init, "grads": grads, "after": after,
+            "weight_decay": wd, "lr": lr, "momentum": 0.9, "trust_coeff": 0.001}  # fmt: skip
+
+
+def feature_maps(batch, dim, side, seed):
+    """Normalized per-token features with a blob per image, shrunk a little where an
+    interpolation would (as aligned maps are)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    c = torch.randint(2, side - 2, (batch, 2), generator=g)
+    fg = ((yy - c[:, 0, None, None]) ** 2 + (xx - c[:, 1, None, None]) ** 2) <= 4
+    protos = torch.randn(batch, 2, dim, generator=g, dtype=torch.float64)
+    f = torch.where(fg[:, None], protos[:, 0, :, None, None], protos[:, 1, :, None, None])
+    f = f + 0.8 * torch.randn(batch, dim, side, side, generator=g, dtype=torch.float64)
+    f = torch.nn.functional.normalize(f, dim=1)
+    return f * (0.9 + 0.1 * torch.rand(batch, 1, side, side, generator=g, dtype=torch.float64))
+
+
+def loss_fixture(module):
+    batch, dim, side = 24, 16, 8  # >= 20 samples: their IoU loop keeps at least 20
+    maps = [feature_maps(batch, dim, side, seed) for seed in range(4)]
+    on1, on2, tg1, tg2 = (m.clone().requires_grad_() for m in maps)
+    args = types.SimpleNamespace(local_rank=-1, loss_eigtype="lossall", loss_crit="BCE")
+    model = module.EIGEN.__new__(module.EIGEN)  # eigen_loss reads no attribute of self
+
+    def flat(m):
+        return m.view(batch, dim, side * side).transpose(1, 2)
+
+    z2 = {}
+
+    def direction(online, target):
+        _, e1 = module.get_eigenvectors(flat(online), which_matrix="ours", threshold_tau=0.0)
+        _, e2 = module.get_eigenvectors(flat(target), which_matrix="ours", threshold_tau=0.0)
+        z2[id(online)], z2[id(target)] = e1[:, :, 1].detach(), e2[:, :, 1].detach()
+        out = module.EIGEN.eigen_loss(model, e1[:, :, 1], e2[:, :, 1], args, 0.5)
+        return out[0], out[4], out[5], out[6]
+
+    with float64_without_gpu():
+        o1, c1, v1, u1 = direction(on1, tg2)
+        o2, c2, v2, u2 = direction(on2, tg1)
+    w = 0.05
+    loss = o1 + o2 - w * (c1 + c2) - w * (v1 + v2) - w * (u1 + u2)
+    loss.backward()
+    terms = torch.stack([o1, o2, c1, c2, v1, v2, u1, u2]).detach()
+    return {"maps": maps, "loss": loss.detach(), "terms": terms,
+            "grads": [m.grad for m in (on1, on2, tg1, tg2)], "weight": w,
+            "z2": torch.cat([z2[id(m)] for m in (on1, on2, tg1, tg2)])}  # fmt: skip
+
+
+def invaug_fixture(module):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 5, 14, 14, generator=g, dtype=torch.float64)
+    coords = torch.tensor([[0.1, 0.2, 0.7, 0.9], [0.0, 0.0, 1.0, 1.0], [0.33, 0.05, 0.61, 0.5]],
+                          dtype=torch.float64)  # fmt: skip
+    flags = [True, False, True]
+    out = module.EIGEN.invaug(None, x, coords, flags)
+    return {"x": x, "coords": coords, "flags": torch.tensor(flags), "out": out}
+
+
+def main(root: str) -> None:
+    root = Path(root).resolve()
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    if head and head != COMMIT:
+        sys.exit(f"{root} is at {head}; check out {COMMIT} first")
+    sys.path.insert(0, str(root))
+    sys.modules.setdefault("wandb", types.SimpleNamespace(log=lambda *a, **k: None))
+    from network import eigen_pred_iou
+    from util.LARS import LARS
+
+    fixtures = {
+        "commit": COMMIT,
+        "torch": str(torch.__version__),
+        "lars": lars_fixture(LARS),
+        "invaug": invaug_fixture(eigen_pred_iou),
+        "loss": loss_fixture(eigen_pred_iou),
+    }
+    torch.save(fixtures, OUT)
+    print(f"wrote {OUT} (loss {fixtures['loss']['loss'].item():.10f})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])

@@ -50,20 +50,47 @@ class BatchedOperator:
 
     def restrict(self, index: torch.Tensor | None = None) -> BatchedOperator:
         """The same operators with the batch flattened to one dimension and, given a 1-D
-        ``index`` into it, only those matrices (their data copied once)."""
+        ``index`` into it, only those matrices. Small data are indexed (copied); a large
+        matrix per batch entry (``LAZY_BYTES`` or more, e.g. W at N >= 362 in float64) is
+        not copied: products ``M @ Y`` run on views of the selected matrices."""
         nb = len(self.batch_shape)
 
         def take(t):
             if t is None:
                 return None
-            if isinstance(t, BatchedOperator):
+            if isinstance(t, (BatchedOperator, _Selected)):
                 return t.restrict(index)
             t = t.expand(*self.batch_shape, *t.shape[nb:])
             t = t.reshape(-1, *t.shape[nb:])
-            return t if index is None else t.index_select(0, index)
+            if index is None:
+                return t
+            square = t.dim() == 3 and t.shape[-1] == t.shape[-2] > 1
+            if square and t[0].numel() * t.element_size() >= LAZY_BYTES:
+                return _Selected(t, index)
+            return t.index_select(0, index)
 
         size = math.prod(self.batch_shape) if index is None else index.numel()
         return BatchedOperator(self.fn, *(take(t) for t in self.data), batch_shape=(size,))
+
+
+# Square matrices of at least this many bytes each are not copied when a working set
+# shrinks.
+LAZY_BYTES = 1 << 20
+
+
+class _Selected:
+    """Some matrices of a batch ``(B, N, M)``, without copying them: ``S @ Y`` multiplies
+    each selected matrix by its block of ``Y`` (``(b, M, m)``) through a view."""
+
+    def __init__(self, base: torch.Tensor, index: torch.Tensor):
+        self.base, self.index = base, index
+        self.rows = index.tolist()
+
+    def restrict(self, index):
+        return self if index is None else _Selected(self.base, self.index[index])
+
+    def __matmul__(self, Y):
+        return torch.stack([self.base[i] @ Y[j] for j, i in enumerate(self.rows)])
 
 
 def _restrictable(*ops) -> bool:

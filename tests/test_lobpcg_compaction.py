@@ -13,6 +13,7 @@ import torch
 from test_eigsh import spectrum_matrix
 
 import diffeig
+import diffeig._lobpcg
 from diffeig._lobpcg import BatchedOperator, batched_cg, lobpcg, partial_eigh_factor
 
 
@@ -41,7 +42,10 @@ class Counting(BatchedOperator):
         return Counting(sub.data[0], self.counter, sub.batch_shape)
 
 
-def test_lobpcg_compaction_gives_the_uncompacted_answer_for_less_work():
+@pytest.mark.parametrize("lazy", [False, True])
+def test_lobpcg_compaction_gives_the_uncompacted_answer_for_less_work(lazy, monkeypatch):
+    # lazy: the working set's matrices are views of the batch (large W), else copies
+    monkeypatch.setattr(diffeig._lobpcg, "LAZY_BYTES", 0 if lazy else 1 << 40)
     A = mixed_batch()
     X0 = torch.randn(*A.shape[:-1], 6, dtype=A.dtype, generator=torch.Generator().manual_seed(0))
     scale = A.abs().sum(-1).amax(-1)
@@ -60,7 +64,9 @@ def test_lobpcg_compaction_gives_the_uncompacted_answer_for_less_work():
     assert min(products) < 6
 
 
-def test_batched_cg_compaction_matches():
+@pytest.mark.parametrize("lazy", [False, True])
+def test_batched_cg_compaction_matches(lazy, monkeypatch):
+    monkeypatch.setattr(diffeig._lobpcg, "LAZY_BYTES", 0 if lazy else 1 << 40)
     A = mixed_batch() + 0.5 * torch.eye(60, dtype=torch.float64)  # SPD, condition numbers vary
     A[0, 0] = A[0, 0] + torch.diag(torch.logspace(0, 3, 60, dtype=torch.float64))
     rhs = torch.randn(2, 3, 60, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -73,8 +79,10 @@ def test_batched_cg_compaction_matches():
     assert sum(products) < 6 * len(products)
 
 
+@pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
-def test_ncut_lobpcg_batch_equals_one_by_one(laplacian):
+def test_ncut_lobpcg_batch_equals_one_by_one(laplacian, lazy, monkeypatch):
+    monkeypatch.setattr(diffeig._lobpcg, "LAZY_BYTES", 0 if lazy else 1 << 40)
     """Through the public function: each graph of a batch gets the answer (and gradient)
     it gets alone, to the solver's tolerance, while the batch compacts."""
     g = torch.Generator().manual_seed(4)

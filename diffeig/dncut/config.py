@@ -31,7 +31,7 @@ class TrainConfig:
     solve_dtype: str = "float64"
     temperature: float = 0.05
     sign: str = "sum"
-    solver: str = "dense"
+    solver: str = "auto"
     renormalize: bool = False  # ours: cosine affinity of the aligned features
     joint_bn: bool = False  # ours: both views through the heads as one batch
     alpha: float = 0.05

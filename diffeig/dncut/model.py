@@ -57,7 +57,7 @@ class NCutOptions:
     solve_dtype: str = "float64"
     temperature: float = 0.05
     sign: str = "sum"
-    solver: str = "dense"  # method of diffeig.sym_eigh_ncut: dense | lobpcg | auto
+    solver: str = "auto"  # method of diffeig.sym_eigh_ncut: dense | lobpcg | auto
     # L2-normalize the aligned features again before the affinity (ours); the authors take
     # the raw dot products of the aligned (interpolated, so slightly shorter) features.
     renormalize: bool = False

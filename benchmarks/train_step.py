@@ -165,9 +165,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--solver",
         nargs="+",
-        default=["dense"],
+        default=["dense", "auto"],
         choices=["dense", "lobpcg", "auto"],
-        help="one or more eigen solvers, timed in the same run on the same batch (default: dense)",
+        help="one or more eigen solvers, timed in the same run on the same batch "
+        "(default: dense auto, the authors' path and the recipe's default)",
     )
     p.add_argument("--quiet", action="store_true", help="no line per step")
     p.add_argument("--json", default=None, help="write the figures and metadata here")

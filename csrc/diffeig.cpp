@@ -30,6 +30,10 @@ TORCH_LIBRARY(diffeig, m) {
   // Degrees d = W 1 and the Laplacian: D - W, or I - D^-1/2 W D^-1/2 when
   // normalized. Returns (L, d).
   m.def("laplacian(Tensor W, bool normalized) -> (Tensor, Tensor)");
+  // [min, max, max |W - W^T|] over a non-empty batch of square matrices (*, n, n), as
+  // float64; min and max are NaN when W holds a NaN. The input checks' one pass over W
+  // (CPU kernel; elsewhere the same numbers from ATen reductions).
+  m.def("symmetry_stats(Tensor W) -> Tensor");
   // out[i, j] = -scale[i] scale[j] (P[i] . V[j] + P[j] . V[i]) / 2 + (diag_term[i] + diag_term[j]) / 2:
   // the gradient of an NCut affinity assembled from rank-k factors, written once.
   m.def("ncut_grad_assemble(Tensor P, Tensor V, Tensor scale, Tensor diag_term) -> Tensor");

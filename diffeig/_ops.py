@@ -14,7 +14,14 @@ import torch
 
 from diffeig import _extension, _reference
 
-__all__ = ["eigh_backward_core", "laplacian", "ncut_grad_assemble", "ncut_backward", "cg_step"]
+__all__ = [
+    "eigh_backward_core",
+    "laplacian",
+    "ncut_grad_assemble",
+    "ncut_backward",
+    "cg_step",
+    "symmetry_stats",
+]
 
 
 def _differentiated(*tensors) -> bool:
@@ -41,6 +48,13 @@ def laplacian(W, normalized: bool):
     if _extension.native_for(W.device):
         return torch.ops.diffeig.laplacian(W, bool(normalized))
     return _reference.laplacian(W, normalized)
+
+
+def symmetry_stats(W):
+    if _extension.native_for(W.device) and W.device.type == "cpu":
+        return torch.ops.diffeig.symmetry_stats(W)
+    # Elsewhere (CUDA) ATen reductions (one read for min / max, tiles for the asymmetry).
+    return _reference.symmetry_stats(W)
 
 
 def ncut_grad_assemble(P, V, scale, diag_term):
@@ -99,6 +113,11 @@ def _fake_core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol):
 def _fake_laplacian(W, normalized):
     torch._check(W.dim() >= 2 and W.shape[-1] == W.shape[-2], lambda: "W must be (*, n, n)")
     return W.new_empty(W.shape), W.new_empty(W.shape[:-1])
+
+
+def _fake_symmetry_stats(W):
+    torch._check(W.dim() >= 2 and W.shape[-1] == W.shape[-2], lambda: "W must be (*, n, n)")
+    return W.new_empty(3, dtype=torch.float64)
 
 
 def _fake_assemble(P, V, scale, diag_term):
@@ -218,6 +237,7 @@ def _register() -> None:
         return
     torch.library.register_fake("diffeig::eigh_backward_core")(_fake_core)
     torch.library.register_fake("diffeig::laplacian")(_fake_laplacian)
+    torch.library.register_fake("diffeig::symmetry_stats")(_fake_symmetry_stats)
     torch.library.register_fake("diffeig::ncut_grad_assemble")(_fake_assemble)
     torch.library.register_fake("diffeig::ncut_backward")(_fake_ncut_backward)
     torch.library.register_fake("diffeig::cg_step")(_fake_cg_step)

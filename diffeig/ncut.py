@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from diffeig import _ops
+from diffeig import _ops, _reference
 from diffeig._eigh import _is_traced, _torch_eigh, gap_tolerances
 
 __all__ = [
@@ -138,26 +138,7 @@ def _check_options(laplacian: str, sign) -> None:
         raise ValueError(f"sign must be one of {SIGN_RULES}, got {sign!r}")
 
 
-def max_asymmetry(W: torch.Tensor) -> float:
-    """``max |W - W^T|`` over a batch, reading W about once.
-
-    Tile by tile (about 4 MB): a block of columns is copied transposed into a small
-    contiguous buffer (which the allocator recycles, so no page faults) and compared with
-    the matching block of rows. Subtracting the strided ``W.mT`` view directly is 5x
-    slower on CPU at N = 784 and pays for page faults of N x N temporaries.
-    """
-    flat = W.reshape(-1, *W.shape[-2:])
-    n, size = W.shape[-1], W.element_size()
-    per = max(1, (1 << 23) // max(1, n * n * size))
-    asym = 0.0
-    for c in flat.split(per):
-        blk = max(16, (1 << 22) // max(1, c.shape[0] * n * size))
-        for i in range(0, n, blk):
-            # clone, not contiguous(): for N = 1 (or one tile) the transposed view is
-            # contiguous already, and the in-place ops below must never write into W.
-            t = c[:, :, i : i + blk].mT.clone(memory_format=torch.contiguous_format)
-            asym = max(asym, t.sub_(c[:, i : i + blk, :]).abs_().amax().item())
-    return asym
+max_asymmetry = _reference.max_asymmetry
 
 
 def _values_readable(t: torch.Tensor) -> bool:
@@ -173,11 +154,11 @@ def check_symmetric(
     values cannot be read (empty, meta, under ``torch.compile`` or ``torch.func``)."""
     if not _values_readable(A):
         return None
-    lo, hi = torch.aminmax(A)  # one pass; NaN propagates into both
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+    # min, max and max |A - A^T| in one pass over A (native on CPU); NaN propagates into
+    # min and max
+    lo, hi, asym = _ops.symmetry_stats(A).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} must be finite, got NaN or inf entries")
-    lo, hi = lo.item(), hi.item()
-    asym = max_asymmetry(A)
     scale = max(abs(lo), abs(hi), torch.finfo(A.dtype).tiny)
     tol = (torch.finfo(A.dtype).eps ** 0.5 if sym_rtol is None else sym_rtol) * scale
     if asym > tol:

@@ -3,6 +3,8 @@ opcheck, argument checks, and the registered autograd of eigh_backward_core."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import DEVICES, assert_close
@@ -124,7 +126,28 @@ def test_assemble_native_equals_reference(device):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetry_stats_native_equals_reference(dtype):
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 1), (5, 5), (3, 65, 65), (2, 2, 130, 130)]:
+        A = torch.rand(*shape, generator=g, dtype=dtype)
+        for W in (A, A + A.mT, (A + A.mT).mT.contiguous(), A.mT):  # asymmetric, symmetric
+            got = torch.ops.diffeig.symmetry_stats(W)
+            assert got.dtype == torch.float64 and got.shape == (3,)
+            assert torch.equal(got, _reference.symmetry_stats(W))
+    W = torch.zeros(2, 70, 70, dtype=dtype)
+    W[1, 69, 3] = 2.5  # one asymmetric pair in the last tile of the second matrix
+    assert torch.ops.diffeig.symmetry_stats(W).tolist() == [0.0, 2.5, 2.5]
+    W[0, 1, 2] = float("nan")
+    lo, hi, _ = torch.ops.diffeig.symmetry_stats(W).tolist()
+    assert math.isnan(lo) and math.isnan(hi)
+    W[0, 1, 2] = float("inf")
+    assert torch.ops.diffeig.symmetry_stats(W)[1] == float("inf")
+
+
+@needs_ext
 def test_opcheck():
+    torch.library.opcheck(torch.ops.diffeig.symmetry_stats.default, (torch.rand(3, 7, 7),))
     for args in core_samples(requires_grad=True):
         torch.library.opcheck(torch.ops.diffeig.eigh_backward_core.default, args)
     for args in laplacian_samples():
@@ -204,6 +227,8 @@ def test_core_vmap_rule():
             lambda: torch.ops.diffeig.laplacian(torch.ones(3, 3, dtype=torch.int64), True),
             "W must be float32 or float64",
         ),
+        (lambda: torch.ops.diffeig.symmetry_stats(torch.ones(3, 4)), "W must be a batch of square"),
+        (lambda: torch.ops.diffeig.symmetry_stats(torch.ones(0, 3, 3)), "W must not be empty"),
         (
             lambda: torch.ops.diffeig.ncut_grad_assemble(
                 torch.ones(3, 2), torch.ones(3, 1), torch.ones(3), torch.ones(3)

@@ -174,7 +174,6 @@ def epoch_batches(n: int, cfg: TrainConfig, dst: Dist, epoch: int) -> list[list[
 def save_visual(batch: dict, out: dict, path: Path, rows: int = 4) -> None:
     """A PNG grid, one row per sample: both views' overlap (aligned), online mask of view
     1, target mask of view 2, and the pseudo-masks h1, v1 and uniform of view 1."""
-    from torchvision.utils import save_image
 
     from diffeig.dncut.backbone import IMAGENET_MEAN, IMAGENET_STD
     from diffeig.dncut.losses import pseudo_masks
@@ -206,9 +205,25 @@ def save_visual(batch: dict, out: dict, path: Path, rows: int = 4) -> None:
         mask(p["v1"]),
         mask(p["uniform"]),
     ]
-    grid = torch.stack(cols, 1).flatten(0, 1)
+    from PIL import Image
+
+    from diffeig.dncut.visualize import compose
+
+    def pil(t):
+        return Image.fromarray((t.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+
+    labels = [
+        "view 1, overlap (aligned)",
+        "view 2, overlap (aligned)",
+        "online mask, view 1",
+        "target mask, view 2",
+        "pseudo-mask h1 (top / bottom)",
+        "pseudo-mask v1 (left / right)",
+        "pseudo-mask uniform",
+    ]
+    rows = [([pil(c[i]) for c in cols], labels) for i in range(r)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path, nrow=len(cols), padding=2, pad_value=1.0)
+    compose(rows, [f"sample {i + 1}" for i in range(r)], header=True).save(path)
 
 
 # ------------------------------------------------------------------------------ train

@@ -49,26 +49,63 @@ def panel(image: Image.Image, features: torch.Tensor, patch: int, post: str, cou
     boxed = shown.copy()
     ImageDraw.Draw(boxed).rectangle(box, outline=(255, 230, 0), width=max(2, shown.width // 150))
     tiles.append(boxed)
-    labels = ["image"] + [f"z{j + 1}" for j in range(1, len(tiles) - 2)] + ["mask", "box"]
+    labels = (
+        ["image"]
+        + [f"z{j + 1}: eigenvector {j + 1} (blue < 0 < red)" for j in range(1, len(tiles) - 2)]
+        + [f"foreground mask ({post})", f"box ({post})"]
+    )
     return tiles, labels
 
 
-def compose(rows: list[tuple[list, list]]) -> Image.Image:
-    pad, label_h = 4, 14
-    widths = [max(t.width for t in tiles) for tiles, _ in rows]
-    tile_w = max(widths)
+def _wrap(draw, text: str, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` pixels (words kept whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def compose(
+    rows: list[tuple[list, list]], row_labels: list[str] | None = None, header: bool = False
+) -> Image.Image:
+    """Tiles in a grid, each under its label (wrapped to the tile's width), each row
+    after its label (``row_labels``) in a left margin. ``header``: the rows share their
+    column labels, drawn once above the first."""
+    pad = 4
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    tile_w = max(t.width for tiles, _ in rows for t in tiles)
     tile_h = max(t.height for tiles, _ in rows for t in tiles)
     cols = max(len(tiles) for tiles, _ in rows)
+    line_h = 12
+    wrapped = [[_wrap(scratch, lab, tile_w) for lab in labels] for _, labels in rows]
+    label_h = line_h * max(len(lines) for row in wrapped for lines in row)
+    margin = 0
+    if row_labels:
+        margin = int(max(scratch.textlength(t) for t in row_labels)) + 2 * pad
+    row_h = tile_h + (0 if header else label_h) + pad
+    top = label_h if header else 0
     canvas = Image.new(
-        "RGB", (cols * (tile_w + pad) + pad, len(rows) * (tile_h + label_h + pad) + pad), "white"
+        "RGB",
+        (margin + cols * (tile_w + pad) + pad, top + len(rows) * row_h + pad),
+        "white",
     )
     draw = ImageDraw.Draw(canvas)
-    for i, (tiles, labels) in enumerate(rows):
-        y = pad + i * (tile_h + label_h + pad)
-        for j, (t, lab) in enumerate(zip(tiles, labels)):
-            x = pad + j * (tile_w + pad)
-            draw.text((x, y), lab, fill=(0, 0, 0))
-            canvas.paste(t, (x, y + label_h))
+    for i, (tiles, _) in enumerate(rows):
+        y = pad + top + i * row_h  # the tiles' labels (if any) start here
+        labelled = not header or i == 0
+        y_tile = y + (0 if header else label_h)
+        if row_labels:
+            draw.text((pad, y_tile + tile_h // 2 - line_h // 2), row_labels[i], fill=(0, 0, 0))
+        for j, (t, lines) in enumerate(zip(tiles, wrapped[i])):
+            x = margin + pad + j * (tile_w + pad)
+            if labelled:
+                y_text = y - top if header else y
+                for n, line in enumerate(lines):
+                    draw.text((x, y_text + n * line_h), line, fill=(0, 0, 0))
+            canvas.paste(t, (x, y_tile))
     return canvas
 
 
@@ -101,7 +138,7 @@ def visualize(args) -> list[str]:
         rows.append(panel(image, f, patch, args.post, args.eigenvectors))
     if not folder:
         out.parent.mkdir(parents=True, exist_ok=True)
-        compose(rows).save(out)
+        compose(rows, [Path(p).name for p in args.images]).save(out)
         return [str(out)]
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -111,6 +148,6 @@ def visualize(args) -> list[str]:
         while str(target) in written:  # two inputs with one stem
             target = out / f"{Path(path).stem}-{n}.png"
             n += 1
-        compose([row]).save(target)
+        compose([row], [Path(path).name]).save(target)
         written.append(str(target))
     return written

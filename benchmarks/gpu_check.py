@@ -177,10 +177,10 @@ def summary_md(args, results: dict, meta: dict) -> str:
     lines += ["", f"Failed: {', '.join(failed)}" if failed else "All steps passed."]
     step_json = Path(args.out) / "train_step.json"
     if step_json.is_file():
-        s = json.loads(step_json.read_text())
-        lines += ["", "## One training step", ""]
-        lines += [f"| {p} | {v['median']:.4f} s |" for p, v in s["parts"].items()]
-        lines.append(f"| NCut share | {100 * s['ncut_share']:.1f} % |")
+        for solver, s in json.loads(step_json.read_text())["solvers"].items():
+            lines += ["", f"## One training step, solver {solver}", ""]
+            lines += [f"| {p} | {v['median']:.4f} s |" for p, v in s["parts"].items()]
+            lines.append(f"| NCut share | {100 * s['ncut_share']:.1f} % |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,8 @@ round-robin in this run; medians. Before timing, the two answers are compared
 ``--profile`` also breaks the LOBPCG forward and backward down with torch.profiler
 (products with W, the small eighs of Rayleigh-Ritz, Gram and basis products, copies,
 other ops, and the rest: Python and dispatch), counts the products with W per graph, and
-prints the floor: those products' bytes of W at the bandwidth of a large copy measured in
-the same run.
+prints the floor: those products' bytes of W (and, for the backward, writing dL/dW once)
+at the bandwidth of a large copy measured in the same run.
 """
 
 from __future__ import annotations
@@ -131,11 +131,13 @@ def profile(W, wall, bandwidth):
         measured = wall[phase]
         parts = {k: v / profiled * measured for k, v in parts.items()}
         floor = graphs * n * n * W.element_size() / (bandwidth * 1e9)
+        if phase == "backward":  # and dL/dW, written once
+            floor += W.numel() * W.element_size() / (bandwidth * 1e9)
         out[phase] = {
             "seconds": measured,
             "parts": parts,
             "products_with_W_per_graph": graphs / W.shape[0],
-            "batched_products": calls,
+            "batched_products": calls,  # bmm calls, or mm calls on views after compaction
             "host_syncs": syncs,
             "floor_seconds": floor,
         }
@@ -216,9 +218,10 @@ def report(r, bandwidth):
         parts = ", ".join(f"{k} {v:.3f}" for k, v in p["parts"].items())
         print(
             f"    LOBPCG {phase} {p['seconds']:.3f} s: {parts}; {p['products_with_W_per_graph']:.1f} "
-            f"products with W per graph in {p['batched_products']} batched calls, "
-            f"{p['host_syncs']} host syncs; floor {p['floor_seconds']:.3f} s "
-            f"(those products at {bandwidth:.1f} GB/s) = {p['seconds'] / p['floor_seconds']:.1f}x",
+            f"products with W per graph in {p['batched_products']} calls, "
+            f"{p['host_syncs']} host syncs; floor {p['floor_seconds']:.3f} s (those products"
+            f"{', and writing dL/dW,' if phase == 'backward' else ''} at {bandwidth:.1f} GB/s) "
+            f"= {p['seconds'] / p['floor_seconds']:.1f}x",
             flush=True,
         )
     print(f"    input checks of W (in the forward): {prof['input_checks_seconds']:.3f} s")

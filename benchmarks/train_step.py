@@ -186,8 +186,7 @@ def main(argv=None) -> int:
         print(f"solver {solver}:", flush=True)
         results[solver] = run(one)
         print(table(results[solver]))
-    result = results[args.solver[0]] if len(results) == 1 else {"solvers": results}
-    result["metadata"] = metadata(torch.device(args.device))
+    result = {"solvers": results, "metadata": metadata(torch.device(args.device))}
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")

@@ -470,3 +470,26 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, capsys):
         pass
     assert run_cli("--output", str(tmp_path), "--max-steps", "1", "--tensorboard") == 2
     assert "needs the tensorboard package" in capsys.readouterr().err
+
+
+def test_training_figure_labels_every_column_and_row(tmp_path):
+    """The figure names its columns once above the first row and each row on its left."""
+    import numpy as np
+    from PIL import Image
+
+    from diffeig.dncut.train import save_visual
+
+    torch.manual_seed(0)
+    b = batch_of()
+    model = DNCut(build_backbone("random"), min_kept=2)
+    with torch.no_grad():
+        out = model(b)
+    save_visual(b, out, tmp_path / "fig.png", rows=2)
+    a = np.asarray(Image.open(tmp_path / "fig.png").convert("L"))
+    S = b["view1"].shape[-1]
+    assert a.shape[1] > 7 * S and a.shape[0] > 2 * S  # room for the labels
+    margin = a.shape[1] - 7 * (S + 4) - 4  # the row labels' column
+    header = a.shape[0] - 2 * (S + 4) - 4  # the column labels' band
+    assert margin > 0 and header > 0
+    assert (a[:header, margin:] < 128).any()  # column labels are drawn
+    assert (a[header:, :margin] < 128).any()  # row labels are drawn

@@ -128,7 +128,8 @@ def test_saliency_layouts(tmp_path, name):
     key, image, mask = ds[1]
     assert (
         key == "img1"
-        and mask.dtype == torch.bool
+        and mask.dtype == torch.float32  # grey levels / 255, as the authors read them
+        and 0 <= mask.min() <= mask.max() <= 1
         and mask.shape == (48, 48)
         and image.size == (48, 48)
     )

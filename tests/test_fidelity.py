@@ -119,3 +119,49 @@ def test_training_objective_equals_the_authors(monkeypatch):
     # the target branch is detached in both codes
     assert fx["grads"][2] is None and fx["grads"][3] is None
     assert not maps[2].grad.any() and not maps[3].grad.any()
+
+
+def test_saliency_metrics_equal_the_authors_measure():
+    """Max F-beta, IoU and accuracy of 8-bit maps against ground truths with grey edges,
+    as their measure.py computes them (grey pixels count fractionally in precision and
+    recall; > 0.5 for IoU and accuracy)."""
+    from diffeig.dncut import metrics
+
+    fx = FIXTURES["saliency"]
+    per_image = [
+        metrics.saliency_scores(p.float() / 255, g.float() / 255)
+        for p, g in zip(fx["preds"], fx["gts"])
+    ]
+    assert any(0 < v < 255 for g in fx["gts"] for v in g.unique().tolist())  # grey edges
+    s = metrics.summarize_saliency(per_image)
+    # theirs accumulates in float32
+    assert s["max_f_beta"] == pytest.approx(fx["max_f"], rel=1e-6)
+    assert s["iou"] == pytest.approx(fx["iou"], rel=1e-6)
+    assert s["accuracy"] == pytest.approx(fx["accuracy"], rel=1e-7)
+    # what a binarized ground truth (the old reading) would have given instead
+    hard = [
+        metrics.saliency_scores(p.float() / 255, g > 127) for p, g in zip(fx["preds"], fx["gts"])
+    ]
+    assert metrics.summarize_saliency(hard)["max_f_beta"] != pytest.approx(fx["max_f"], rel=1e-4)
+
+
+def test_saliency_input_and_map_are_the_authors():
+    """The image is resized as a normalized tensor by F.interpolate to the nearest multiple
+    of the patch, and the map is evaluated as the 8-bit PNG they save."""
+    from PIL import Image
+
+    from diffeig.dncut import metrics
+    from diffeig.dncut.evaluate import resize_to_patch, to_tensor
+
+    image = Image.open(Path(__file__).parent / "data/quokka.jpg").convert("RGB")
+    x = resize_to_patch(image, 16)
+    H, W = image.height, image.width
+    ref = torch.nn.functional.interpolate(
+        to_tensor(image)[None],
+        size=(int(round(H / 16)) * 16, int(round(W / 16)) * 16),
+        mode="bilinear",
+        align_corners=False,
+    )[0]
+    assert torch.equal(x, ref)
+    soft = torch.tensor([0.0, 0.5 / 255, 1.5 / 255, 0.2, 1.0])
+    assert (metrics.to_8bit(soft) * 255).tolist() == pytest.approx([0, 0, 2, 51, 255])

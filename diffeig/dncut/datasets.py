@@ -100,7 +100,9 @@ class SaliencyDataset:
     def __getitem__(self, i):
         name, ip, mp = self.items[i]
         image = read_image(ip)
-        mask = torch.from_numpy(np.asarray(read_image(mp, "L")) > 127)
+        # The grey levels of the mask's anti-aliased edges are kept (L / 255), as the
+        # authors' measure.py reads them: soft in precision / recall, > 0.5 elsewhere.
+        mask = torch.from_numpy(np.asarray(read_image(mp, "L"), dtype=np.float32) / 255)
         if mask.shape != (image.height, image.width):
             raise UnreadableImage(
                 f"{mp}: mask {tuple(mask.shape)} and image {image.height}x{image.width} differ"

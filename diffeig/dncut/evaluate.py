@@ -35,15 +35,20 @@ def to_tensor(image) -> torch.Tensor:
 
 
 def resize_to_patch(image, patch: int, max_side: int | None = None):
-    """Saliency protocol: resize so each side is a multiple of the patch (nearest multiple,
-    at least one patch), after an optional downscale so the longer side is <= max_side."""
-    from PIL import Image
-
-    W, H = image.size
+    """Saliency protocol, as the authors' ``ddt_dino_eigen.py``: the normalized image tensor
+    bilinearly resized (``F.interpolate``, ``align_corners=False``) so each side is the
+    nearest multiple of the patch (at least one patch), after an optional downscale so the
+    longer side is <= max_side."""
+    x = to_tensor(image)
+    _, H, W = x.shape
     s = min(1.0, max_side / max(W, H)) if max_side else 1.0
-    w = max(patch, round(W * s / patch) * patch)
-    h = max(patch, round(H * s / patch) * patch)
-    return to_tensor(image.resize((w, h), Image.BILINEAR))
+    h = max(patch, int(round(H * s / patch)) * patch)
+    w = max(patch, int(round(W * s / patch)) * patch)
+    if (h, w) == (H, W):
+        return x
+    return torch.nn.functional.interpolate(
+        x[None], size=(h, w), mode="bilinear", align_corners=False
+    )[0]
 
 
 def pad_to_patch(image, patch: int) -> torch.Tensor:
@@ -156,12 +161,14 @@ def saliency_map(
         r = postprocess.tokencut(
             features, patch_size=patch, image_size=(h * patch, w * patch), solver=solver
         )
-    soft = postprocess.upsample(r["mask"], image_size)
+    # upsampled in float32, as the authors' code (on its GPU tensors)
+    soft = postprocess.upsample(r["mask"], image_size, dtype=torch.float32)
     if post == "tokencut+bs":
         from diffeig.dncut.bilateral import bilateral_solve
 
         soft = bilateral_solve(image, soft)
-    return soft, r
+    # The authors evaluate the map they saved as an 8-bit PNG.
+    return metrics.to_8bit(soft), r
 
 
 def eval_saliency(args) -> dict:

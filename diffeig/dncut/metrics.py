@@ -49,17 +49,28 @@ def f_beta_curve(pred: torch.Tensor, gt: torch.Tensor, beta2: float = BETA2) -> 
 
 
 def saliency_scores(pred: torch.Tensor, gt: torch.Tensor) -> dict:
-    """Per-image scores of a saliency map ``pred (H, W)`` in [0, 1] against ``gt (H, W)`` bool."""
+    """Per-image scores of a saliency map ``pred (H, W)`` in [0, 1] against the ground truth
+    ``gt (H, W)``: bool, or grey levels in [0, 1] (the mask's anti-aliased edges), as the
+    authors' ``measure.py``: IoU and accuracy of ``pred > 0.5`` against ``gt > 0.5``; the
+    F-beta curve with ``gt`` as it is (grey pixels count fractionally)."""
     if pred.shape != gt.shape:
         raise ValueError(
             f"prediction {tuple(pred.shape)} and mask {tuple(gt.shape)} differ in size"
         )
     binary = pred > 0.5
+    hard = gt if gt.dtype == torch.bool else gt > 0.5
     return {
-        "iou": mask_iou(binary, gt),
-        "accuracy": (binary == gt).double().mean().item(),
+        "iou": mask_iou(binary, hard),
+        "accuracy": (binary == hard).double().mean().item(),
         "f_curve": f_beta_curve(pred, gt),
     }
+
+
+def to_8bit(saliency: torch.Tensor) -> torch.Tensor:
+    """A saliency map in [0, 1] as the authors' evaluation sees it: written as an 8-bit PNG
+    (``x * 255`` in float32, rounded half to even as OpenCV's conversion) and read back
+    (``/ 255``)."""
+    return torch.round(saliency.float().clamp(0, 1) * 255) / 255
 
 
 def summarize_saliency(per_image: list[dict]) -> dict:

@@ -104,9 +104,9 @@ def mask_box(mask: torch.Tensor, patch_size: int, image_size) -> torch.Tensor:
     )
 
 
-def upsample(mask: torch.Tensor, size) -> torch.Tensor:
+def upsample(mask: torch.Tensor, size, dtype=torch.float64) -> torch.Tensor:
     """A token mask ``(h, w)`` bilinearly upsampled to ``size = (H, W)``, values in [0, 1]."""
-    m = mask.double()[None, None]
+    m = mask.to(dtype)[None, None]
     return torch.nn.functional.interpolate(
         m, size=tuple(size), mode="bilinear", align_corners=False
     )[0, 0]

@@ -12,6 +12,9 @@ ours without network access:
   their ``eigen_pred_iou.py`` groups (``bn`` or ``bias`` in the name: no decay, not
   adapted), ``LARS(optimizer, eps=0.0)``: two steps on given gradients, float64.
 - ``invaug``: ``EIGEN.invaug`` (roi_align of the overlap box, flip back) on a feature map.
+- ``saliency``: their ``measure.py`` (``Eval_fmeasure``, ``IOU``, ``accuracy``) on 8-bit
+  saliency maps (bilinearly upsampled token masks, as their evaluation saves them) against
+  ground truths with grey anti-aliased edges: the quokka's mask blurred, and a disc.
 - ``loss``: their training objective from the four aligned feature maps: ``get_eigenvectors``
   (``which_matrix='ours'``, tau 0) of each, ``eigen_loss`` of (online view 1, target
   view 2) and (online view 2, target view 1), combined as ``EIGEN.forward`` combines them
@@ -23,8 +26,10 @@ ours without network access:
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -129,6 +134,34 @@ def invaug_fixture(module):
     return {"x": x, "coords": coords, "flags": torch.tensor(flags), "out": out}
 
 
+def saliency_fixture(measure):
+    from PIL import Image, ImageFilter
+
+    here = Path(__file__).resolve().parents[1]
+    quokka = Image.open(here / "quokka_mask.png").convert("L").resize((320, 214), Image.BILINEAR)
+    gts = [quokka.filter(ImageFilter.GaussianBlur(2))]
+    yy, xx = torch.meshgrid(torch.arange(120.0), torch.arange(160.0), indexing="ij")
+    disc = (1 - ((yy - 60) ** 2 + (xx - 70) ** 2).sqrt().sub(40).clamp(0, 2) / 2) * 255
+    gts.append(Image.fromarray(disc.round().to(torch.uint8).numpy()))
+    g = torch.Generator().manual_seed(11)
+    preds, gt_arrays = [], []
+    for gt in gts:
+        for _ in range(2):
+            h, w = gt.size[1] // 16, gt.size[0] // 16
+            tokens = (torch.rand(1, 1, h, w, generator=g) > 0.6).float()
+            up = torch.nn.functional.interpolate(tokens, size=(gt.size[1], gt.size[0]),
+                                                 mode="bilinear", align_corners=False)  # fmt: skip
+            preds.append(torch.round(up[0, 0] * 255).to(torch.uint8))
+            gt_arrays.append(torch.from_numpy(__import__("numpy").asarray(gt).copy()))
+    loader = [(Image.fromarray(p.numpy()), Image.fromarray(t.numpy())) for p, t in
+              zip(preds, gt_arrays)]  # fmt: skip
+    with float64_without_gpu():  # (only the .cuda() calls matter here)
+        torch.Tensor.float = lambda self, *a, **k: self.to(torch.float32)
+        f = float(measure.Eval_fmeasure(loader, cuda=False))
+    iou, acc = measure.IOU(loader, cuda=False), measure.accuracy(loader, cuda=False)
+    return {"preds": preds, "gts": gt_arrays, "max_f": f, "iou": iou, "accuracy": acc}
+
+
 def main(root: str) -> None:
     root = Path(root).resolve()
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
@@ -137,6 +170,11 @@ def main(root: str) -> None:
         sys.exit(f"{root} is at {head}; check out {COMMIT} first")
     sys.path.insert(0, str(root))
     sys.modules.setdefault("wandb", types.SimpleNamespace(log=lambda *a, **k: None))
+    cwd = os.getcwd()
+    os.chdir(tempfile.mkdtemp())  # their measure.py opens a log folder where it is imported
+    import measure
+
+    os.chdir(cwd)
     from network import eigen_pred_iou
     from util.LARS import LARS
 
@@ -146,6 +184,7 @@ def main(root: str) -> None:
         "lars": lars_fixture(LARS),
         "invaug": invaug_fixture(eigen_pred_iou),
         "loss": loss_fixture(eigen_pred_iou),
+        "saliency": saliency_fixture(measure),
     }
     torch.save(fixtures, OUT)
     print(f"wrote {OUT} (loss {fixtures['loss']['loss'].item():.10f})")

@@ -524,8 +524,18 @@ def affinity(
 
 
 def seed(z: torch.Tensor) -> torch.Tensor:
-    """Index of the entry of largest magnitude (TokenCut's seed), ``(*, N) -> (*)``."""
-    return z.abs().argmax(-1)
+    """Index of the entry of largest magnitude (TokenCut's seed), ``(*, N) -> (*)``; of
+    entries tied with it to rounding (``max(1e-9, 100 eps)`` relative), the first.
+
+    TokenCut's ``np.argmax`` takes the first of the entries that are *bitwise* equal to the
+    maximum; on binary graphs many are equal in exact arithmetic, and which of them come
+    out bitwise equal depends on the eigensolver's rounding. Taking the first of the
+    near-ties is the same choice whenever the first of them came out bitwise equal to the
+    maximum there, and a choice that does not depend on the solver (dense or LOBPCG)."""
+    a = z.abs()
+    rtol = max(1e-9, 100 * torch.finfo(a.dtype).eps) if a.is_floating_point() else 0.0
+    tied = a >= a.amax(-1, keepdim=True) * (1 - rtol)
+    return tied.to(torch.uint8).argmax(-1)  # the first True
 
 
 def bipartition(z: torch.Tensor, *, rule: str = "zero", foreground: str | None = None):

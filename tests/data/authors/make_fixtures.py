@@ -15,6 +15,9 @@ ours without network access:
 - ``saliency``: their ``measure.py`` (``Eval_fmeasure``, ``IOU``, ``accuracy``) on 8-bit
   saliency maps (bilinearly upsampled token masks, as their evaluation saves them) against
   ground truths with grey anti-aliased edges: the quokka's mask blurred, and a disc.
+- ``tokencut``: TokenCut's ``ncut`` (``TokenCut/object_discovery.py``: binary graph tau 0.2,
+  eps 1e-5, scipy's generalized eigh, mean split, seed, component, box) on 14 seeded
+  14 x 14 feature maps, half of them with 2 x 2 blocks of identical tokens (exact ties).
 - ``loss``: their training objective from the four aligned feature maps: ``get_eigenvectors``
   (``which_matrix='ours'``, tau 0) of each, ``eigen_loss`` of (online view 1, target
   view 2) and (online view 2, target view 1), combined as ``EIGEN.forward`` combines them
@@ -162,6 +165,33 @@ def saliency_fixture(measure):
     return {"preds": preds, "gts": gt_arrays, "max_f": f, "iou": iou, "accuracy": acc}
 
 
+def tokencut_features(seed, h=14, w=14, channels=64, duplicate=False):
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cy, cx = torch.randint(3, h - 3, (2,), generator=g)
+    fg = ((yy - cy) ** 2 + (xx - cx) ** 2) <= 9
+    protos = torch.randn(2, channels, generator=g)
+    f = torch.where(fg[..., None], protos[0], protos[1])
+    f = f + 0.7 * torch.randn(h, w, channels, generator=g)
+    if duplicate:  # 2 x 2 blocks of identical tokens: exactly tied rows of the graph
+        f = f[::2, ::2].repeat_interleave(2, 0).repeat_interleave(2, 1)
+    return f.permute(2, 0, 1).contiguous()  # (C, h, w)
+
+
+def tokencut_fixture(od):
+    cases = []
+    for seed in range(14):
+        feats = tokencut_features(seed, duplicate=seed % 2 == 0)
+        C, h, w = feats.shape
+        tokens = torch.cat([torch.zeros(1, C), feats.flatten(1).T])[None]  # a CLS slot first
+        box, _, mask, sd, _, z = od.ncut(tokens, (h, w), (16, 16), (3, 16 * h, 16 * w),
+                                         tau=0.2, eps=1e-5)  # fmt: skip
+        cases.append({"features": feats, "box": torch.tensor([float(b) for b in box]),
+                      "mask": torch.from_numpy(mask).bool(), "seed": int(sd),
+                      "z": torch.from_numpy(z.copy())})  # fmt: skip
+    return cases
+
+
 def main(root: str) -> None:
     root = Path(root).resolve()
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
@@ -175,6 +205,8 @@ def main(root: str) -> None:
     import measure
 
     os.chdir(cwd)
+    sys.path.insert(0, str(root / "TokenCut"))
+    import object_discovery
     from network import eigen_pred_iou
     from util.LARS import LARS
 
@@ -185,6 +217,7 @@ def main(root: str) -> None:
         "invaug": invaug_fixture(eigen_pred_iou),
         "loss": loss_fixture(eigen_pred_iou),
         "saliency": saliency_fixture(measure),
+        "tokencut": tokencut_fixture(object_discovery),
     }
     torch.save(fixtures, OUT)
     print(f"wrote {OUT} (loss {fixtures['loss']['loss'].item():.10f})")

@@ -189,3 +189,27 @@ def test_tokencut_box_component_and_seed_as_the_authors():
         exact = (z == z.max()).nonzero().flatten()
         if int(exact[0]) == int(tied[0]):  # their first exact tie is the first near tie
             assert seed == case["seed"]
+
+
+def test_position_embeddings_are_interpolated_as_dino():
+    """For a grid other than the checkpoint's, our ViT adds the position embeddings that
+    DINO's interpolate_pos_encoding (the authors' ViT) computes; timm's own resampling
+    differs by up to 1e-2 there."""
+    pytest.importorskip("timm")
+    from timm.layers import resample_abs_pos_embed
+
+    from diffeig.dncut.backbone import create_vit, dino_pos_embed
+
+    fx = FIXTURES["pos_embed"]
+    vit = create_vit("vit_small_patch16").model
+    with torch.no_grad():
+        vit.pos_embed.copy_(fx["pos_embed"])
+        vit.cls_token.zero_()
+    for grid, want in zip(fx["grids"], fx["interpolated"]):
+        rows, cols = grid.tolist()
+        x = torch.zeros(1, rows, cols, vit.embed_dim)
+        with torch.no_grad():
+            got = dino_pos_embed(vit.eval(), x)  # zero tokens: the embeddings themselves
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        timm_way = resample_abs_pos_embed(fx["pos_embed"], [rows, cols], num_prefix_tokens=1)
+        assert (timm_way - want).abs().max() > 1e-4

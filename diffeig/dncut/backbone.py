@@ -48,7 +48,7 @@ class ViTKeys(nn.Module):
             raise ValueError(f"images must have sides that are multiples of {p}, got {H} x {W}")
         m = self.model
         x = m.patch_embed(images)
-        x = m._pos_embed(x)
+        x = dino_pos_embed(m, x)
         x = m.patch_drop(x)
         x = m.norm_pre(x)
         for blk in m.blocks[:-1]:
@@ -58,6 +58,30 @@ class ViTKeys(nn.Module):
         C = self.embed_dim
         keys = qkv[..., C : 2 * C][:, m.num_prefix_tokens :]
         return keys.transpose(1, 2).reshape(B, C, H // p, W // p)
+
+
+def dino_pos_embed(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class token and position embeddings as DINO's ``interpolate_pos_encoding`` (the
+    authors' ViT) adds them: for another grid than the checkpoint's, the patch embeddings
+    are resized bicubically by ``scale_factor = (rows + 0.1) / n, (cols + 0.1) / n``, not to
+    a size (timm's ``resample_abs_pos_embed`` samples other points: up to 1e-2 apart).
+    ``x`` is the patch embedding ``(B, rows, cols, C)``; models with register tokens or
+    without a position embedding for the class token keep timm's rule."""
+    if x.dim() != 4 or m.num_prefix_tokens != 1 or getattr(m, "no_embed_class", False):
+        return m._pos_embed(x)
+    B, rows, cols, C = x.shape
+    pos = m.pos_embed
+    n = int(math.sqrt(pos.shape[1] - 1))
+    patch_pos = pos[:, 1:]
+    if (rows, cols) != (n, n):
+        grid = patch_pos.reshape(1, n, n, C).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(
+            grid, scale_factor=((rows + 0.1) / n, (cols + 0.1) / n), mode="bicubic"
+        )
+        patch_pos = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, C)
+    x = torch.cat([m.cls_token.expand(B, -1, -1), x.reshape(B, rows * cols, C)], 1)
+    x = x + torch.cat([pos[:, :1], patch_pos], 1)
+    return m.pos_drop(x)
 
 
 def create_vit(arch: str) -> ViTKeys:

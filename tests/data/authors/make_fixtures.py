@@ -18,6 +18,8 @@ ours without network access:
 - ``tokencut``: TokenCut's ``ncut`` (``TokenCut/object_discovery.py``: binary graph tau 0.2,
   eps 1e-5, scipy's generalized eigh, mean split, seed, component, box) on 14 seeded
   14 x 14 feature maps, half of them with 2 x 2 blocks of identical tokens (exact ties).
+- ``pos_embed``: their (DINO's) ``VisionTransformer.interpolate_pos_encoding`` of a seeded
+  ViT-S/16 position embedding for a 10 x 15 and a 14 x 9 patch grid.
 - ``loss``: their training objective from the four aligned feature maps: ``get_eigenvectors``
   (``which_matrix='ours'``, tau 0) of each, ``eigen_loss`` of (online view 1, target
   view 2) and (online view 2, target view 1), combined as ``EIGEN.forward`` combines them
@@ -192,6 +194,20 @@ def tokencut_fixture(od):
     return cases
 
 
+def pos_embed_fixture(vits):
+    torch.manual_seed(0)
+    model = vits.vit_small(patch_size=16)
+    with torch.no_grad():
+        model.pos_embed.normal_(0, 0.02)
+    out = {"pos_embed": model.pos_embed.detach().clone(), "grids": [], "interpolated": []}
+    for rows, cols in ((10, 15), (14, 9)):
+        x = torch.zeros(1, 1 + rows * cols, model.embed_dim)
+        with torch.no_grad():
+            out["interpolated"].append(model.interpolate_pos_encoding(x, 16 * rows, 16 * cols))
+        out["grids"].append(torch.tensor([rows, cols]))
+    return out
+
+
 def main(root: str) -> None:
     root = Path(root).resolve()
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
@@ -207,7 +223,7 @@ def main(root: str) -> None:
     os.chdir(cwd)
     sys.path.insert(0, str(root / "TokenCut"))
     import object_discovery
-    from network import eigen_pred_iou
+    from network import eigen_pred_iou, vision_transformer
     from util.LARS import LARS
 
     fixtures = {
@@ -218,6 +234,7 @@ def main(root: str) -> None:
         "loss": loss_fixture(eigen_pred_iou),
         "saliency": saliency_fixture(measure),
         "tokencut": tokencut_fixture(object_discovery),
+        "pos_embed": pos_embed_fixture(vision_transformer),
     }
     torch.save(fixtures, OUT)
     print(f"wrote {OUT} (loss {fixtures['loss']['loss'].item():.10f})")

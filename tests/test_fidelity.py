@@ -213,3 +213,63 @@ def test_position_embeddings_are_interpolated_as_dino():
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
         timm_way = resample_abs_pos_embed(fx["pos_embed"], [rows, cols], num_prefix_tokens=1)
         assert (timm_way - want).abs().max() > 1e-4
+
+
+def _authors_module():
+    import importlib.util
+
+    path = Path(__file__).parent / "data/authors/make_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_whole_training_step_equals_the_authors(monkeypatch):
+    """Their EIGEN.forward and LARS step against ours, end to end, float64: the same
+    ViT-S/16 and heads (every weight a function of its name), the same two views, boxes
+    and flips; z2 signed as theirs (see above). Loss, d(loss)/d(parameters) from the keys'
+    projection down to the patch embedding, and one LARS step's new values, to 1e-6."""
+    pytest.importorskip("timm")
+    from diffeig.dncut.backbone import create_vit
+    from diffeig.dncut.model import DNCut
+    from diffeig.dncut.optim import LARS, authors_param_groups
+
+    fx, gen = FIXTURES["model"], _authors_module()
+
+    def theirs(name):
+        if name.startswith("backbone.model."):
+            return "net." + name[len("backbone.model.") :]
+        head, rest = name.split(".", 1)
+        return {"projector": "head2d_proj.mlp.", "predictor": "head2d_pred.mlp."}[head] + rest
+
+    model = DNCut(create_vit("vit_small_patch16")).double().train()
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(gen.deterministic_weights(theirs(name), tuple(p.shape)))
+    x1, x2, box1, box2, flips = gen.model_inputs()
+    batch = dict(view1=x1, view2=x2, box1=box1, box2=box2, flip1=flips[0], flip2=flips[1])
+
+    import diffeig.ncut as ncut
+
+    rule = ncut._sign
+
+    def authors_sign(Z, how):
+        s = rule(Z, how)
+        agree = torch.where((Z[..., 1] * fx["z2"]).sum(-1) < 0, -1.0, 1.0).to(Z.dtype)
+        return torch.cat([s[..., :1], agree[..., None, None]], -1)
+
+    monkeypatch.setattr(ncut, "_sign", authors_sign)
+    out = model(batch)
+    torch.testing.assert_close(out["loss"].detach(), fx["loss"], rtol=1e-6, atol=0)
+    out["loss"].backward()
+    ours = {theirs(n): p for n, p in named.items()}
+    for name, want in fx["grads"].items():
+        got = gen.sample(ours[name].grad)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want[-1] + 1e-12, msg=name)
+    opt = LARS(authors_param_groups(model, 5e-4), lr=0.1, momentum=0.9, trust_coeff=1e-3)
+    opt.step()
+    for name, want in fx["after"].items():
+        got = gen.sample(ours[name])
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want[-1], msg=name)

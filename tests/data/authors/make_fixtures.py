@@ -20,6 +20,11 @@ ours without network access:
   14 x 14 feature maps, half of them with 2 x 2 blocks of identical tokens (exact ties).
 - ``pos_embed``: their (DINO's) ``VisionTransformer.interpolate_pos_encoding`` of a seeded
   ViT-S/16 position embedding for a 10 x 15 and a 14 x 9 patch grid.
+- ``model``: their ``EIGEN.forward`` end to end (keys of a ViT-S/16 through their heads,
+  ``invaug``, eigenvectors and loss) on 24 two-view samples of 64 x 64 (4 x 4 tokens) in
+  float64, every weight set by :func:`deterministic_weights` (so the test can load the same
+  values into ours without storing 22 M of them), then one step of their LARS: the loss,
+  the gradients and updated values of a few parameters, and their z2 of each map.
 - ``loss``: their training objective from the four aligned feature maps: ``get_eigenvectors``
   (``which_matrix='ours'``, tau 0) of each, ``eigen_loss`` of (online view 1, target
   view 2) and (online view 2, target view 1), combined as ``EIGEN.forward`` combines them
@@ -208,6 +213,99 @@ def pos_embed_fixture(vits):
     return out
 
 
+def deterministic_weights(name: str, shape) -> torch.Tensor:
+    """A parameter's value from its name and shape alone (float64): norm weights near 1,
+    biases and embeddings small, weights scaled by fan-in. Used on both sides."""
+    seed = sum((i + 1) * ord(c) for i, c in enumerate(name)) % (2**31)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return 0.02 * x
+    if len(shape) == 1:  # LayerNorm / BatchNorm weights
+        return 1 + 0.1 * x
+    if leaf in ("pos_embed", "cls_token"):
+        return 0.02 * x
+    fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
+    return x / fan_in**0.5
+
+
+MODEL_PARAMS = ["net.patch_embed.proj.weight", "net.pos_embed", "net.blocks.0.attn.qkv.weight",
+                "net.blocks.11.attn.qkv.weight", "net.blocks.11.norm1.weight",
+                "net.blocks.11.attn.qkv.bias", "head2d_proj.mlp.0.weight",
+                "head2d_proj.mlp.1.weight", "head2d_pred.mlp.3.weight"]  # fmt: skip
+
+
+def sample(t: torch.Tensor, count: int = 256) -> torch.Tensor:
+    """``count`` entries of ``t`` at fixed positions (all of a small ``t``), and its norm last:
+    enough to compare a large gradient without storing it."""
+    flat = t.detach().flatten()
+    if flat.numel() > count:
+        idx = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(3))[:count]
+        flat = flat[idx.sort().values]
+    return torch.cat([flat, t.detach().norm().reshape(1)])
+
+
+def model_inputs(batch=24, size=64):
+    g = torch.Generator().manual_seed(5)
+    x1 = torch.randn(batch, 3, size, size, generator=g, dtype=torch.float64)
+    x2 = torch.randn(batch, 3, size, size, generator=g, dtype=torch.float64)
+    lo = 0.3 * torch.rand(batch, 2, generator=g, dtype=torch.float64)
+    hi = 0.7 + 0.3 * torch.rand(batch, 2, generator=g, dtype=torch.float64)
+    box1 = torch.cat([lo, hi], 1)  # x1, y1, x2, y2 in [0, 1]
+    box2 = torch.cat([1 - hi, 1 - lo], 1)
+    flips = torch.rand(2, batch, generator=g) < 0.5
+    return x1, x2, box1, box2, flips
+
+
+def model_fixture(module, vits, LARS):
+    from network.head import ProjectionHead2d
+
+    torch.manual_seed(0)
+    model = module.EIGEN.__new__(module.EIGEN)
+    torch.nn.Module.__init__(model)
+    model.net = vits.vit_small(patch_size=16)
+    model.head2d_proj = ProjectionHead2d(in_dim=384, bottleneck_dim=256, hidden_dim=384, nlayers=2)
+    model.head2d_pred = ProjectionHead2d(in_dim=256, bottleneck_dim=256, hidden_dim=384, nlayers=2)
+    model.patch_size, model.arch, model.device = 16, "vit_small", "cpu"
+    model = model.double().train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(deterministic_weights(name, tuple(p.shape)))
+    x1, x2, box1, box2, flips = model_inputs()
+    args = types.SimpleNamespace(local_rank=-1, loss_eigtype="lossall", loss_crit="BCE",
+                                 image_size=64, laplacian="ours", tau=0.0)  # fmt: skip
+    z2 = []
+    get = module.get_eigenvectors
+
+    def recording(*a, **k):
+        out = get(*a, **k)
+        z2.append(out[1][:, :, 1].detach().clone())
+        return out
+
+    module.get_eigenvectors = recording
+    try:
+        with float64_without_gpu():
+            loss = model(x1, x2, [box1, box2], [flips[0].tolist(), flips[1].tolist()], args=args,
+                         itr=1, threshold=0.5, weight=0.05)  # fmt: skip
+            loss.backward()
+    finally:
+        module.get_eigenvectors = get
+    named = dict(model.named_parameters())
+    grads = {n: sample(named[n].grad) for n in MODEL_PARAMS}
+    # their grouping and LARS, one step at lr 0.1
+    bn = [v for n, v in named.items() if "bn" in n or "bias" in n]
+    rest = [v for n, v in named.items() if not ("bn" in n or "bias" in n)]
+    opt = LARS(torch.optim.SGD([{"params": bn, "weight_decay": 0, "ignore": True},
+                                {"params": rest, "weight_decay": 5e-4, "ignore": False}],
+                               lr=0.1, momentum=0.9, weight_decay=5e-4), eps=0.0)  # fmt: skip
+    opt.step()
+    after = {n: sample(named[n].detach()) for n in MODEL_PARAMS}
+    # recorded order: online 1, target 2, target 1, online 2 -> online 1, 2, target 1, 2
+    return {"loss": loss.detach(), "grads": grads, "after": after,
+            "z2": torch.cat([z2[0], z2[3], z2[2], z2[1]])}  # fmt: skip
+
+
 def main(root: str) -> None:
     root = Path(root).resolve()
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
@@ -235,6 +333,7 @@ def main(root: str) -> None:
         "saliency": saliency_fixture(measure),
         "tokencut": tokencut_fixture(object_discovery),
         "pos_embed": pos_embed_fixture(vision_transformer),
+        "model": model_fixture(eigen_pred_iou, vision_transformer, LARS),
     }
     torch.save(fixtures, OUT)
     print(f"wrote {OUT} (loss {fixtures['loss']['loss'].item():.10f})")

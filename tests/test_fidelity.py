@@ -76,16 +76,10 @@ def test_alignment_equals_invaug():
     torch.testing.assert_close(out, fx["out"], rtol=0, atol=1e-14)
 
 
-def our_loss(maps, monkeypatch, theirs):
-    """Our objective on the four aligned maps, z2 signed as the authors' code signed it.
-
-    With ``D - W``, z2 is orthogonal to the constant vector, so its sum, which both codes'
-    "sum >= 0" rule reads, is rounding noise (|sum| < 1e-12 here): each code's sign is
-    decided by the last bits of its own eigensolver run (the two codes agree on 57 of these
-    96 graphs). The comparison takes the authors' signs, and compares everything else.
-    """
+def use_authors_signs(monkeypatch, theirs):
+    """Sign z2 of every graph of the next NCut call as the authors' ``theirs`` (z2 per
+    graph, (B, N)); the trivial vector keeps its rule."""
     import diffeig.ncut as ncut
-    from diffeig.dncut.model import DNCut, NCutOptions, ncut_masks
 
     rule = ncut._sign
 
@@ -95,6 +89,19 @@ def our_loss(maps, monkeypatch, theirs):
         return torch.cat([s[..., :1], agree[..., None, None]], -1)
 
     monkeypatch.setattr(ncut, "_sign", authors_sign)
+
+
+def our_loss(maps, monkeypatch, theirs):
+    """Our objective on the four aligned maps, z2 signed as the authors' code signed it.
+
+    With ``D - W``, z2 is orthogonal to the constant vector, so its sum, which both codes'
+    "sum >= 0" rule reads, is rounding noise (|sum| < 1e-12 here): each code's sign is
+    decided by the last bits of its own eigensolver run (the two codes agree on 57 of these
+    96 graphs). The comparison takes the authors' signs, and compares everything else.
+    """
+    from diffeig.dncut.model import DNCut, NCutOptions, ncut_masks
+
+    use_authors_signs(monkeypatch, theirs)
     model = DNCut.__new__(DNCut)
     torch.nn.Module.__init__(model)
     model.alpha, model.iou_threshold, model.min_kept, model.threshold_step = 0.05, 0.5, 20, 0.05
@@ -251,16 +258,7 @@ def test_whole_training_step_equals_the_authors(monkeypatch):
     x1, x2, box1, box2, flips = gen.model_inputs()
     batch = dict(view1=x1, view2=x2, box1=box1, box2=box2, flip1=flips[0], flip2=flips[1])
 
-    import diffeig.ncut as ncut
-
-    rule = ncut._sign
-
-    def authors_sign(Z, how):
-        s = rule(Z, how)
-        agree = torch.where((Z[..., 1] * fx["z2"]).sum(-1) < 0, -1.0, 1.0).to(Z.dtype)
-        return torch.cat([s[..., :1], agree[..., None, None]], -1)
-
-    monkeypatch.setattr(ncut, "_sign", authors_sign)
+    use_authors_signs(monkeypatch, fx["z2"])
     out = model(batch)
     torch.testing.assert_close(out["loss"].detach(), fx["loss"], rtol=1e-6, atol=0)
     out["loss"].backward()

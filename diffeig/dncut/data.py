@@ -145,6 +145,11 @@ class ImageSource:
 # ----------------------------------------------------------------------------- two views
 
 
+def _uniform(gen: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    """One draw of U(lo, hi) from ``gen``."""
+    return lo + (hi - lo) * torch.rand(1, generator=gen).item()
+
+
 def sample_crop(width, height, scale, ratio, gen: torch.Generator, constraint=None, fraction=0.0):
     """torchvision's RandomResizedCrop box ``(left, top, w, h)``, drawn from ``gen``.
 
@@ -154,10 +159,8 @@ def sample_crop(width, height, scale, ratio, gen: torch.Generator, constraint=No
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
-        aspect = math.exp(
-            log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=gen).item()
-        )
+        target = area * _uniform(gen, *scale)
+        aspect = math.exp(_uniform(gen, *log_ratio))
         w = int(round(math.sqrt(target * aspect)))
         h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
@@ -300,11 +303,8 @@ def jitter_factors(gen: torch.Generator) -> list[float]:
     """Brightness, contrast, saturation and hue factors of the authors' colour jitter
     (``ColorJitter(0.8, 0.8, 0.8, 0.2)``): the first three in [0.2, 1.8], hue in
     [-0.2, 0.2]."""
-
-    def u(lo, hi):
-        return lo + (hi - lo) * torch.rand(1, generator=gen).item()
-
-    return [u(0.2, 1.8), u(0.2, 1.8), u(0.2, 1.8), u(-0.2, 0.2)]
+    return [_uniform(gen, 0.2, 1.8), _uniform(gen, 0.2, 1.8), _uniform(gen, 0.2, 1.8),
+            _uniform(gen, -0.2, 0.2)]  # fmt: skip
 
 
 def augment(v: torch.Tensor, gen: torch.Generator, *, second: bool) -> torch.Tensor:
@@ -315,7 +315,7 @@ def augment(v: torch.Tensor, gen: torch.Generator, *, second: bool) -> torch.Ten
     from torchvision.transforms import functional as TF
 
     def u(lo=0.0, hi=1.0):
-        return lo + (hi - lo) * torch.rand(1, generator=gen).item()
+        return _uniform(gen, lo, hi)
 
     if u() < 0.8:
         order = torch.randperm(4, generator=gen).tolist()

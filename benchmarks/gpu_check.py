@@ -54,11 +54,12 @@ cases = {
     "ncut_grad_assemble": (r(3, 7, 2), r(3, 7, 2), r(3, 7).abs(), r(3, 7)),
     "ncut_backward": (V, l, W.sum(-1), r(3, 7, 2), r(3, 2), True, 1e-12, 0.0),
     "symmetry_stats": (W,),
+    "sym_matmul": (W, r(2, 7, 3), torch.tensor([2, 0], device=dev)),
     "cg_step": (r(3, 7, 2), r(3, 7, 2), r(3, 7, 2), r(3, 7, 2), r(3, 2).abs(),
                 torch.zeros(3, 2, **d), torch.ones(3, 2, dtype=torch.bool, device=dev)),
 }
 for name, args in cases.items():
-    if name in ("ncut_backward", "symmetry_stats") and dev.type != "cpu":
+    if name in ("ncut_backward", "symmetry_stats", "sym_matmul") and dev.type != "cpu":
         continue  # a CPU-only kernel: elsewhere it runs as ATen products around the others
     torch.library.opcheck(getattr(torch.ops.diffeig, name).default, args)
     print("opcheck", name, "on", dev, "ok", flush=True)

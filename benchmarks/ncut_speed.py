@@ -15,7 +15,8 @@ round-robin in this run; medians. Before timing, the two answers are compared
 ``--profile`` also breaks the LOBPCG forward and backward down with torch.profiler
 (products with W, the small eighs of Rayleigh-Ritz, Gram and basis products, copies,
 other ops, and the rest: Python and dispatch), counts the products with W per graph, and
-prints the floor: those products' bytes of W (and, for the backward, writing dL/dW once)
+prints the floor: those products' bytes of W (its lower triangle, all a product with a
+symmetric matrix needs; and, for the backward, writing dL/dW once)
 at the bandwidth of a large copy measured in the same run.
 """
 
@@ -81,6 +82,8 @@ CATEGORIES = ("products with W", "Rayleigh-Ritz eighs", "Gram and basis products
 
 
 def classify(name: str, shapes, n: int) -> str:
+    if name == "diffeig::sym_matmul":
+        return "products with W"
     if name in ("aten::bmm", "aten::mm", "aten::matmul") and shapes and shapes[0][-2:] == [n, n]:
         return "products with W"
     if "eigh" in name:
@@ -120,7 +123,9 @@ def profile(W, wall, bandwidth):
             cat = classify(e.key, shapes, n)
             parts[cat] += e.self_cpu_time_total / 1e6
             if cat == "products with W" and e.key != "aten::matmul":
-                batch = shapes[0][0] if len(shapes[0]) == 3 else 1
+                # sym_matmul(W, Y, index): Y's batch is the number of graphs multiplied
+                batch = shapes[1 if e.key == "diffeig::sym_matmul" else 0]
+                batch = batch[0] if len(batch) == 3 else 1
                 graphs += batch * e.count
                 calls += e.count
             if e.key == "aten::_local_scalar_dense":
@@ -130,7 +135,8 @@ def profile(W, wall, bandwidth):
         parts["Python, dispatch and the rest"] = max(0.0, profiled - sum(parts.values()))
         measured = wall[phase]
         parts = {k: v / profiled * measured for k, v in parts.items()}
-        floor = graphs * n * n * W.element_size() / (bandwidth * 1e9)
+        # A product with symmetric W needs its lower triangle: N (N + 1) / 2 entries.
+        floor = graphs * n * (n + 1) / 2 * W.element_size() / (bandwidth * 1e9)
         if phase == "backward":  # and dL/dW, written once
             floor += W.numel() * W.element_size() / (bandwidth * 1e9)
         out[phase] = {

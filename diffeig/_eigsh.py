@@ -8,6 +8,7 @@ from diffeig._eigh import _check_square, _torch_eigh, gap_tolerances
 from diffeig._lobpcg import (
     BatchedOperator,
     LobpcgInfo,
+    Symmetric,
     _matmul,
     default_tol,
     lobpcg,
@@ -105,9 +106,20 @@ def default_block(k: int, n: int) -> int:
     return min(n, k + max(k, 4))
 
 
-def initial_block(shape, dtype, device, seed: int = 0):
+def initial_block(shape, dtype, device, seed: int = 0, start=None, constraints=None):
+    """Random ``(*, N, m)`` columns (seeded: the same start every call), the first ones
+    replaced by ``start`` ``(*, N, s)`` where its part orthogonal to ``constraints`` is not
+    negligible (a start that lies in the deflated space would bring it back in)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=dtype).to(device)
+    X = torch.randn(shape, generator=g, dtype=dtype).to(device)
+    if start is not None:
+        s = start.to(dtype).expand(*shape[:-1], start.shape[-1])
+        sp = s if constraints is None else s - constraints @ (constraints.mT @ s)
+        norm = sp.norm(dim=-2, keepdim=True)
+        ok = norm > torch.finfo(dtype).eps ** 0.5 * s.norm(dim=-2, keepdim=True)
+        r = s.shape[-1]
+        X[..., :r] = torch.where(ok, sp / torch.where(ok, norm, 1) * shape[-2] ** 0.5, X[..., :r])
+    return X
 
 
 def run_lobpcg(
@@ -122,10 +134,14 @@ def run_lobpcg(
     scale=None,
     preconditioner=None,
     like=None,
+    start=None,
+    block=None,
 ):
     """LOBPCG on ``A``: a dense ``(*, N, N)`` tensor (dense eigh instead when the block
     would not be small), or a function ``Y -> A @ Y`` with ``like`` a ``(*, N)`` tensor
-    giving the batch shape, dtype and device (then ``scale`` is required)."""
+    giving the batch shape, dtype and device (then ``scale`` is required). ``start``:
+    ``(*, N, s)`` guesses of the wanted vectors, the first columns of the initial block;
+    ``block``: the block size (default :func:`default_block`)."""
     dense = not callable(A)
     like = A[..., 0] if dense else like
     n = like.shape[-1]
@@ -138,17 +154,21 @@ def run_lobpcg(
         theta, X = like.new_zeros(*like.shape[:-1], k), like.new_zeros(*like.shape, k)
         return theta, X, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
     r = 0 if constraints is None else constraints.shape[-1]
-    m = default_block(k, n - r)
+    m = default_block(k, n - r) if block is None else min(block, n - r)
     if n - r <= DENSE_BELOW * m:
         # The iteration would cost about as much as a dense solve, and Rayleigh-Ritz on a
         # basis that nearly spans the space is fragile (a 26 x 26 matrix diverged).
         lam, V = _dense_pairs(_materialize(A, like), k, largest, constraints)
         return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
-    X0 = initial_block((*like.shape, m), like.dtype, like.device)
+    if start is not None:
+        start = start[..., : m - 1]  # at least one random column
+    X0 = initial_block(
+        (*like.shape, m), like.dtype, like.device, start=start, constraints=constraints
+    )
     if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
         scale = spectral_bound(A)
     theta, X, info = lobpcg(
-        BatchedOperator(_matmul, A, batch_shape=A.shape[:-2]) if dense else A,
+        BatchedOperator(_matmul, Symmetric(A), batch_shape=A.shape[:-2]) if dense else A,
         X0,
         k,
         largest=largest,

@@ -21,6 +21,7 @@ from diffeig import _ops, _reference
 
 __all__ = [
     "BatchedOperator",
+    "Symmetric",
     "LobpcgInfo",
     "default_tol",
     "lobpcg",
@@ -36,10 +37,10 @@ class BatchedOperator:
 
     Every tensor in ``data`` has the batch's leading dimensions ``batch_shape`` (or
     broadcasts to them); an entry may also be another :class:`BatchedOperator` (an
-    operator built on one) or ``None``. :meth:`restrict` indexes them all, so the
-    iterative solvers can drop matrices that converged and stop paying for their
-    products: a batch costs the sum of its matrices' iterations, not its slowest
-    matrix's iterations times its size.
+    operator built on one), a :class:`Symmetric` batch of matrices, or ``None``.
+    :meth:`restrict` indexes them all, so the iterative solvers can drop matrices that
+    converged and stop paying for their products: a batch costs the sum of its matrices'
+    iterations, not its slowest matrix's iterations times its size.
     """
 
     def __init__(self, fn, *data, batch_shape):
@@ -50,47 +51,53 @@ class BatchedOperator:
 
     def restrict(self, index: torch.Tensor | None = None) -> BatchedOperator:
         """The same operators with the batch flattened to one dimension and, given a 1-D
-        ``index`` into it, only those matrices. Small data are indexed (copied); a large
-        matrix per batch entry (``LAZY_BYTES`` or more, e.g. W at N >= 362 in float64) is
-        not copied: products ``M @ Y`` run on views of the selected matrices."""
+        ``index`` into it, only those matrices. Tensors are indexed (copied: they are
+        small); a :class:`Symmetric` batch is not copied, only its index changes."""
         nb = len(self.batch_shape)
 
         def take(t):
             if t is None:
                 return None
-            if isinstance(t, (BatchedOperator, _Selected)):
+            if isinstance(t, (BatchedOperator, Symmetric)):
                 return t.restrict(index)
             t = t.expand(*self.batch_shape, *t.shape[nb:])
             t = t.reshape(-1, *t.shape[nb:])
-            if index is None:
-                return t
-            square = t.dim() == 3 and t.shape[-1] == t.shape[-2] > 1
-            if square and t[0].numel() * t.element_size() >= LAZY_BYTES:
-                return _Selected(t, index)
-            return t.index_select(0, index)
+            return t if index is None else t.index_select(0, index)
 
         size = math.prod(self.batch_shape) if index is None else index.numel()
         return BatchedOperator(self.fn, *(take(t) for t in self.data), batch_shape=(size,))
 
 
-# Square matrices of at least this many bytes each are not copied when a working set
-# shrinks.
-LAZY_BYTES = 1 << 20
+class Symmetric:
+    """A batch of symmetric matrices ``(*, N, N)`` for products ``S @ Y``, ``Y (*, N, m)``.
 
+    Products go through ``diffeig::sym_matmul``: on CPU it reads each matrix's lower
+    triangle only (half of its bytes; the solvers' products are bandwidth-bound), and
+    after :meth:`restrict` it multiplies the selected matrices in place, never copying
+    them. The matrices must be symmetric (the callers check it): the upper triangle is
+    not read, as in ``torch.linalg.eigh``.
+    """
 
-class _Selected:
-    """Some matrices of a batch ``(B, N, M)``, without copying them: ``S @ Y`` multiplies
-    each selected matrix by its block of ``Y`` (``(b, M, m)``) through a view."""
+    def __init__(self, A: torch.Tensor, index: torch.Tensor | None = None, batch_shape=None):
+        self.batch_shape = tuple(A.shape[:-2]) if batch_shape is None else batch_shape
+        self.base = A.reshape(-1, *A.shape[-2:]).contiguous()
+        self.index = index
 
-    def __init__(self, base: torch.Tensor, index: torch.Tensor):
-        self.base, self.index = base, index
-        self.rows = index.tolist()
+    def restrict(self, index: torch.Tensor | None = None) -> Symmetric:
+        """Matrices ``index`` (1-D, into the flattened batch, or into the current
+        selection once restricted) with a flat batch."""
+        if index is None:
+            return Symmetric(
+                self.base,
+                self.index,
+                (self.base.shape[0] if self.index is None else self.index.numel(),),
+            )
+        index = index if self.index is None else self.index[index]
+        return Symmetric(self.base, index, (index.numel(),))
 
-    def restrict(self, index):
-        return self if index is None else _Selected(self.base, self.index[index])
-
-    def __matmul__(self, Y):
-        return torch.stack([self.base[i] @ Y[j] for j, i in enumerate(self.rows)])
+    def __matmul__(self, Y: torch.Tensor) -> torch.Tensor:
+        out = _ops.sym_matmul(self.base, Y.reshape(-1, *Y.shape[-2:]), self.index)
+        return out.reshape(Y.shape)
 
 
 def _restrictable(*ops) -> bool:
@@ -98,7 +105,10 @@ def _restrictable(*ops) -> bool:
 
 
 # A working set is compacted when at most this share of its matrices is still iterating.
-COMPACT_BELOW = 0.5
+# Compacting is cheap (the matrices themselves are never copied: Symmetric batches only
+# change their index), so it happens as soon as a twentieth of them converged: at 0.5 the
+# recipe's batches paid 8 - 12 % more time (benchmarks/README.md).
+COMPACT_BELOW = 0.95
 
 
 @dataclass
@@ -502,7 +512,7 @@ def partial_eigh_factor(
         X64 = torch.linalg.qr(X.to(wide)).Q
 
         if not callable(A):
-            A = BatchedOperator(_matmul, A, batch_shape=A.shape[:-2])
+            A = BatchedOperator(_matmul, Symmetric(A), batch_shape=A.shape[:-2])
         dtype = X.dtype
         # Isolated nodes (zero diagonal) keep a unit scale: their rows of A - l are -l
         # there, and 1 / sqrt(0) would blow the system up.
@@ -518,6 +528,20 @@ def partial_eigh_factor(
             Y = s * _project(AY - Y * th.unsqueeze(-2), Q)
             return Y if sc is None else sc * Y
 
+        g64 = grad_X.to(wide)
+        rhs = s * _project(g64, X64)
+        rhs = rhs if sc is None else sc * rhs
+        # Tolerance relative to the cotangent itself: when g_j lies in span(X) the
+        # projected right-hand side is rounding noise, and there is nothing to solve.
+        ref = (g64 if sc is None else sc * g64).norm(dim=-2, keepdim=True)
+        # Only the columns with something to solve in some matrix enter the solves (a
+        # loss on z2 alone leaves the trivial pair's column empty): the products with A
+        # get narrower.
+        need = (rhs.norm(dim=-2, keepdim=True) > cg_tol * ref).reshape(-1, X.shape[-1]).any(0)
+        cols = None if bool(need.all()) else need.nonzero().squeeze(-1)
+        if cols is not None:
+            rhs, ref, th64 = rhs[..., cols], ref[..., cols], th64[..., cols]
+
         if isinstance(A, BatchedOperator):
             op = BatchedOperator(shifted, A, th64, X64, sc, batch_shape=X.shape[:-2])
         else:  # a plain function: no restriction to the unconverged matrices
@@ -525,20 +549,11 @@ def partial_eigh_factor(
             def op(Y):
                 return shifted(Y, A, th64, X64, sc)
 
-        g64 = grad_X.to(wide)
-        rhs = s * _project(g64, X64)
-        # Tolerance relative to the cotangent itself: when g_j lies in span(X) the
-        # projected right-hand side is rounding noise, and there is nothing to solve.
-        ref = g64 if sc is None else sc * g64
-        Y, it, rel = batched_cg(
-            op,
-            rhs if sc is None else sc * rhs,
-            tol=cg_tol,
-            max_iter=cg_max_iter,
-            ref_norm=ref.norm(dim=-2, keepdim=True),
-        )
+        Y, it, rel = batched_cg(op, rhs, tol=cg_tol, max_iter=cg_max_iter, ref_norm=ref)
         if sc is not None:
             Y = _project(sc * Y, X64)
+        if cols is not None:
+            Y = torch.zeros_like(g64).index_copy_(-1, cols, Y)
         if not rel <= cg_tol:
             report_failure(
                 f"the backward's conjugate-gradient solves stopped after {it} iterations at a "

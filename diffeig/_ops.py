@@ -21,6 +21,7 @@ __all__ = [
     "ncut_backward",
     "cg_step",
     "symmetry_stats",
+    "sym_matmul",
 ]
 
 
@@ -55,6 +56,16 @@ def symmetry_stats(W):
         return torch.ops.diffeig.symmetry_stats(W)
     # Elsewhere (CUDA) ATen reductions (one read for min / max, tiles for the asymmetry).
     return _reference.symmetry_stats(W)
+
+
+def sym_matmul(W, Y, index=None):
+    """``W[index] @ Y`` for a batch of symmetric ``W`` ``(B, n, n)``, ``Y`` ``(b, n, m)``
+    (``index`` ``(b,)``, or ``None`` for ``b = B``) without copying the selected matrices.
+    On CPU the native kernel reads W's lower triangle only, half of its bytes."""
+    if _extension.native_for(W.device) and W.device.type == "cpu":
+        return torch.ops.diffeig.sym_matmul(W, Y, index)
+    # Elsewhere (CUDA) a batched matmul of the selected matrices.
+    return _reference.sym_matmul(W, Y, index)
 
 
 def ncut_grad_assemble(P, V, scale, diag_term):
@@ -118,6 +129,13 @@ def _fake_laplacian(W, normalized):
 def _fake_symmetry_stats(W):
     torch._check(W.dim() >= 2 and W.shape[-1] == W.shape[-2], lambda: "W must be (*, n, n)")
     return W.new_empty(3, dtype=torch.float64)
+
+
+def _fake_sym_matmul(W, Y, index=None):
+    _check_devices("sym_matmul", W=W, Y=Y, index=index)
+    torch._check(W.dim() == 3 and W.shape[-1] == W.shape[-2], lambda: "W must be (B, n, n)")
+    torch._check(Y.dim() == 3 and Y.shape[1] == W.shape[-1], lambda: "Y must be (b, n, m)")
+    return Y.new_empty(Y.shape)
 
 
 def _fake_assemble(P, V, scale, diag_term):
@@ -238,6 +256,7 @@ def _register() -> None:
     torch.library.register_fake("diffeig::eigh_backward_core")(_fake_core)
     torch.library.register_fake("diffeig::laplacian")(_fake_laplacian)
     torch.library.register_fake("diffeig::symmetry_stats")(_fake_symmetry_stats)
+    torch.library.register_fake("diffeig::sym_matmul")(_fake_sym_matmul)
     torch.library.register_fake("diffeig::ncut_grad_assemble")(_fake_assemble)
     torch.library.register_fake("diffeig::ncut_backward")(_fake_ncut_backward)
     torch.library.register_fake("diffeig::cg_step")(_fake_cg_step)

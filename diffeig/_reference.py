@@ -19,6 +19,7 @@ __all__ = [
     "ncut_grad_assemble",
     "ncut_backward",
     "cg_step",
+    "sym_matmul",
 ]
 
 
@@ -223,3 +224,21 @@ def symmetry_stats(W: torch.Tensor) -> torch.Tensor:
     else:
         asym = max_asymmetry(W)
     return torch.tensor([lo.item(), hi.item(), asym], dtype=torch.float64, device=W.device)
+
+
+def sym_matmul(W: torch.Tensor, Y: torch.Tensor, index: torch.Tensor | None = None):
+    """Reference of ``diffeig::sym_matmul``: ``W[index] @ Y`` (``W[b] @ Y[b]`` without an
+    index), one product per selected matrix, so that the selection is never copied."""
+    if W.dim() != 3 or W.shape[-1] != W.shape[-2]:
+        raise ValueError(f"W must be a batch of square matrices (B, n, n), got {tuple(W.shape)}")
+    if Y.dim() != 3 or Y.shape[1] != W.shape[-1]:
+        raise ValueError(f"Y must have shape (b, {W.shape[-1]}, m), got {tuple(Y.shape)}")
+    if index is None:
+        if Y.shape[0] != W.shape[0]:
+            raise ValueError(f"Y must have W's batch size {W.shape[0]}, got {Y.shape[0]}")
+        return W @ Y
+    if index.shape != (Y.shape[0],):
+        raise ValueError(f"index must have shape ({Y.shape[0]},), got {tuple(index.shape)}")
+    if W[0].numel() * W.element_size() < 1 << 20:  # small matrices: one batched product
+        return W.index_select(0, index) @ Y
+    return torch.stack([W[i] @ y for i, y in zip(index.tolist(), Y)]) if len(Y) else Y.clone()

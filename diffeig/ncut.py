@@ -288,6 +288,13 @@ def _scale_rows(R, s):
     return R * s
 
 
+# LOBPCG's block for the NCut by the number of pairs it iterates on (others: the default,
+# diffeig._eigsh.default_block). With the one Fiedler pair of k = 2, one guard vector
+# (block 2) beats the default five: each iteration costs half as much and takes 9.6 instead
+# of 8.7 iterations per graph (N = 196, batch 256; N = 784: 11.1 and 9.8, random starts).
+NCUT_BLOCK = {1: 2}
+
+
 def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
@@ -323,6 +330,11 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
             scale=scale,
             preconditioner=precond,
             like=d,
+            # The degrees start the search: on graphs with clusters of unequal size they
+            # differ between the clusters, as z2 does (iterations per graph on the
+            # recipe's graphs: 11.1 -> 7.9 at N = 784).
+            start=d.unsqueeze(-1),
+            block=NCUT_BLOCK.get(k - 1),
         )
         lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
         U = torch.cat([u1, X], -1)
@@ -381,7 +393,7 @@ def laplacian_operator(W, d: torch.Tensor, normalized: bool):
     without forming ``L``: one product with W per application. For a tensor W it is a
     :class:`diffeig._lobpcg.BatchedOperator`, which the solvers restrict to the matrices
     still iterating."""
-    from diffeig._lobpcg import BatchedOperator
+    from diffeig._lobpcg import BatchedOperator, Symmetric
 
     if normalized:
         fn, vec = _normalized_laplacian, d.rsqrt().unsqueeze(-1)
@@ -389,7 +401,7 @@ def laplacian_operator(W, d: torch.Tensor, normalized: bool):
         fn, vec = _unnormalized_laplacian, d.unsqueeze(-1)
     if callable(W):
         return lambda X: fn(X, W, vec)
-    return BatchedOperator(fn, W, vec, batch_shape=d.shape[:-1])
+    return BatchedOperator(fn, Symmetric(W), vec, batch_shape=d.shape[:-1])
 
 
 class _NCutLobpcg(torch.autograd.Function):

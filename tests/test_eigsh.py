@@ -157,7 +157,10 @@ def test_ncut_lobpcg_matches_dense_float64(laplacian, k, backend):
     (l1, z1, g1), (l2, z2, g2) = out["dense"], out["lobpcg"]
     torch.testing.assert_close(l2, l1, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(z2, z1, rtol=1e-7, atol=1e-8)  # same sign rule
-    torch.testing.assert_close(g2, g1, rtol=1e-8, atol=max(1e-8 * g1.abs().max().item(), 1e-12))
+    # LOBPCG stops at a residual of 1e-9 (of |L|), the CG solves at 1e-9 of the cotangent:
+    # the gradient's error is that over the gaps to the next eigenvalues (1e-9 - 2e-8 of
+    # max |dL/dW| on these graphs, depending on where the iterations happened to stop).
+    torch.testing.assert_close(g2, g1, rtol=0, atol=max(3e-8 * g1.abs().max().item(), 1e-12))
 
 
 @pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])

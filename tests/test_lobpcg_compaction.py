@@ -14,7 +14,7 @@ from test_eigsh import spectrum_matrix
 
 import diffeig
 import diffeig._lobpcg
-from diffeig._lobpcg import BatchedOperator, batched_cg, lobpcg, partial_eigh_factor
+from diffeig._lobpcg import BatchedOperator, Symmetric, batched_cg, lobpcg, partial_eigh_factor
 
 
 def mixed_batch(n=60, batch=(2, 3)):
@@ -42,16 +42,17 @@ class Counting(BatchedOperator):
         return Counting(sub.data[0], self.counter, sub.batch_shape)
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-def test_lobpcg_compaction_gives_the_uncompacted_answer_for_less_work(lazy, monkeypatch):
-    # lazy: the working set's matrices are views of the batch (large W), else copies
-    monkeypatch.setattr(diffeig._lobpcg, "LAZY_BYTES", 0 if lazy else 1 << 40)
+@pytest.mark.parametrize("sym", [False, True])
+def test_lobpcg_compaction_gives_the_uncompacted_answer_for_less_work(sym):
+    # sym: the matrices as a Symmetric batch (never copied, diffeig::sym_matmul on the
+    # selection), else a tensor indexed (copied) at each compaction
     A = mixed_batch()
     X0 = torch.randn(*A.shape[:-1], 6, dtype=A.dtype, generator=torch.Generator().manual_seed(0))
     scale = A.abs().sum(-1).amax(-1)
     products = []
-    t1, X1, i1 = lobpcg(Counting(A, products, A.shape[:-2]), X0, 2, scale=scale)
-    t0, X0_, i0 = lobpcg(lambda Y: A @ Y, X0, 2, scale=scale)  # not restrictable
+    data = Symmetric(A) if sym else A
+    t1, X1, i1 = lobpcg(Counting(data, products, A.shape[:-2]), X0, 2, scale=scale)
+    t0, X0_, i0 = lobpcg(lambda Y: data @ Y, X0, 2, scale=scale)  # not restrictable
     assert i0.converged and i1.converged
     assert torch.equal(i1.matrix_iterations, i0.matrix_iterations)
     assert i1.matrix_iterations.shape == A.shape[:-2]
@@ -64,25 +65,23 @@ def test_lobpcg_compaction_gives_the_uncompacted_answer_for_less_work(lazy, monk
     assert min(products) < 6
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-def test_batched_cg_compaction_matches(lazy, monkeypatch):
-    monkeypatch.setattr(diffeig._lobpcg, "LAZY_BYTES", 0 if lazy else 1 << 40)
+@pytest.mark.parametrize("sym", [False, True])
+def test_batched_cg_compaction_matches(sym):
     A = mixed_batch() + 0.5 * torch.eye(60, dtype=torch.float64)  # SPD, condition numbers vary
     A[0, 0] = A[0, 0] + torch.diag(torch.logspace(0, 3, 60, dtype=torch.float64))
     rhs = torch.randn(2, 3, 60, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     products = []
-    Y1, it1, rel1 = batched_cg(Counting(A, products, (2, 3)), rhs, tol=1e-10, max_iter=500)
-    Y0, it0, rel0 = batched_cg(lambda Y: A @ Y, rhs, tol=1e-10, max_iter=500)
+    data = Symmetric(A) if sym else A
+    Y1, it1, rel1 = batched_cg(Counting(data, products, (2, 3)), rhs, tol=1e-10, max_iter=500)
+    Y0, it0, rel0 = batched_cg(lambda Y: data @ Y, rhs, tol=1e-10, max_iter=500)
     assert it1 == it0 and rel1 <= 1e-10 and rel0 <= 1e-10
     torch.testing.assert_close(Y1, Y0, rtol=1e-9, atol=0)
     torch.testing.assert_close(A @ Y1, rhs, rtol=1e-8, atol=1e-8)
     assert sum(products) < 6 * len(products)
 
 
-@pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
-def test_ncut_lobpcg_batch_equals_one_by_one(laplacian, lazy, monkeypatch):
-    monkeypatch.setattr(diffeig._lobpcg, "LAZY_BYTES", 0 if lazy else 1 << 40)
+def test_ncut_lobpcg_batch_equals_one_by_one(laplacian):
     """Through the public function: each graph of a batch gets the answer (and gradient)
     it gets alone, to the solver's tolerance, while the batch compacts."""
     g = torch.Generator().manual_seed(4)

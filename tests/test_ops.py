@@ -146,8 +146,57 @@ def test_symmetry_stats_native_equals_reference(dtype):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sym_matmul_native_equals_reference(dtype):
+    g = torch.Generator().manual_seed(0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+
+    def close(got, want):  # to rounding, relative to the product's scale
+        scale = tol * want.abs().max().item() if want.numel() else 0.0
+        torch.testing.assert_close(got, want, rtol=tol, atol=scale)
+
+    # n = 1, below the kernel's 4-row block, not a multiple of it, and larger; m = 1 .. 6
+    for B, n, m in [(1, 1, 1), (2, 3, 2), (3, 7, 1), (2, 130, 5), (4, 64, 6)]:
+        A = torch.rand(B, n, n, generator=g, dtype=dtype)
+        W = A + A.mT  # exactly symmetric
+        Y = torch.randn(B, n, m, generator=g, dtype=dtype)
+        want = W @ Y
+        got = torch.ops.diffeig.sym_matmul(W, Y)
+        assert got.shape == (B, n, m) and got.dtype == dtype
+        close(got, want)
+        close(got, _reference.sym_matmul(W, Y))
+        # a selection: repeated, reordered, a subset; Y has the selection's batch
+        index = torch.tensor([B - 1, 0, B - 1])
+        Ys = torch.randn(3, n, m, generator=g, dtype=dtype)
+        want = W[index] @ Ys
+        got = torch.ops.diffeig.sym_matmul(W, Ys, index)
+        close(got, want)
+        close(_reference.sym_matmul(W, Ys, index), want)
+    empty = torch.ops.diffeig.sym_matmul(W, Y[:0], torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0, *Y.shape[1:])
+
+
+@needs_ext
+def test_sym_matmul_reads_the_lower_triangle_only():
+    """As torch.linalg.eigh: the strict upper triangle is never read (NaN there stays out)."""
+    g = torch.Generator().manual_seed(1)
+    L = torch.rand(2, 9, 9, generator=g, dtype=torch.float64).tril()
+    W = L + L.tril(-1).mT  # the symmetric matrix of L's lower triangle
+    Y = torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    poisoned = L + torch.full_like(L, float("nan")).triu(1)
+    assert_close(torch.ops.diffeig.sym_matmul(poisoned, Y), W @ Y)
+
+
+@needs_ext
 def test_opcheck():
     torch.library.opcheck(torch.ops.diffeig.symmetry_stats.default, (torch.rand(3, 7, 7),))
+    W = torch.rand(3, 7, 7, dtype=torch.float64)
+    W = W + W.mT
+    torch.library.opcheck(torch.ops.diffeig.sym_matmul.default, (W, torch.rand(3, 7, 2).double()))
+    torch.library.opcheck(
+        torch.ops.diffeig.sym_matmul.default,
+        (W, torch.rand(2, 7, 3).double(), torch.tensor([2, 0])),
+    )
     for args in core_samples(requires_grad=True):
         torch.library.opcheck(torch.ops.diffeig.eigh_backward_core.default, args)
     for args in laplacian_samples():
@@ -229,6 +278,42 @@ def test_core_vmap_rule():
         ),
         (lambda: torch.ops.diffeig.symmetry_stats(torch.ones(3, 4)), "W must be a batch of square"),
         (lambda: torch.ops.diffeig.symmetry_stats(torch.ones(0, 3, 3)), "W must not be empty"),
+        (
+            lambda: torch.ops.diffeig.sym_matmul(torch.ones(2, 3, 4), torch.ones(2, 3, 1)),
+            "W must be a batch of square",
+        ),
+        (
+            lambda: torch.ops.diffeig.sym_matmul(torch.ones(2, 3, 3), torch.ones(2, 4, 1)),
+            "Y must have n = 3 rows",
+        ),
+        (
+            lambda: torch.ops.diffeig.sym_matmul(torch.ones(2, 3, 3), torch.ones(3, 3, 1)),
+            "Y must have W's batch size 2 when index is None",
+        ),
+        (
+            lambda: torch.ops.diffeig.sym_matmul(
+                torch.ones(2, 3, 3), torch.ones(2, 3, 1, dtype=torch.float64)
+            ),
+            "Y must be Float as W",
+        ),
+        (
+            lambda: torch.ops.diffeig.sym_matmul(
+                torch.ones(2, 3, 3), torch.ones(1, 3, 1), torch.tensor([2])
+            ),
+            r"index must lie in \[0, 2\)",
+        ),
+        (
+            lambda: torch.ops.diffeig.sym_matmul(
+                torch.ones(2, 3, 3), torch.ones(1, 3, 1), torch.tensor([0, 1])
+            ),
+            r"index must have shape \(b,\) with b = 1",
+        ),
+        (
+            lambda: torch.ops.diffeig.sym_matmul(
+                torch.ones(2, 3, 3), torch.ones(1, 3, 1), torch.tensor([0], dtype=torch.int32)
+            ),
+            "index must be int64",
+        ),
         (
             lambda: torch.ops.diffeig.ncut_grad_assemble(
                 torch.ones(3, 2), torch.ones(3, 1), torch.ones(3), torch.ones(3)

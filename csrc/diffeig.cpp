@@ -35,9 +35,10 @@ TORCH_LIBRARY(diffeig, m) {
   // (CPU kernel; elsewhere the same numbers from ATen reductions).
   m.def("symmetry_stats(Tensor W) -> Tensor");
   // out[b] = W[index[b]] @ Y[b] (index None: W[b] @ Y[b]) for symmetric W (B, n, n) and
-  // Y (b, n, m): the iterative solvers' products. The CPU kernel reads W's lower
-  // triangle only (as torch.linalg.eigh does), half of W's bytes; elsewhere a batched
-  // matmul of the selected matrices. The same numbers for symmetric W.
+  // Y (b, n, m): the iterative solvers' products. From n = 512 on the CPU kernel reads
+  // W's lower triangle only (as torch.linalg.eigh does), half of W's bytes, and whole rows
+  // below; elsewhere a batched matmul of the selected matrices. The same numbers for
+  // symmetric W.
   m.def("sym_matmul(Tensor W, Tensor Y, Tensor? index=None) -> Tensor");
   // out[i, j] = -scale[i] scale[j] (P[i] . V[j] + P[j] . V[i]) / 2 + (diag_term[i] + diag_term[j]) / 2:
   // the gradient of an NCut affinity assembled from rank-k factors, written once.

@@ -71,11 +71,11 @@ class BatchedOperator:
 class Symmetric:
     """A batch of symmetric matrices ``(*, N, N)`` for products ``S @ Y``, ``Y (*, N, m)``.
 
-    Products go through ``diffeig::sym_matmul``: on CPU it reads each matrix's lower
-    triangle only (half of its bytes; the solvers' products are bandwidth-bound), and
-    after :meth:`restrict` it multiplies the selected matrices in place, never copying
-    them. The matrices must be symmetric (the callers check it): the upper triangle is
-    not read, as in ``torch.linalg.eigh``.
+    Products go through ``diffeig::sym_matmul``: on CPU from N = 512 on it reads each
+    matrix's lower triangle only (half of its bytes; the solvers' products are
+    bandwidth-bound), and after :meth:`restrict` it multiplies the selected matrices in
+    place, never copying them. The matrices must be symmetric (the callers check it): from
+    N = 512 on the upper triangle is not read, as in ``torch.linalg.eigh``.
     """
 
     def __init__(self, A: torch.Tensor, index: torch.Tensor | None = None, batch_shape=None):
@@ -162,7 +162,11 @@ def _matmul(Y, A):
 
 def _project(Y, C):
     """Remove from Y its components along the orthonormal columns of C."""
-    return Y if C is None else Y - C @ (C.mT @ Y)
+    if C is None:
+        return Y
+    if C.shape[-1] == 1:  # one vector (the NCut's trivial one): element-wise beats bmm
+        return Y - C * (C * Y).sum(-2, keepdim=True)
+    return Y - C @ (C.mT @ Y)
 
 
 def lobpcg(

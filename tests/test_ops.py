@@ -155,8 +155,8 @@ def test_sym_matmul_native_equals_reference(dtype):
         scale = tol * want.abs().max().item() if want.numel() else 0.0
         torch.testing.assert_close(got, want, rtol=tol, atol=scale)
 
-    # n = 1, below the kernel's 4-row block, not a multiple of it, and larger; m = 1 .. 6
-    for B, n, m in [(1, 1, 1), (2, 3, 2), (3, 7, 1), (2, 130, 5), (4, 64, 6)]:
+    # whole rows below N = 512, the lower triangle from there (4-row blocks and the rest)
+    for B, n, m in [(1, 1, 1), (2, 3, 2), (3, 7, 1), (2, 130, 5), (4, 64, 6), (2, 514, 3)]:
         A = torch.rand(B, n, n, generator=g, dtype=dtype)
         W = A + A.mT  # exactly symmetric
         Y = torch.randn(B, n, m, generator=g, dtype=dtype)
@@ -178,13 +178,15 @@ def test_sym_matmul_native_equals_reference(dtype):
 
 @needs_ext
 def test_sym_matmul_reads_the_lower_triangle_only():
-    """As torch.linalg.eigh: the strict upper triangle is never read (NaN there stays out)."""
+    """As torch.linalg.eigh, from N = 512 on (below, whole rows stream faster): the strict
+    upper triangle is never read (NaN there stays out)."""
     g = torch.Generator().manual_seed(1)
-    L = torch.rand(2, 9, 9, generator=g, dtype=torch.float64).tril()
+    n = 515  # the triangle path, and rows beyond its 4-row blocks
+    L = torch.rand(1, n, n, generator=g, dtype=torch.float64).tril()
     W = L + L.tril(-1).mT  # the symmetric matrix of L's lower triangle
-    Y = torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    Y = torch.randn(1, n, 3, generator=g, dtype=torch.float64)
     poisoned = L + torch.full_like(L, float("nan")).triu(1)
-    assert_close(torch.ops.diffeig.sym_matmul(poisoned, Y), W @ Y)
+    torch.testing.assert_close(torch.ops.diffeig.sym_matmul(poisoned, Y), W @ Y)
 
 
 @needs_ext

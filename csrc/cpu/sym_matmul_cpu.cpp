@@ -1,14 +1,16 @@
-// CPU kernel of diffeig::sym_matmul: out[b] = W[index[b]] @ Y[b] for symmetric W, read
-// from W's lower triangle only (j <= i, as torch.linalg.eigh reads it). Every entry
-// below the diagonal is used twice, W_ij y_j into row i and W_ij y_i into row j, so a
-// product reads half of W from memory: the iterative solvers' products with W are
-// bandwidth-bound, and a skinny (N x N) @ (N x m) GEMM reads all of W, about three times
-// slower than a copy on these cores.
+// CPU kernel of diffeig::sym_matmul: out[b] = W[index[b]] @ Y[b] for symmetric W, the
+// iterative solvers' products (bandwidth-bound: a skinny (N x N) @ (N x m) GEMM runs at
+// about a third of the memory bandwidth on these cores). From N = 512 on only W's lower
+// triangle is read (j <= i, as torch.linalg.eigh reads it): every entry below the
+// diagonal is used twice, W_ij y_j into row i and W_ij y_i into row j, so a product reads
+// half of W. Below, whole rows are read (they stream faster than half rows at that
+// size). For symmetric W both are the same numbers to rounding.
 //
-// Per matrix, Y is transposed into m contiguous columns and four rows of W are swept at
-// once (each y_j and out_j loaded once for four W_ij). The column sweep is vectorized
-// with `omp simd` reductions; an AVX2 + FMA build of the same code is chosen at run time
-// where the CPU has it. Matrices are shared out between threads.
+// Per matrix, Y is transposed into m contiguous columns; four rows of W are swept at
+// once (each y_j and out_j loaded once for four W_ij), two columns per sweep. The
+// loops are vectorized; an AVX2 + FMA build of the same code is chosen at run time where
+// the CPU has it. Matrices are shared out between threads, and a selection (`index`) is
+// multiplied in place, never copied.
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,55 +24,121 @@ namespace diffeig {
 namespace {
 
 constexpr int64_t kRows = 4;
+// From this size on the lower triangle is read; below, whole rows (see one_matrix).
+constexpr int64_t kTriangleFrom = 512;
 
-// Rows i0 .. i0 + rows - 1 of W (rows <= kRows) against every column c of yt (m x n,
-// column-major Y), accumulating into ot (m x n).
+// Rows i0 .. i0 + 3 of W's lower triangle left of their diagonal block, against columns
+// y0 and y1 of Y (y1 == y0 for a single column): s += W[i0 + q, :i0] . y[:i0] into row
+// i0 + q, and o[j] += sum_q W[i0 + q, j] y[i0 + q] into every row j < i0 (the mirrored
+// upper triangle). Explicit accumulators, so that the reductions vectorize.
 template <typename T>
-__attribute__((always_inline)) inline void row_block(const T* w, const T* yt, T* ot, int64_t n,
-                                                     int64_t m, int64_t i0, int64_t rows) {
-  const T* r0 = w + i0 * n;
-  const T* r1 = rows > 1 ? r0 + n : r0;
-  const T* r2 = rows > 2 ? r0 + 2 * n : r0;
-  const T* r3 = rows > 3 ? r0 + 3 * n : r0;
-  for (int64_t c = 0; c < m; ++c) {
-    const T* y = yt + c * n;
-    T* o = ot + c * n;
-    // rows beyond `rows` alias row 0 with a zero weight: one branch-free sweep
-    const T y0 = y[i0], y1 = rows > 1 ? y[i0 + 1] : T(0);
-    const T y2 = rows > 2 ? y[i0 + 2] : T(0), y3 = rows > 3 ? y[i0 + 3] : T(0);
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+__attribute__((always_inline)) inline void triangle_block(const T* w, const T* y0, const T* y1,
+                                                          T* o0, T* o1, int64_t n, int64_t i0) {
+  const T *r0 = w + i0 * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+  const T a0 = y0[i0], a1 = y0[i0 + 1], a2 = y0[i0 + 2], a3 = y0[i0 + 3];
+  const T b0 = y1[i0], b1 = y1[i0 + 1], b2 = y1[i0 + 2], b3 = y1[i0 + 3];
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0, t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+  if (y1 != y0) {
+#pragma omp simd reduction(+ : s0, s1, s2, s3, t0, t1, t2, t3)
+    for (int64_t j = 0; j < i0; ++j) {
+      const T w0 = r0[j], w1 = r1[j], w2 = r2[j], w3 = r3[j], u = y0[j], v = y1[j];
+      s0 += w0 * u;
+      s1 += w1 * u;
+      s2 += w2 * u;
+      s3 += w3 * u;
+      t0 += w0 * v;
+      t1 += w1 * v;
+      t2 += w2 * v;
+      t3 += w3 * v;
+      o0[j] += w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
+      o1[j] += w0 * b0 + w1 * b1 + w2 * b2 + w3 * b3;
+    }
+    o1[i0] += t0;
+    o1[i0 + 1] += t1;
+    o1[i0 + 2] += t2;
+    o1[i0 + 3] += t3;
+  } else {
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t j = 0; j < i0; ++j) {
-      const T w0 = r0[j], w1 = r1[j], w2 = r2[j], w3 = r3[j], yj = y[j];
-      s0 += w0 * yj;
-      s1 += w1 * yj;
-      s2 += w2 * yj;
-      s3 += w3 * yj;
-      o[j] += w0 * y0 + w1 * y1 + w2 * y2 + w3 * y3;
+      const T w0 = r0[j], w1 = r1[j], w2 = r2[j], w3 = r3[j], u = y0[j];
+      s0 += w0 * u;
+      s1 += w1 * u;
+      s2 += w2 * u;
+      s3 += w3 * u;
+      o0[j] += w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
     }
-    // The lower triangle of the diagonal block (rows x rows), entry by entry.
-    const T s[kRows] = {s0, s1, s2, s3};
-    for (int64_t a = 0; a < rows; ++a) {
-      const T* ra = r0 + a * n;
-      T acc = s[a];
-      for (int64_t b = 0; b < a; ++b) {
-        acc += ra[i0 + b] * y[i0 + b];
-        o[i0 + b] += ra[i0 + b] * y[i0 + a];
-      }
-      o[i0 + a] += acc + ra[i0 + a] * y[i0 + a];
+  }
+  o0[i0] += s0;
+  o0[i0 + 1] += s1;
+  o0[i0 + 2] += s2;
+  o0[i0 + 3] += s3;
+}
+
+// The lower triangle of rows [i0, i1) (at most a block) within their diagonal block,
+// and for rows not covered by triangle_block (the last n % kRows) also their part left
+// of it: entry by entry.
+template <typename T>
+inline void triangle_rest(const T* w, const T* y, T* o, int64_t n, int64_t i0, int64_t i1,
+                          int64_t from) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* ri = w + i * n;
+    T acc = 0;
+    for (int64_t j = from; j < i; ++j) {
+      acc += ri[j] * y[j];
+      o[j] += ri[j] * y[i];
     }
+    o[i] += acc + ri[i] * y[i];
   }
 }
 
+// out = W @ Y for one matrix; yt, ot: Y and the result as m contiguous columns.
 template <typename T>
 __attribute__((always_inline)) inline void one_matrix(const T* w, const T* y, T* out, int64_t n,
                                                       int64_t m, T* yt, T* ot) {
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t c = 0; c < m; ++c) yt[c * n + i] = y[i * m + c];
   }
-  std::fill(ot, ot + m * n, T(0));
-  for (int64_t i0 = 0; i0 < n; i0 += kRows) {
-    row_block<T>(w, yt, ot, n, m, i0, std::min(kRows, n - i0));
+  if (n < kTriangleFrom) {
+    // Whole rows, two columns per sweep. Below ~512 nodes, rows of a few KB stream from
+    // memory faster than the triangle's half rows (2-core EPYC, N = 196, batch 256: 1.6
+    // vs 2.3 ms per product with one column); above, the triangle's halved bytes win.
+    for (int64_t c = 0; c < m; c += 2) {
+      const T* y0 = yt + c * n;
+      const T* y1 = y0 + n;
+      for (int64_t i = 0; i < n; ++i) {
+        const T* ri = w + i * n;
+        T s0 = 0, s1 = 0;
+        if (c + 1 < m) {
+#pragma omp simd reduction(+ : s0, s1)
+          for (int64_t j = 0; j < n; ++j) {
+            s0 += ri[j] * y0[j];
+            s1 += ri[j] * y1[j];
+          }
+          ot[(c + 1) * n + i] = s1;
+        } else {
+#pragma omp simd reduction(+ : s0)
+          for (int64_t j = 0; j < n; ++j) s0 += ri[j] * y0[j];
+        }
+        ot[c * n + i] = s0;
+      }
+    }
+  } else {
+    std::fill(ot, ot + m * n, T(0));
+    const int64_t full = n - n % kRows;
+    for (int64_t c = 0; c < m; c += 2) {
+      const bool two = c + 1 < m;
+      const T* y0 = yt + c * n;
+      const T* y1 = two ? y0 + n : y0;
+      T* o0 = ot + c * n;
+      T* o1 = two ? o0 + n : o0;
+      for (int64_t i0 = 0; i0 < full; i0 += kRows) {
+        triangle_block<T>(w, y0, y1, o0, o1, n, i0);
+        triangle_rest<T>(w, y0, o0, n, i0, i0 + kRows, i0);
+        if (two) triangle_rest<T>(w, y1, o1, n, i0, i0 + kRows, i0);
+      }
+      triangle_rest<T>(w, y0, o0, n, full, n, 0);
+      if (two) triangle_rest<T>(w, y1, o1, n, full, n, 0);
+    }
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t c = 0; c < m; ++c) out[i * m + c] = ot[c * n + i];

@@ -13,11 +13,11 @@ round-robin in this run; medians. Before timing, the two answers are compared
 (eigenvectors 1 - |cos|, dL/dW relative to the dense float64 one).
 
 ``--profile`` also breaks the LOBPCG forward and backward down with torch.profiler
-(products with W, the small eighs of Rayleigh-Ritz, Gram and basis products, copies,
-other ops, and the rest: Python and dispatch), counts the products with W per graph, and
-prints the floor: those products' bytes of W (its lower triangle, all a product with a
-symmetric matrix needs; and, for the backward, writing dL/dW once)
-at the bandwidth of a large copy measured in the same run.
+(products with W, the small eighs of Rayleigh-Ritz, Gram and basis products, copies, the
+input checks, writing dL/dW, other ops, and the rest: Python and dispatch), counts the
+products with W per graph, and prints the floor: those products' bytes of W (its lower
+triangle, all a product with a symmetric matrix needs; and, for the backward, writing
+dL/dW once) at the bandwidth of a large copy measured in the same run.
 """
 
 from __future__ import annotations
@@ -78,12 +78,23 @@ def solve(W, method):
     return (t1 - t0, t2 - t1), Z.detach(), Wr.grad
 
 
-CATEGORIES = ("products with W", "Rayleigh-Ritz eighs", "Gram and basis products", "copies")
+CATEGORIES = (
+    "products with W",
+    "Rayleigh-Ritz eighs",
+    "Gram and basis products",
+    "copies",
+    "input checks",
+    "dL/dW assembly",
+)
 
 
 def classify(name: str, shapes, n: int) -> str:
     if name == "diffeig::sym_matmul":
         return "products with W"
+    if name == "diffeig::symmetry_stats":
+        return "input checks"
+    if name == "diffeig::ncut_grad_assemble":  # writing the N x N gradient, page faults and all
+        return "dL/dW assembly"
     if name in ("aten::bmm", "aten::mm", "aten::matmul") and shapes and shapes[0][-2:] == [n, n]:
         return "products with W"
     if "eigh" in name:
@@ -92,6 +103,9 @@ def classify(name: str, shapes, n: int) -> str:
         return "Gram and basis products"
     if name in ("aten::cat", "aten::copy_", "aten::index_select", "aten::index_copy_"):
         return "copies"
+    if not name.startswith(("aten::", "diffeig::")):
+        # the autograd Functions' own records: the Python between the ops
+        return "Python, dispatch and the rest"
     return "other ops"
 
 
@@ -116,7 +130,7 @@ def profile(W, wall, bandwidth):
                 loss.backward()
             sync(W.device)
             profiled = time.perf_counter() - t0
-        parts = dict.fromkeys((*CATEGORIES, "other ops"), 0.0)
+        parts = dict.fromkeys((*CATEGORIES, "other ops", "Python, dispatch and the rest"), 0.0)
         graphs, calls, syncs = 0, 0, 0
         for e in prof.key_averages(group_by_input_shape=True):
             shapes = [list(s) for s in e.input_shapes if isinstance(s, list | tuple)]
@@ -132,7 +146,7 @@ def profile(W, wall, bandwidth):
                 syncs += e.count
         # The profiler slows every op down: each part is its share of the profiled run
         # applied to the unprofiled median.
-        parts["Python, dispatch and the rest"] = max(0.0, profiled - sum(parts.values()))
+        parts["Python, dispatch and the rest"] += max(0.0, profiled - sum(parts.values()))
         measured = wall[phase]
         parts = {k: v / profiled * measured for k, v in parts.items()}
         # A product with symmetric W needs its lower triangle: N (N + 1) / 2 entries.

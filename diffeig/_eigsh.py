@@ -206,7 +206,7 @@ def run_lobpcg(
 # training-like unnormalized graphs, batches of 2-64, the loss on every returned vector.
 # Between the points N* is interpolated linearly in the number of pairs; beyond, it grows
 # as the last segment does.
-AUTO_CROSSOVER_CPU = ((1, 180), (2, 900), (4, 1450), (7, 2500))
+AUTO_CROSSOVER_CPU = ((1, 100), (2, 500), (4, 650), (7, 2000))
 
 
 def auto_method(n: int, iterated: int, device: torch.device) -> str:

@@ -237,7 +237,7 @@ def sym_eigh_ncut(
             (:func:`diffeig.eigsh`). Needs ``l_k < l_{k+1}`` (a graph with more than k
             connected components makes the solves singular).
             ``'auto'``: whichever of the two is faster for this device, N and k
-            (:func:`diffeig._eigsh.auto_method`: on CPU LOBPCG from N = 180 for k = 2).
+            (:func:`diffeig._eigsh.auto_method`: on CPU LOBPCG from N = 100 for k = 2).
             Both give the same float64 results to the solver tolerance.
         tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
             limit, and ``'warn'`` or ``'raise'`` when it did not converge.

@@ -14,10 +14,12 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_the_rule():
-    # CPU crossovers (benchmarks/README.md): 1 iterated pair from N = 180, 2 from 900.
-    assert auto_method(100, 1, CPU) == "dense" and auto_method(196, 1, CPU) == "lobpcg"
-    assert auto_method(784, 2, CPU) == "dense" and auto_method(1600, 2, CPU) == "lobpcg"
-    assert auto_method(1600, 4, CPU) == "lobpcg" and auto_method(1000, 7, CPU) == "dense"
+    # CPU crossovers (benchmarks/README.md): 1 iterated pair from N = 100, 2 from 500,
+    # 4 from 650, 7 from 2000.
+    assert auto_method(64, 1, CPU) == "dense" and auto_method(100, 1, CPU) == "lobpcg"
+    assert auto_method(400, 2, CPU) == "dense" and auto_method(784, 2, CPU) == "lobpcg"
+    assert auto_method(400, 4, CPU) == "dense" and auto_method(784, 4, CPU) == "lobpcg"
+    assert auto_method(1600, 7, CPU) == "dense" and auto_method(2000, 7, CPU) == "lobpcg"
     assert auto_method(10**6, 0, CPU) == "dense"  # nothing to iterate on
     assert auto_method(10**5, 1, CUDA) == "dense"  # not measured on GPUs yet
 
@@ -39,8 +41,8 @@ def solve(W, k, laplacian, method, C):
 @pytest.mark.parametrize("k", [2, 3, 4, 6])
 def test_auto_equals_dense_in_float64(laplacian, k):
     # N = 300 puts k = 2 on LOBPCG; k = 3 ... 6 stay dense there, so a larger N takes
-    # them to LOBPCG too.
-    n = 300 if k == 2 else 1100 if k == 3 else 2200
+    # them to LOBPCG too (crossovers 575 for k = 4, 1100 for k = 6).
+    n = 300 if k == 2 else 700 if k <= 4 else 1200
     W = graphs(n, batch=2 if k == 2 else 1)
     C = torch.randn(*W.shape[:-1], 8, dtype=F64, generator=torch.Generator().manual_seed(1))
     assert auto_method(n, k - 1, CPU) == "lobpcg"

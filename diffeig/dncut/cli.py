@@ -41,7 +41,7 @@ HELP = {
     "sign": "sign rule of z2: sum (sum >= 0, the authors') or max (largest entry > 0)",
     "alpha": "weight of the structural regularization",
     "solver": "eigen solver of the NCut: auto (the faster of the two for the token count: "
-    "LOBPCG from N = 180 on CPUs), dense (torch.linalg.eigh, the authors') or lobpcg; the "
+    "LOBPCG from N = 100 on CPUs), dense (torch.linalg.eigh, the authors') or lobpcg; the "
     "same float64 results up to the sign that --sign sum reads from rounding",
     "renormalize": "L2-normalize the aligned features again before the affinity (cosine "
     "affinity); default: their raw dot products, as the authors' code",

@@ -120,7 +120,10 @@ class LobpcgInfo:
     solve (not converged, or Ritz values outside the spectrum's bounds) and that were
     solved densely instead. ``failed``: per matrix, whether LOBPCG failed on it.
     ``matrix_iterations``: per matrix, the iterations that updated it (a matrix stops
-    being iterated once its pairs converged)."""
+    being iterated once its pairs converged). ``next_eigenvalue``: per matrix, the Ritz
+    value of the first guard vector (with k + 1 <= block), a bound on the (k+1)-th
+    eigenvalue from beyond the wanted ones (above them for the smallest): where it is
+    within rounding of the k-th, the k-th eigenvalue is tied."""
 
     iterations: int
     max_residual: float
@@ -129,6 +132,7 @@ class LobpcgInfo:
     fallbacks: int = 0
     failed: torch.Tensor | None = None
     matrix_iterations: torch.Tensor | None = None
+    next_eigenvalue: torch.Tensor | None = None
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -382,6 +386,8 @@ def lobpcg(
     theta, X = theta.reshape(*batch, m), X.reshape(*batch, n, m)
     if scale is not None:
         theta = theta * scale.unsqueeze(-1)
+    if m > k:  # the first guard vector's Ritz value: a bound on the (k+1)-th eigenvalue
+        info.next_eigenvalue = sign * theta[..., k]
     return sign * theta[..., :k], X[..., :k], info
 
 

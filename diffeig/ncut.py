@@ -238,7 +238,10 @@ def sym_eigh_ncut(
             connected components makes the solves singular).
             ``'auto'``: whichever of the two is faster for this device, N and k
             (:func:`diffeig._eigsh.auto_method`: on CPU LOBPCG from N = 100 for k = 2).
-            Both give the same float64 results to the solver tolerance.
+            Both give the same float64 results to the solver tolerance; where the k-th
+            eigenvalue ties the (k+1)-th (to ``sqrt(eps)`` of the spectrum's bound, e.g.
+            the binary graph of an image whose tokens are all alike), the k-th vector is
+            any vector of a subspace, and ``'auto'`` returns the dense solve's.
         tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
             limit, and ``'warn'`` or ``'raise'`` when it did not converge.
 
@@ -265,14 +268,24 @@ def sym_eigh_ncut(
     _check_k(k, W.shape[-1])
     if method not in ("dense", "lobpcg", "auto"):
         raise ValueError(f"method must be 'dense', 'lobpcg' or 'auto', got {method!r}")
+    tie_rtol = None
     if method == "auto":
         from diffeig._eigsh import auto_method
 
         # the trivial pair is deflated exactly: LOBPCG iterates on k - 1 pairs
         method = auto_method(W.shape[-1], k - 1, W.device)
+        # auto returns what dense returns: where the k-th eigenvalue ties the next (to
+        # sqrt(eps) of the spectrum's bound) the k-th vector is any of a subspace, and
+        # LAPACK's choice is the answer (the binary graph of an all-similar image).
+        tie_rtol = torch.finfo(W.dtype).eps ** 0.5
     gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
     if method == "lobpcg":
-        return _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail)
+        try:
+            return _ncut_lobpcg(
+                W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, tie_rtol
+            )
+        except TiedSpectrum:
+            pass  # (only with tie_rtol, from auto) solved densely below
     lam, Z, *_ = _NCut.apply(W, k, normalized, sign, gap_rtol, gap_atol)
     return lam, Z
 
@@ -295,10 +308,17 @@ def _scale_rows(R, s):
 NCUT_BLOCK = {1: 2}
 
 
-def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
+class TiedSpectrum(Exception):
+    """Raised (and caught) inside ``method="auto"``: the k-th eigenvalue ties the next."""
+
+
+def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol=None):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
     ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees.
+    ``tie_rtol``: raise :class:`TiedSpectrum` where the (k+1)-th eigenvalue's bound lies
+    within ``tie_rtol`` of the spectrum's bound above the k-th (the k-th vector is then not
+    unique, and which one a solver returns is its rounding).
     """
     from diffeig._eigsh import run_lobpcg
     from diffeig._lobpcg import BatchedOperator
@@ -319,7 +339,7 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
             dmax = d.amax(-1, keepdim=True)
             dinv = torch.where(d > 0, dmax / torch.where(d > 0, d, 1), 1).unsqueeze(-1)
             precond = BatchedOperator(_scale_rows, dinv, batch_shape=d.shape[:-1])
-        theta, X, _ = run_lobpcg(
+        theta, X, info = run_lobpcg(
             L,
             k - 1,
             largest=False,
@@ -336,6 +356,10 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail):
             start=d.unsqueeze(-1),
             block=NCUT_BLOCK.get(k - 1),
         )
+        nxt = info.next_eigenvalue
+        if tie_rtol is not None and nxt is not None:
+            if bool((nxt - theta[..., -1] <= tie_rtol * scale).any()):
+                raise TiedSpectrum
         lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
         U = torch.cat([u1, X], -1)
     dis = d.rsqrt() if normalized else None
@@ -414,11 +438,11 @@ class _NCutLobpcg(torch.autograd.Function):
 
     @staticmethod
     def forward(W, k, normalized, sign, gaps, solver):
-        tol, max_iter, on_fail, cg_tol = solver
+        tol, max_iter, on_fail, cg_tol, tie_rtol = solver
         # W is symmetric (checked); the backward returns the symmetric gradient.
         d = W.sum(-1)
         lap = laplacian_operator(W, d, normalized)
-        lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail)
+        lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol)
         return lam, Z, d, U
 
     @staticmethod
@@ -473,14 +497,14 @@ class _NCutLobpcgGrad(torch.autograd.Function):
         return _NCutLobpcgGrad.apply(*tensors, args), 0
 
 
-def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail):
+def _ncut_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, tie_rtol=None):
     from diffeig._eigsh import check_solver_options
     from diffeig._lobpcg import default_tol
 
     check_solver_options(tol, max_iter, on_fail)
     cg_tol = default_tol(W.dtype) if tol is None else tol
     lam, Z, *_ = _NCutLobpcg.apply(
-        W, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol)
+        W, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol, tie_rtol)
     )
     return lam, Z
 

@@ -69,6 +69,40 @@ def test_auto_on_an_exact_tie():
     assert ((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item() < 1e-7
 
 
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+def test_auto_returns_the_dense_vector_where_the_fiedler_value_is_tied(laplacian):
+    """The binary graph of an image whose tokens are all alike is complete: l_2 = ... = l_N,
+    so z2 is any vector of a subspace and which one is the solver's rounding. auto (which
+    takes LOBPCG at this N) returns the dense solve's, as everywhere else; LOBPCG alone
+    returns another vector of that subspace. A batch with one such graph is solved densely."""
+    n = 300
+    assert auto_method(n, 1, CPU) == "lobpcg"
+    complete = torch.ones(n, n, dtype=F64)
+    g = torch.Generator().manual_seed(2)
+    f = torch.nn.functional.normalize(torch.randn(n, 16, dtype=F64, generator=g), dim=-1)
+    W = torch.stack([complete, diffeig.ncut.affinity(f)])
+    out = {}
+    for method in ("dense", "auto", "lobpcg"):
+        Wr = W.clone().requires_grad_()
+        lam, Z = diffeig.sym_eigh_ncut(Wr, 2, laplacian=laplacian, method=method)
+        loss = (torch.sigmoid(Z[..., 1] / 0.05) ** 2).sum()
+        if method == "lobpcg":  # its backward's shifted solves are singular there, and say so
+            with pytest.warns(RuntimeWarning, match="singular when the k-th and"):
+                loss.backward()
+        else:
+            loss.backward()
+        out[method] = (lam.detach(), Z.detach(), Wr.grad)
+    assert torch.equal(out["auto"][1], out["dense"][1])
+    assert torch.equal(out["auto"][2], out["dense"][2])
+    assert torch.isfinite(out["auto"][2]).all()
+    # LOBPCG's z2 of the complete graph is another vector of the tied subspace
+    cos = (out["lobpcg"][1][0, :, 1] @ out["dense"][1][0, :, 1]).abs()
+    cos = cos / (out["lobpcg"][1][0, :, 1].norm() * out["dense"][1][0, :, 1].norm())
+    assert cos < 0.99
+    # the other graph is not tied: there LOBPCG alone agrees with dense
+    torch.testing.assert_close(out["lobpcg"][1][1], out["dense"][1][1], rtol=0, atol=1e-7)
+
+
 def test_eigsh_auto():
     A = graphs(400, batch=1)[0]
     L = torch.diag(A.sum(-1)) - A

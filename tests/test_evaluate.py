@@ -263,6 +263,13 @@ def test_quokka_discovery_with_the_color_backbone(quokka_boxes, tmp_path):
         f"IoU {r['best_iou']:.3f}"
     )
     assert r["best_iou"] > 0.55 and res["summary"]["corloc"] == 1.0
+    assert res["config"]["solver"] == "auto"  # the default, recorded
+    # the dense solver (the authors') gives the same box on this photo
+    dense = tmp_path / "disc-dense.json"
+    assert cli.main([*argv, "--quiet", "--output", str(dense), "--solver", "dense"]) == 0
+    res_dense = json.loads(dense.read_text())
+    assert res_dense["config"]["solver"] == "dense"
+    assert res_dense["per_image"][0]["box"] == r["box"]
 
 
 def test_random_backbone_smoke_on_generated_voc_and_folder(tmp_path):

@@ -310,10 +310,11 @@ def add_commands(sub) -> None:
         )
         p.add_argument(
             "--solver",
-            default="dense",
+            default="auto",
             choices=SOLVERS,
-            help="eigen solver of the cuts: dense (torch.linalg.eigh, the authors'), lobpcg, "
-            "or auto (the faster for the token count; the same vectors) (default: dense)",
+            help="eigen solver of the cuts: auto (the faster for the token count, the same "
+            "vectors as dense; dense where the Fiedler value is tied), dense "
+            "(torch.linalg.eigh, the authors'), or lobpcg (default: auto)",
         )
         if cmd == "eval-saliency":
             p.add_argument(

@@ -301,11 +301,17 @@ def _scale_rows(R, s):
     return R * s
 
 
-# LOBPCG's block for the NCut by the number of pairs it iterates on (others: the default,
-# diffeig._eigsh.default_block). With the one Fiedler pair of k = 2, one guard vector
-# (block 2) beats the default five: each iteration costs half as much and takes 9.6 instead
-# of 8.7 iterations per graph (N = 196, batch 256; N = 784: 11.1 and 9.8, random starts).
-NCUT_BLOCK = {1: 2}
+# LOBPCG's block for the NCut in float64 by the number of pairs it iterates on (others,
+# and float32: the default, diffeig._eigsh.default_block). With the one Fiedler pair of
+# k = 2, one guard vector (block 2) beats the default five: each iteration costs half as
+# much and takes 9.6 instead of 8.7 iterations per graph (N = 196, batch 256; N = 784:
+# 11.1 and 9.8, random starts). The price is accuracy at the same residual: z2's error is
+# the residual over l3 - l2 rather than over l7 - l2 (the guards' Ritz vectors take the
+# eigenvectors between out of it). In float64 that leaves the recipe's gradients within
+# 4.2e-7 of the dense path's on the hardest graphs tried (2.6e-8 with block 5; pass
+# tol=1e-10 for 1.4e-8 at about 10 % more time); in float32, whose tolerance is 7e-5, it
+# would cost a factor of ten (1.7e-2), so float32 keeps the default block.
+NCUT_BLOCK = {torch.float64: {1: 2}}
 
 
 class TiedSpectrum(Exception):
@@ -354,7 +360,7 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rto
             # differ between the clusters, as z2 does (iterations per graph on the
             # recipe's graphs: 11.1 -> 7.9 at N = 784).
             start=d.unsqueeze(-1),
-            block=NCUT_BLOCK.get(k - 1),
+            block=NCUT_BLOCK.get(d.dtype, {}).get(k - 1),
         )
         nxt = info.next_eigenvalue
         if tie_rtol is not None and nxt is not None:

@@ -78,22 +78,16 @@ class Symmetric:
     N = 512 on the upper triangle is not read, as in ``torch.linalg.eigh``.
     """
 
-    def __init__(self, A: torch.Tensor, index: torch.Tensor | None = None, batch_shape=None):
-        self.batch_shape = tuple(A.shape[:-2]) if batch_shape is None else batch_shape
-        self.base = A.reshape(-1, *A.shape[-2:]).contiguous()
+    def __init__(self, A: torch.Tensor, index: torch.Tensor | None = None):
+        self.base = A.reshape(-1, *A.shape[-2:]).contiguous()  # the batch, flattened
         self.index = index
 
     def restrict(self, index: torch.Tensor | None = None) -> Symmetric:
         """Matrices ``index`` (1-D, into the flattened batch, or into the current
-        selection once restricted) with a flat batch."""
+        selection once restricted)."""
         if index is None:
-            return Symmetric(
-                self.base,
-                self.index,
-                (self.base.shape[0] if self.index is None else self.index.numel(),),
-            )
-        index = index if self.index is None else self.index[index]
-        return Symmetric(self.base, index, (index.numel(),))
+            return self
+        return Symmetric(self.base, index if self.index is None else self.index[index])
 
     def __matmul__(self, Y: torch.Tensor) -> torch.Tensor:
         out = _ops.sym_matmul(self.base, Y.reshape(-1, *Y.shape[-2:]), self.index)

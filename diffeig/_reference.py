@@ -239,6 +239,8 @@ def sym_matmul(W: torch.Tensor, Y: torch.Tensor, index: torch.Tensor | None = No
         return W @ Y
     if index.shape != (Y.shape[0],):
         raise ValueError(f"index must have shape ({Y.shape[0]},), got {tuple(index.shape)}")
+    if index.numel() == 0:
+        return Y.new_zeros(Y.shape)
     if W[0].numel() * W.element_size() < 1 << 20:  # small matrices: one batched product
         return W.index_select(0, index) @ Y
     return torch.stack([W[i] @ y for i, y in zip(index.tolist(), Y)]) if len(Y) else Y.clone()

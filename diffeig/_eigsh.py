@@ -10,6 +10,7 @@ from diffeig._lobpcg import (
     LobpcgInfo,
     Symmetric,
     _matmul,
+    _project,
     default_tol,
     lobpcg,
     partial_eigh_backward,
@@ -114,7 +115,7 @@ def initial_block(shape, dtype, device, seed: int = 0, start=None, constraints=N
     X = torch.randn(shape, generator=g, dtype=dtype).to(device)
     if start is not None:
         s = start.to(dtype).expand(*shape[:-1], start.shape[-1])
-        sp = s if constraints is None else s - constraints @ (constraints.mT @ s)
+        sp = _project(s, constraints)
         norm = sp.norm(dim=-2, keepdim=True)
         ok = norm > torch.finfo(dtype).eps ** 0.5 * s.norm(dim=-2, keepdim=True)
         r = s.shape[-1]

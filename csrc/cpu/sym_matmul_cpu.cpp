@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "cpu_features.h"
 
 namespace diffeig {
 namespace {
@@ -150,17 +151,11 @@ void one_matrix_default(const T* w, const T* y, T* out, int64_t n, int64_t m, T*
   one_matrix<T>(w, y, out, n, m, yt, ot);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DIFFEIG_AVX2 1
+#ifdef DIFFEIG_AVX2
 template <typename T>
 __attribute__((target("avx2,fma"))) void one_matrix_avx2(const T* w, const T* y, T* out,
                                                          int64_t n, int64_t m, T* yt, T* ot) {
   one_matrix<T>(w, y, out, n, m, yt, ot);
-}
-
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
 }
 #endif
 
@@ -200,7 +195,7 @@ at::Tensor sym_matmul_cpu(const at::Tensor& W, const at::Tensor& Y,
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "sym_matmul_cpu", [&] {
     auto fn = &one_matrix_default<scalar_t>;
 #ifdef DIFFEIG_AVX2
-    if (has_avx2()) fn = &one_matrix_avx2<scalar_t>;
+    if (has_avx2_fma()) fn = &one_matrix_avx2<scalar_t>;
 #endif
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "cpu_features.h"
 
 namespace diffeig {
 namespace {
@@ -85,8 +86,7 @@ void tiles_default(const scalar_t* base, int64_t n, int64_t tiles, int64_t begin
   tiles_stats<scalar_t>(base, n, tiles, begin, end, s);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DIFFEIG_AVX2 1
+#ifdef DIFFEIG_AVX2
 // The same code for AVX2: SSE2 has no blend, and its min / max reductions run at half
 // the scalar loop's speed; with AVX2 they run at twice it.
 template <typename scalar_t>
@@ -94,11 +94,6 @@ __attribute__((target("avx2,fma"))) void tiles_avx2(const scalar_t* base, int64_
                                                      int64_t tiles, int64_t begin, int64_t end,
                                                      Stats& s) {
   tiles_stats<scalar_t>(base, n, tiles, begin, end, s);
-}
-
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
 }
 #endif
 
@@ -117,7 +112,7 @@ at::Tensor symmetry_stats_cpu(const at::Tensor& W) {
     const scalar_t* base = w.const_data_ptr<scalar_t>();
     auto fn = &tiles_default<scalar_t>;
 #ifdef DIFFEIG_AVX2
-    if (has_avx2()) fn = &tiles_avx2<scalar_t>;
+    if (has_avx2_fma()) fn = &tiles_avx2<scalar_t>;
 #endif
     at::parallel_for(0, batch * pairs, 1, [&](int64_t begin, int64_t end) {
       Stats s;

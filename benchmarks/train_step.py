@@ -42,7 +42,7 @@ PARTS = (
 
 def timed_step(model, optimizer, batch, device) -> dict[str, float]:
     """One training step of ``model`` (a ``DNCut``), seconds per part."""
-    from diffeig.dncut.model import ncut_masks
+    from diffeig.dncut.train.model import ncut_masks
 
     times: dict[str, float] = {}
 
@@ -78,8 +78,8 @@ def timed_step(model, optimizer, batch, device) -> dict[str, float]:
 
 def run(args) -> dict:
     from diffeig.dncut.config import TrainConfig
-    from diffeig.dncut.data import ImageSource, TwoViews
     from diffeig.dncut.train import build_model, build_optimizer
+    from diffeig.dncut.train.data import ImageSource, TwoViews
 
     device = torch.device(args.device)
     cfg = TrainConfig(

@@ -10,7 +10,8 @@
 The fine-tuning recipe lives in ``diffeig.dncut`` and is never imported from here.
 """
 
-from diffeig import ncut
+from diffeig import _ops as _ops  # registers fake kernels, vmap and autograd of the native ops
+from diffeig import baselines, ncut
 from diffeig._eigh import eigh, eigvalsh, gap_tolerances, patch_torch
 from diffeig._eigsh import LobpcgInfo, eigsh
 from diffeig._extension import has_cuda_kernels, has_ops, load_error
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LobpcgInfo",
+    "baselines",
     "eigh",
     "eigsh",
     "eigvalsh",
@@ -31,6 +33,3 @@ __all__ = [
     "patch_torch",
     "sym_eigh_ncut",
 ]
-
-from diffeig import _ops as _ops  # noqa: E402  (registers fake kernels, vmap and autograd)
-from diffeig import baselines  # noqa: E402,F401

@@ -15,12 +15,18 @@ import threading
 import torch
 
 from diffeig import _ops
+from diffeig._checks import (
+    check_gap_eps,
+    check_phase_invariance,
+    check_square,
+    check_uplo,
+    needs_derivative,
+    one_input,
+)
+from diffeig._reference import torch_eigh as _torch_eigh
+from diffeig._reference import torch_eigvalsh as _torch_eigvalsh
 
 __all__ = ["eigh", "eigvalsh", "patch_torch", "gap_tolerances"]
-
-# Kept before any patching, so that diffeig never calls itself through patch_torch.
-_torch_eigh = torch.linalg.eigh
-_torch_eigvalsh = torch.linalg.eigvalsh
 
 _DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
@@ -37,60 +43,10 @@ def gap_tolerances(gap_eps: float | None, n: int, dtype: torch.dtype) -> tuple[f
     small n; ``16 sqrt(n)`` leaves a factor of about 3. From n = 256 on, c(n) = n.
     A number is an absolute threshold (the paper uses ``1e-9``).
     """
+    check_gap_eps(gap_eps)
     if gap_eps is None:
         return max(n, 16 * math.sqrt(n), 1) * torch.finfo(dtype).eps, 0.0
-    if isinstance(gap_eps, bool) or not isinstance(gap_eps, (int, float)):
-        raise ValueError(f"gap_eps must be None or a non-negative number, got {gap_eps!r}")
-    if not math.isfinite(gap_eps) or gap_eps < 0:
-        raise ValueError(f"gap_eps must be None or a non-negative number, got {gap_eps!r}")
     return 0.0, float(gap_eps)
-
-
-def _check_square(A, name: str, dtypes) -> None:
-    if not isinstance(A, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
-    if A.dim() < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (*, n, n), got shape {tuple(A.shape)}"
-        )
-    if A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"{name} must be a batch of square matrices, got shape {tuple(A.shape)}")
-    if A.dtype not in dtypes:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise ValueError(f"{name} must have dtype {names}; got {A.dtype}")
-
-
-def _check_uplo(UPLO) -> None:
-    if UPLO not in ("L", "U"):
-        raise ValueError(f"UPLO must be 'L' or 'U', got {UPLO!r}")
-
-
-def _is_traced(t: torch.Tensor) -> bool:
-    """True under torch.compile or a torch.func transform, where values can't be read."""
-    if torch.compiler.is_compiling():
-        return True
-    functorch = torch._C._functorch
-    # batched tensors also come from the legacy vmap of gradcheck's batched-grad check
-    return (
-        functorch.is_functorch_wrapped_tensor(t)
-        or functorch.is_batchedtensor(t)
-        or functorch.is_legacy_batchedtensor(t)
-    )
-
-
-def _check_phase_invariance(X: torch.Tensor) -> None:
-    # Complex eigenvectors are defined up to a phase e^{i phi}; a loss that depends on
-    # it has Im(diag(V^H gV)) != 0 and no well-defined gradient. Same test and message
-    # as torch.linalg.eigh's backward.
-    if not X.is_complex() or _is_traced(X):
-        return
-    im = torch.diagonal(X, dim1=-2, dim2=-1).imag
-    if not torch.allclose(im, torch.zeros_like(im), rtol=1e-2, atol=1e-2):
-        raise RuntimeError(
-            "linalg_eigh_backward: The eigenvectors in the complex case are specified up to "
-            "multiplication by e^{i phi}. The specified loss function depends on this "
-            "quantity, so it is ill-defined."
-        )
 
 
 def eigh_backward(L, V, grad_L, grad_V, gap_rtol: float, gap_atol: float):
@@ -104,7 +60,7 @@ def eigh_backward(L, V, grad_L, grad_V, gap_rtol: float, gap_atol: float):
             return None
         return (V * grad_L.to(V.dtype).unsqueeze(-2)) @ V.mH
     X = V.mH @ grad_V
-    _check_phase_invariance(X)
+    check_phase_invariance(X)
     M = _ops.eigh_backward_core(L, X, grad_L, gap_rtol, gap_atol)
     gA = V @ M @ V.mH
     return 0.5 * (gA + gA.mH)
@@ -143,13 +99,6 @@ class _EighWithJvp(_Eigh):
         dL = dL.real if dL.is_complex() else dL
         dV = V @ _ops.eigh_backward_core(L, X, None, *ctx.gaps)
         return dL, dV
-
-
-def _input(A, input, fn: str) -> torch.Tensor:
-    """torch.linalg's keyword (``input=``) or ours (``A``), exactly one of them."""
-    if (A is None) == (input is None):
-        raise TypeError(f"{fn}() takes the matrix once: positionally, as A=, or as input=")
-    return A if input is None else input
 
 
 def eigh(
@@ -207,19 +156,13 @@ def eigh(
         >>> bool(A.grad.isfinite().all())
         True
     """
-    A = _input(A, input, "eigh")
-    _check_square(A, "A", _DTYPES)
-    _check_uplo(UPLO)
+    A = one_input(A, input, "eigh")
+    check_square(A, "A", _DTYPES)
+    check_uplo(UPLO)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, A.shape[-1], A.dtype)
     fn = _Eigh if torch.compiler.is_compiling() else _EighWithJvp
     L, V = fn.apply(A, UPLO, gap_rtol, gap_atol)
     return torch.return_types.linalg_eigh((L, V))
-
-
-def _needs_derivative(A: torch.Tensor) -> bool:
-    if A.requires_grad or _is_traced(A):
-        return True
-    return torch.autograd.forward_ad.unpack_dual(A).tangent is not None
 
 
 def eigvalsh(
@@ -242,10 +185,10 @@ def eigvalsh(
         >>> diffeig.eigvalsh(torch.eye(2, dtype=torch.float64) * 3)
         tensor([3., 3.], dtype=torch.float64)
     """
-    A = _input(A, input, "eigvalsh")
-    _check_square(A, "A", _DTYPES)
-    _check_uplo(UPLO)
-    if _needs_derivative(A):
+    A = one_input(A, input, "eigvalsh")
+    check_square(A, "A", _DTYPES)
+    check_uplo(UPLO)
+    if needs_derivative(A):
         return eigh(A, UPLO).eigenvalues
     return _torch_eigvalsh(A, UPLO=UPLO)
 

@@ -1,5 +1,10 @@
 """Batched LOBPCG for the k extreme eigenpairs of symmetric matrices, and its backward.
 
+The engine every iterative solver of diffeig runs on: :func:`lobpcg` (the iteration, in
+named steps), :func:`run_lobpcg` (initial block, non-convergence report and dense
+fallback), :func:`batched_cg` and :func:`partial_eigh_factor` (the backward's shifted
+solves).
+
 Everything is a batched tensor operation (no Python loop over the batch): per iteration
 one product ``A @ W`` with the (N x m) residual block, a Gram matrix, and two small
 batched ``eigh`` of size <= 3m. Rayleigh-Ritz works on the Gram matrix of the raw basis
@@ -18,13 +23,18 @@ from dataclasses import dataclass
 import torch
 
 from diffeig import _ops, _reference
+from diffeig._checks import check_not_meta
+from diffeig._reference import torch_eigh
 
 __all__ = [
     "BatchedOperator",
     "Symmetric",
     "LobpcgInfo",
+    "default_block",
     "default_tol",
+    "initial_block",
     "lobpcg",
+    "run_lobpcg",
     "partial_eigh_backward",
     "partial_eigh_factor",
     "report_failure",
@@ -167,6 +177,211 @@ def _project(Y, C):
     return Y - C @ (C.mT @ Y)
 
 
+def _rayleigh_ritz(S, AS, m):
+    """The m smallest Ritz pairs of ``A`` on the basis ``S`` (``AS = A S``), batched.
+
+    The Gram matrix of the raw basis is whitened through its eigendecomposition, so that
+    directions which became linearly dependent are dropped per matrix by a mask. Returns
+    ``(theta (*, m), C (*, s, m), ill (*))``: the Ritz values, the coefficients of the
+    Ritz vectors ``S C``, and whether the basis was ill-conditioned.
+    """
+    dtype = S.dtype
+    G = S.mT @ S
+    H = S.mT @ AS
+    H = 0.5 * (H + H.mT)
+    e, U = torch.linalg.eigh(0.5 * (G + G.mT))
+    # Directions whose Gram eigenvalue is below eps^(3/4) of the largest carry H with
+    # a relative error above eps^(1/4): kept, they feed rounding noise back into the
+    # basis, and a near-disconnected graph then diverges once its residual stalls.
+    floor = max(S.shape[-1] * torch.finfo(dtype).eps * 10, torch.finfo(dtype).eps ** 0.75)
+    keep = e > e[..., -1:] * floor
+    T = U * torch.where(keep, e.clamp_min(torch.finfo(dtype).tiny).rsqrt(), 0).unsqueeze(-2)
+    Hs = T.mT @ H @ T
+    # Dropped directions get a Ritz value above every real one (Gershgorin), so they
+    # are never selected.
+    big = Hs.abs().sum(-1).amax(-1, keepdim=True) * 2 + 1
+    Hs = Hs + torch.diag_embed(torch.where(keep, 0, big))
+    th, C = torch.linalg.eigh(0.5 * (Hs + Hs.mT))
+    # How much the whitening amplifies rounding: the implicit updates AX = AS C carry
+    # AS's error times 1 / sqrt(smallest kept Gram eigenvalue), every iteration. Past
+    # eps^-1/4 (a Gram ratio below sqrt(eps)) a matrix whose residual also stopped
+    # falling is restarted.
+    smallest = torch.where(keep, e, e[..., -1:]).amin(-1)
+    ill = smallest < e[..., -1] * torch.finfo(dtype).eps ** 0.5
+    return th[..., :m], T @ C[..., :m], ill
+
+
+class _Iterate:
+    """LOBPCG's state for a batch: the Ritz block ``X`` (and ``A X``), its values, the
+    search directions ``P`` (and ``A P``), and per matrix the restart bookkeeping and
+    iteration count. Once matrices converge they are locked: their pairs move to ``out``
+    and the state keeps only the rows still iterating (``rows``)."""
+
+    def __init__(self, op, X0, constraints, k, scale):
+        self.k, self.scale, self.constraints = k, scale, constraints
+        m = X0.shape[-1]
+        X = _project(X0, constraints)
+        X = torch.linalg.qr(X).Q
+        AX = op(X)
+        theta, C, _ = _rayleigh_ritz(X, AX, m)
+        self.X, self.AX, self.theta = X @ C, AX @ C, theta
+        self.P = self.AP = None
+        shape, dev = X.shape[:-2], X.device
+        self.ill = self.pending = torch.zeros(shape, dtype=torch.bool, device=dev)
+        self.prev = torch.full(shape, math.inf, dtype=X.dtype, device=dev)
+        self.iters = torch.zeros(shape, dtype=torch.long, device=dev)
+        self.rows = self.out = None
+
+    # -- convergence -------------------------------------------------------------------
+
+    def residuals(self):
+        """``(R, rel)``: the residual block and the wanted pairs' relative residuals."""
+        R = self.AX - self.X * self.theta.unsqueeze(-2)
+        return R, self.relative(R, self.theta)
+
+    def relative(self, R, theta):
+        res = R[..., : self.k].norm(dim=-2)
+        if self.scale is None:
+            tiny = torch.finfo(R.dtype).tiny
+            return res / theta.abs().amax(-1).clamp_min(tiny).unsqueeze(-1)
+        return res  # the operator is A / scale
+
+    def note_stalls(self, rel):
+        """A matrix whose basis was ill-conditioned and whose residual stopped falling is
+        marked for a restart; an ill-conditioned basis alone is common near convergence."""
+        worst = rel.amax(-1)
+        self.pending = self.pending | (self.ill & (worst >= self.prev))
+        self.prev = worst
+
+    # -- restart -------------------------------------------------------------------------
+
+    def restart(self, op):
+        """Restart the marked matrices: X re-orthonormalized, A X computed afresh, P dropped.
+
+        A S C carries A S's rounding amplified by the whitening, and that error compounds
+        each iteration until the Ritz values leave the spectrum (the divergence on
+        TokenCut-like graphs). Returns the number restarted."""
+        pending = self.pending
+        X2 = _orthonormalize(self.X)
+        AX2 = op(X2)
+        bad = pending[..., None, None]
+        self.X, self.AX = torch.where(bad, X2, self.X), torch.where(bad, AX2, self.AX)
+        self.theta = torch.where(pending.unsqueeze(-1), (self.X * self.AX).sum(-2), self.theta)
+        if self.P is not None:
+            self.P, self.AP = torch.where(bad, 0, self.P), torch.where(bad, 0, self.AP)
+        self.pending = torch.zeros_like(pending)
+        return int(pending.sum())
+
+    # -- locking -------------------------------------------------------------------------
+
+    _PER_MATRIX = ("X", "AX", "theta", "ill", "pending", "prev", "iters")
+
+    def lock(self, done, op, prec, R):
+        """Converged matrices leave the working set (their products would be wasted):
+        their pairs are kept in ``out``, the rest is indexed once. Returns the restricted
+        ``(op, prec, R, done)``."""
+        if self.out is None:
+            B, n, m = self.X.shape
+            self.rows = torch.arange(B, device=self.X.device)
+            self.out = (self.X.new_empty(B, n, m), self.AX.new_empty(B, n, m))
+            self.out += (self.theta.new_empty(B, m), self.iters.new_empty(B))
+        self._store()
+        live = (~done).nonzero().squeeze(-1)
+        self.rows = self.rows[live]
+        for name in self._PER_MATRIX:
+            setattr(self, name, getattr(self, name).index_select(0, live))
+        if self.P is not None:
+            self.P, self.AP = self.P.index_select(0, live), self.AP.index_select(0, live)
+        if self.constraints is not None:
+            self.constraints = self.constraints.index_select(0, live)
+        prec = None if prec is None else prec.restrict(live)
+        return op.restrict(live), prec, R.index_select(0, live), done.index_select(0, live)
+
+    def _store(self):
+        for buf, t in zip(self.out, (self.X, self.AX, self.theta, self.iters)):
+            buf.index_copy_(0, self.rows, t)
+
+    def unlock(self):
+        """Every matrix's pairs back in batch order."""
+        if self.out is not None:
+            self._store()
+            self.X, self.AX, self.theta, self.iters = self.out
+
+    # -- one iteration -------------------------------------------------------------------
+
+    def step(self, R, done, op, prec):
+        """One LOBPCG update of the matrices not ``done``: Rayleigh-Ritz on
+        ``[X, T R, P]`` (T the preconditioner). Converged matrices keep their pairs:
+        iterating on a residual at rounding level only feeds noise into the basis."""
+        m = self.X.shape[-1]
+        self.iters = self.iters + (~done).long()
+        keep = done[..., None, None]
+        X_old, AX_old, theta_old = self.X, self.AX, self.theta
+        Wb = _project(R if prec is None else prec(R), self.constraints)
+        Wb = Wb / _safe_norm(Wb)
+        AW = op(Wb)
+        if self.P is None:
+            S, AS = torch.cat([self.X, Wb], -1), torch.cat([self.AX, AW], -1)
+        else:
+            nP = _safe_norm(self.P)
+            S = torch.cat([self.X, Wb, self.P / nP], -1)
+            AS = torch.cat([self.AX, AW, self.AP / nP], -1)
+        theta, C, self.ill = _rayleigh_ritz(S, AS, m)
+        X, AX = S @ C, AS @ C
+        P, AP = S[..., m:] @ C[..., m:, :], AS[..., m:] @ C[..., m:, :]
+        self.X, self.AX = torch.where(keep, X_old, X), torch.where(keep, AX_old, AX)
+        self.theta = torch.where(done.unsqueeze(-1), theta_old, theta)
+        self.P, self.AP = torch.where(keep, 0, P), torch.where(keep, 0, AP)
+        if self.constraints is not None:  # keep rounding from leaking into the deflated space
+            self.X = _project(self.X, self.constraints)
+
+    # -- result --------------------------------------------------------------------------
+
+    def failed(self, tol):
+        """Per matrix: not every wanted pair converged, or (on A / scale, whose spectrum
+        lies in [-1, 1]) a Ritz value left the spectrum's bounds: what a divergence
+        looks like, or a non-finite value."""
+        k = self.k
+        res = self.relative(self.AX - self.X * self.theta.unsqueeze(-2), self.theta)
+        if self.scale is None:
+            inside = torch.ones_like(res[..., 0], dtype=torch.bool)
+        else:
+            inside = (self.theta[..., :k].abs() <= 1 + 100 * tol).all(-1)
+        return ~((res <= tol).all(-1) & inside & torch.isfinite(self.theta[..., :k]).all(-1))
+
+
+def _scaled_operators(matmul, preconditioner, X0, constraints, largest, scale):
+    """The operator LOBPCG iterates on, ``Y -> sign A Y / scale`` (smallest eigenvalues of
+    it are the wanted ones, its spectrum in [-1, 1] when ``scale`` bounds A), and the
+    preconditioner; with a :class:`BatchedOperator` (and a restrictable preconditioner)
+    on a flat batch ``(B, N, m)``, so that converged matrices can leave it.
+
+    Returns ``(op, prec, X0, constraints, compact)``."""
+    batch, (n, m) = X0.shape[:-2], X0.shape[-2:]
+    inv = None
+    if scale is not None:
+        # On A / scale the residual test and the Gram matrices are the same at any scale
+        # of A (at 1e-200 the squared residuals of A itself underflow to 0 and a random
+        # block "converges").
+        scale = scale.detach().to(X0.dtype)
+        inv = torch.where(scale > 0, 1 / scale, 1.0)[..., None, None]
+
+    def signed_scaled(Y, A, inv):
+        AY = A(Y)
+        AY = -AY if largest else AY
+        return AY if inv is None else AY * inv
+
+    B = math.prod(batch)
+    compact = B > 1 and isinstance(matmul, BatchedOperator) and _restrictable(preconditioner)
+    if not compact:
+        return (lambda Y: signed_scaled(Y, matmul, inv)), preconditioner, X0, constraints, False
+    op = BatchedOperator(signed_scaled, matmul, inv, batch_shape=batch).restrict()
+    prec = None if preconditioner is None else preconditioner.restrict()
+    if constraints is not None:
+        constraints = constraints.expand(*batch, n, constraints.shape[-1]).reshape(B, n, -1)
+    return op, prec, X0.reshape(B, n, m), constraints, True
+
+
 def lobpcg(
     matmul: Callable[[torch.Tensor], torch.Tensor],
     X0: torch.Tensor,
@@ -181,6 +396,11 @@ def lobpcg(
     check_every: int | None = None,
 ):
     """k extreme eigenpairs of a batch of symmetric operators.
+
+    One iteration, per matrix still iterating: residuals and the convergence test;
+    a restart where the basis went ill-conditioned and the residual stalled
+    (:meth:`_Iterate.restart`); locking of converged matrices out of the working set
+    (:meth:`_Iterate.lock`); Rayleigh-Ritz on ``[X, T R, P]`` (:meth:`_Iterate.step`).
 
     Args:
         matmul: ``Y -> A @ Y`` for ``(*, N, m)`` blocks.
@@ -208,107 +428,19 @@ def lobpcg(
         check_every = 4 if X0.device.type == "cuda" else 1
     if tol is None:
         tol = default_tol(dtype)
-    sign = -1.0 if largest else 1.0
     batch, (n, m) = X0.shape[:-2], X0.shape[-2:]
-    B = math.prod(batch)
-    inv = None
-    if scale is not None:
-        # Iterate on A / scale, whose spectrum lies in [-1, 1]: the residual test and the
-        # Gram matrices are then the same at any scale of A (at 1e-200 the squared
-        # residuals of A itself underflow to 0 and a random block "converges").
-        scale = scale.detach().to(dtype)
-        inv = torch.where(scale > 0, 1 / scale, 1.0)[..., None, None]
-
-    def signed_scaled(Y, A, inv):
-        AY = A(Y)
-        AY = -AY if largest else AY
-        return AY if inv is None else AY * inv
-
-    # With a BatchedOperator (and a restrictable preconditioner) the iteration runs on a
-    # flat batch (B, N, m), and matrices that converged leave the working set.
-    compact = B > 1 and isinstance(matmul, BatchedOperator) and _restrictable(preconditioner)
-    if compact:
-        op = BatchedOperator(signed_scaled, matmul, inv, batch_shape=batch).restrict()
-        prec = None if preconditioner is None else preconditioner.restrict()
-        X0 = X0.reshape(B, n, m)
-        if constraints is not None:
-            constraints = constraints.expand(*batch, n, constraints.shape[-1]).reshape(B, n, -1)
-    else:
-
-        def op(Y):
-            return signed_scaled(Y, matmul, inv)
-
-        prec = preconditioner
-
-    def rayleigh_ritz(S, AS, m):
-        G = S.mT @ S
-        H = S.mT @ AS
-        H = 0.5 * (H + H.mT)
-        e, U = torch.linalg.eigh(0.5 * (G + G.mT))
-        # Directions whose Gram eigenvalue is below eps^(3/4) of the largest carry H with
-        # a relative error above eps^(1/4): kept, they feed rounding noise back into the
-        # basis, and a near-disconnected graph then diverges once its residual stalls.
-        floor = max(S.shape[-1] * torch.finfo(dtype).eps * 10, torch.finfo(dtype).eps ** 0.75)
-        keep = e > e[..., -1:] * floor
-        T = U * torch.where(keep, e.clamp_min(torch.finfo(dtype).tiny).rsqrt(), 0).unsqueeze(-2)
-        Hs = T.mT @ H @ T
-        # Dropped directions get a Ritz value above every real one (Gershgorin), so they
-        # are never selected.
-        big = Hs.abs().sum(-1).amax(-1, keepdim=True) * 2 + 1
-        Hs = Hs + torch.diag_embed(torch.where(keep, 0, big))
-        th, C = torch.linalg.eigh(0.5 * (Hs + Hs.mT))
-        # How much the whitening amplifies rounding: the implicit updates AX = AS C carry
-        # AS's error times 1 / sqrt(smallest kept Gram eigenvalue), every iteration. Past
-        # eps^-1/4 (a Gram ratio below sqrt(eps)) a matrix whose residual also stopped
-        # falling is restarted.
-        smallest = torch.where(keep, e, e[..., -1:]).amin(-1)
-        ill = smallest < e[..., -1] * torch.finfo(dtype).eps ** 0.5
-        return th[..., :m], T @ C[..., :m], ill
-
-    X = _project(X0, constraints)
-    X = torch.linalg.qr(X).Q
-    AX = op(X)
-    theta, C, _ = rayleigh_ritz(X, AX, m)
-    X, AX = X @ C, AX @ C
-    P = AP = None
+    op, prec, X0, constraints, compact = _scaled_operators(
+        matmul, preconditioner, X0, constraints, largest, scale
+    )
+    state = _Iterate(op, X0, constraints, k, scale)
     it, max_res, converged, restarts = 0, math.inf, False, 0
-    ill = pending = torch.zeros(X.shape[:-2], dtype=torch.bool, device=X.device)
-    prev = torch.full(X.shape[:-2], math.inf, dtype=dtype, device=X.device)
-    iters = torch.zeros(X.shape[:-2], dtype=torch.long, device=X.device)
-    # The working set: rows of the flat batch still iterating, and where the others went.
-    rows, out = None, None
-
-    def relative_residuals(R, theta):
-        res = R[..., :k].norm(dim=-2)
-        if scale is None:
-            return res / theta.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny).unsqueeze(-1)
-        return res  # the operator is A / scale
-
     for it in range(1, max_iter + 1):  # noqa: B007
-        R = AX - X * theta.unsqueeze(-2)
-        rel = relative_residuals(R, theta)
-        # A matrix whose basis was ill-conditioned and whose residual stopped falling is
-        # restarted (below); an ill-conditioned basis alone is common near convergence.
-        worst = rel.amax(-1)
-        pending = pending | (ill & (worst >= prev))
-        prev = worst
+        R, rel = state.residuals()
+        state.note_stalls(rel)
         check = it % check_every == 0 or it == max_iter
-        if check and bool(pending.any()):
-            # AS C carries AS's rounding amplified by the whitening, and that error
-            # compounds each iteration until the Ritz values leave the spectrum (the
-            # divergence on TokenCut-like graphs): X re-orthonormalized, A X computed
-            # afresh, P dropped.
-            X2 = _orthonormalize(X)
-            AX2 = op(X2)
-            bad = pending[..., None, None]
-            X, AX = torch.where(bad, X2, X), torch.where(bad, AX2, AX)
-            theta = torch.where(pending.unsqueeze(-1), (X * AX).sum(-2), theta)
-            if P is not None:
-                P, AP = torch.where(bad, 0, P), torch.where(bad, 0, AP)
-            restarts += int(pending.sum())
-            pending = torch.zeros_like(pending)
-            R = AX - X * theta.unsqueeze(-2)
-            rel = relative_residuals(R, theta)
+        if check and bool(state.pending.any()):
+            restarts += state.restart(op)
+            R, rel = state.residuals()
         done = (rel <= tol).all(-1)  # per matrix
         if check:
             max_res = rel.amax().item()  # the only host synchronization
@@ -316,70 +448,22 @@ def lobpcg(
                 converged = True
                 break
             if compact and int((~done).sum()) <= COMPACT_BELOW * done.numel():
-                # Converged matrices leave the working set (their products would be
-                # wasted): their pairs are kept in `out`, the rest is indexed once.
-                if out is None:
-                    rows = torch.arange(B, device=X.device)
-                    out = (X.new_empty(B, n, m), AX.new_empty(B, n, m), theta.new_empty(B, m))
-                    out += (iters.new_empty(B),)
-                for buf, t in zip(out, (X, AX, theta, iters)):
-                    buf.index_copy_(0, rows, t)
-                live = (~done).nonzero().squeeze(-1)
-                rows = rows[live]
-                X, AX, theta, R, ill, pending, prev, iters, done = (
-                    t.index_select(0, live)
-                    for t in (X, AX, theta, R, ill, pending, prev, iters, done)
-                )
-                if P is not None:
-                    P, AP = P.index_select(0, live), AP.index_select(0, live)
-                if constraints is not None:
-                    constraints = constraints.index_select(0, live)
-                op = op.restrict(live)
-                prec = None if prec is None else prec.restrict(live)
-        iters = iters + (~done).long()
-        # Converged matrices keep their pairs: iterating on a residual at rounding level
-        # only feeds noise into the basis.
-        keep = done[..., None, None]
-        X_old, AX_old, theta_old = X, AX, theta
-        Wb = _project(R if prec is None else prec(R), constraints)
-        Wb = Wb / _safe_norm(Wb)
-        AW = op(Wb)
-        if P is None:
-            S, AS = torch.cat([X, Wb], -1), torch.cat([AX, AW], -1)
-        else:
-            nP = _safe_norm(P)
-            S, AS = torch.cat([X, Wb, P / nP], -1), torch.cat([AX, AW, AP / nP], -1)
-        theta, C, ill = rayleigh_ritz(S, AS, m)
-        X, AX = S @ C, AS @ C
-        P, AP = S[..., m:] @ C[..., m:, :], AS[..., m:] @ C[..., m:, :]
-        X, AX = torch.where(keep, X_old, X), torch.where(keep, AX_old, AX)
-        theta = torch.where(done.unsqueeze(-1), theta_old, theta)
-        P, AP = torch.where(keep, 0, P), torch.where(keep, 0, AP)
-        if constraints is not None:  # keep rounding from leaking into the deflated space
-            X = _project(X, constraints)
-    if out is not None:
-        for buf, t in zip(out, (X, AX, theta, iters)):
-            buf.index_copy_(0, rows, t)
-        X, AX, theta, iters = out
-    # Per matrix: the wanted pairs converged, and (on A / scale, whose spectrum lies in
-    # [-1, 1]) no Ritz value left the spectrum's bounds: what a divergence looks like.
-    res = relative_residuals(AX - X * theta.unsqueeze(-2), theta)
-    if scale is None:
-        inside = torch.ones_like(res[..., 0], dtype=torch.bool)
-    else:
-        inside = (theta[..., :k].abs() <= 1 + 100 * tol).all(-1)
-    failed = ~((res <= tol).all(-1) & inside & torch.isfinite(theta[..., :k]).all(-1))
+                op, prec, R, done = state.lock(done, op, prec, R)
+        state.step(R, done, op, prec)
+    state.unlock()
+    failed = state.failed(tol)
     info = LobpcgInfo(
         iterations=it,
         max_residual=max_res,
         converged=converged and not bool(failed.any()),
         restarts=restarts,
         failed=failed.reshape(batch),
-        matrix_iterations=iters.reshape(batch),
+        matrix_iterations=state.iters.reshape(batch),
     )
-    theta, X = theta.reshape(*batch, m), X.reshape(*batch, n, m)
+    theta, X = state.theta.reshape(*batch, m), state.X.reshape(*batch, n, m)
     if scale is not None:
-        theta = theta * scale.unsqueeze(-1)
+        theta = theta * scale.detach().to(dtype).unsqueeze(-1)
+    sign = -1.0 if largest else 1.0
     if m > k:  # the first guard vector's Ritz value: a bound on the (k+1)-th eigenvalue
         info.next_eigenvalue = sign * theta[..., k]
     return sign * theta[..., :k], X[..., :k], info
@@ -576,3 +660,137 @@ def partial_eigh_backward(A, theta, X, grad_theta, grad_X, gap_rtol, gap_atol, *
     P = partial_eigh_factor(A, theta, X, grad_theta, grad_X, gap_rtol, gap_atol, **kw)
     gA = P @ X.mT
     return 0.5 * (gA + gA.mT)
+
+
+# ------------------------------------------------------------------------- the driver
+
+
+def default_block(k: int, n: int) -> int:
+    """Block size: k wanted columns plus guard vectors, which speed up convergence."""
+    return min(n, k + max(k, 4))
+
+
+def initial_block(shape, dtype, device, seed: int = 0, start=None, constraints=None):
+    """Random ``(*, N, m)`` columns (seeded: the same start every call), the first ones
+    replaced by ``start`` ``(*, N, s)`` where its part orthogonal to ``constraints`` is not
+    negligible (a start that lies in the deflated space would bring it back in)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    X = torch.randn(shape, generator=g, dtype=dtype).to(device)
+    if start is not None:
+        s = start.to(dtype).expand(*shape[:-1], start.shape[-1])
+        sp = _project(s, constraints)
+        norm = sp.norm(dim=-2, keepdim=True)
+        ok = norm > torch.finfo(dtype).eps ** 0.5 * s.norm(dim=-2, keepdim=True)
+        r = s.shape[-1]
+        X[..., :r] = torch.where(ok, sp / torch.where(ok, norm, 1) * shape[-2] ** 0.5, X[..., :r])
+    return X
+
+
+def run_lobpcg(
+    A,
+    k,
+    *,
+    largest,
+    constraints,
+    tol,
+    max_iter,
+    on_fail,
+    scale=None,
+    preconditioner=None,
+    like=None,
+    start=None,
+    block=None,
+):
+    """LOBPCG on ``A``: a dense ``(*, N, N)`` tensor (dense eigh instead when the block
+    would not be small), or a function ``Y -> A @ Y`` with ``like`` a ``(*, N)`` tensor
+    giving the batch shape, dtype and device (then ``scale`` is required). ``start``:
+    ``(*, N, s)`` guesses of the wanted vectors, the first columns of the initial block;
+    ``block``: the block size (default :func:`default_block`)."""
+    dense = not callable(A)
+    like = A[..., 0] if dense else like
+    n = like.shape[-1]
+    check_not_meta(like, "LOBPCG")
+    if like.numel() == 0:  # an empty batch
+        theta, X = like.new_zeros(*like.shape[:-1], k), like.new_zeros(*like.shape, k)
+        return theta, X, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
+    r = 0 if constraints is None else constraints.shape[-1]
+    m = default_block(k, n - r) if block is None else min(block, n - r)
+    if n - r <= DENSE_BELOW * m:
+        # The iteration would cost about as much as a dense solve, and Rayleigh-Ritz on a
+        # basis that nearly spans the space is fragile (a 26 x 26 matrix diverged).
+        lam, V = _dense_pairs(_materialize(A, like), k, largest, constraints)
+        return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
+    if start is not None:
+        start = start[..., : m - 1]  # at least one random column
+    X0 = initial_block(
+        (*like.shape, m), like.dtype, like.device, start=start, constraints=constraints
+    )
+    if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
+        scale = spectral_bound(A)
+    theta, X, info = lobpcg(
+        BatchedOperator(_matmul, Symmetric(A), batch_shape=A.shape[:-2]) if dense else A,
+        X0,
+        k,
+        largest=largest,
+        constraints=constraints,
+        tol=tol,
+        max_iter=max_iter,
+        scale=scale,
+        preconditioner=preconditioner,
+    )
+    failed = info.failed
+    if bool(failed.any()):
+        count, total = int(failed.sum()), failed.numel()
+        msg = (
+            f"LOBPCG did not converge on {count} of {total} matrices in {info.iterations} "
+            f"iterations (largest relative residual {info.max_residual:.2e} > tol, or Ritz "
+            "values outside the spectrum's bounds)"
+        )
+        if dense or n <= MAX_FALLBACK_N:
+            Ad = A[failed] if dense else _materialize(A, like)[failed]
+            C = None if constraints is None else constraints[failed]
+            lam, V = _dense_pairs(Ad, k, largest, C)
+            theta, X = theta.clone(), X.clone()
+            theta[failed], X[failed] = lam.to(theta.dtype), V.to(X.dtype)
+            info.fallbacks = count
+            msg += "; those were solved densely (torch.linalg.eigh), so the results are exact."
+        else:
+            msg += ". Raise max_iter or tol, or use method='dense'."
+        report_failure(msg, on_fail, stacklevel=4)
+    return theta, X, info
+
+
+# Use the dense solve when N (less the deflated constraints) is at most this many times
+# the LOBPCG block.
+DENSE_BELOW = 5
+# Matrix-free operators are materialized for a dense fallback only up to this N.
+MAX_FALLBACK_N = 8192
+
+
+def _materialize(A, like):
+    """``A`` as a dense ``(*, N, N)`` tensor (a function is applied to the identity)."""
+    if not callable(A):
+        return A
+    n = like.shape[-1]
+    eye = torch.eye(n, dtype=like.dtype, device=like.device).expand(*like.shape[:-1], n, n)
+    M = A(eye.contiguous())
+    return 0.5 * (M + M.mT)
+
+
+def _dense_pairs(A, k, largest, constraints):
+    """The k extreme pairs of dense symmetric ``A`` orthogonal to the orthonormal
+    ``constraints`` (an invariant subspace of A, e.g. known eigenvectors): they are the
+    extreme pairs of ``A + s C C^T`` with the constraints shifted past the spectrum, so a
+    degenerate eigenspace that meets them still gives vectors orthogonal to them."""
+    if constraints is not None:
+        shift = 2 * spectral_bound(A) + 1
+        shift = -shift if largest else shift
+        A = A + shift[..., None, None] * (constraints @ constraints.mT)
+    return _dense(A, k, largest)
+
+
+def _dense(A, k, largest):
+    lam, V = torch_eigh(A)
+    if largest:
+        return lam[..., -k:].flip(-1), V[..., -k:].flip(-1)
+    return lam[..., :k], V[..., :k]

@@ -5,7 +5,8 @@ pure-PyTorch twin from :mod:`diffeig._reference` otherwise. For the native opera
 this module registers, from Python, what makes them first-class PyTorch ops:
 fake (shape-only) kernels for ``torch.compile``, vmap rules for ``torch.func`` and
 the autograd formula of ``eigh_backward_core`` (so that ``diffeig.eigh`` has a
-double backward).
+double backward). ``symmetry_stats``, which only the argument checks read, is chosen
+native-or-twin in :mod:`diffeig._checks`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from diffeig import _extension, _reference
+from diffeig._checks import needs_derivative
 
 __all__ = [
     "eigh_backward_core",
@@ -20,7 +22,6 @@ __all__ = [
     "ncut_grad_assemble",
     "ncut_backward",
     "cg_step",
-    "symmetry_stats",
     "sym_matmul",
 ]
 
@@ -32,9 +33,7 @@ def _differentiated(*tensors) -> bool:
     native kernel, whose registered autograd covers reverse mode only."""
     if torch.compiler.is_compiling():
         return False  # traced graphs get the native op (fake kernel + registered autograd)
-    from diffeig._eigh import _needs_derivative  # (_eigh imports this module)
-
-    return any(t is not None and _needs_derivative(t) for t in tensors)
+    return any(t is not None and needs_derivative(t) for t in tensors)
 
 
 def eigh_backward_core(eigenvalues, X, grad_eigenvalues, gap_rtol: float, gap_atol: float):
@@ -49,13 +48,6 @@ def laplacian(W, normalized: bool):
     if _extension.native_for(W.device):
         return torch.ops.diffeig.laplacian(W, bool(normalized))
     return _reference.laplacian(W, normalized)
-
-
-def symmetry_stats(W):
-    if _extension.native_for(W.device) and W.device.type == "cpu":
-        return torch.ops.diffeig.symmetry_stats(W)
-    # Elsewhere (CUDA) ATen reductions (one read for min / max, tiles for the asymmetry).
-    return _reference.symmetry_stats(W)
 
 
 def sym_matmul(W, Y, index=None):

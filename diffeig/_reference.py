@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import torch
 
+# torch's own solvers, kept before diffeig.patch_torch can replace them: every dense
+# solve in diffeig goes through these, so diffeig never calls itself.
+torch_eigh = torch.linalg.eigh
+torch_eigvalsh = torch.linalg.eigvalsh
+
 __all__ = [
+    "torch_eigh",
+    "torch_eigvalsh",
     "gap_mask",
     "masked_reciprocal_gaps",
     "eigh_backward_core",

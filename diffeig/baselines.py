@@ -13,13 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from diffeig import _reference
-from diffeig.ncut import (
-    _check_k,
-    _check_options,
-    _ncut_forward,
-    _ncut_grad_inputs,
-    check_affinity,
-)
+from diffeig._checks import check_affinity, check_columns, check_k, check_ncut_options
+from diffeig.ncut._common import ncut_grad_inputs
+from diffeig.ncut._dense import ncut_forward
 
 __all__ = ["pinv_eigh_backward", "sym_eigh_ncut_pinv"]
 
@@ -48,11 +44,7 @@ def pinv_eigh_backward(
         ``(*, N, N)`` symmetric gradient w.r.t. ``A``.
     """
     indices = list(indices)
-    if grad_eigenvectors.shape[-1] != len(indices):
-        raise ValueError(
-            f"grad_eigenvectors must have one column per index ({len(indices)}), "
-            f"got shape {tuple(grad_eigenvectors.shape)}"
-        )
+    check_columns(grad_eigenvectors, indices)
     n = A.shape[-1]
     eye = torch.eye(n, dtype=A.dtype, device=A.device)
     gA = torch.zeros_like(A)
@@ -70,7 +62,7 @@ class _NCutPinv(torch.autograd.Function):
 
     @staticmethod
     def forward(W, k, normalized, sign, hermitian):
-        return _ncut_forward(W, k, normalized, sign)
+        return ncut_forward(W, k, normalized, sign)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -87,7 +79,7 @@ class _NCutPinv(torch.autograd.Function):
         W, lam, V, d = ctx.saved_tensors
         k, normalized, hermitian = ctx.args
         Vk = V[..., :k]
-        grad_U, grad_d = _ncut_grad_inputs(grad_lam, grad_Z, V, d, k, normalized)
+        grad_U, grad_d = ncut_grad_inputs(grad_lam, grad_Z, V, d, k, normalized)
         L = _reference.laplacian(W, normalized)[0]
         gL = pinv_eigh_backward(L, lam, V, grad_U, range(k), hermitian=hermitian)
         if grad_lam is not None:
@@ -110,9 +102,9 @@ def sym_eigh_ncut_pinv(
     eigenvector (the generic Eqn. 7 cannot know which ones the loss uses) and then the
     chain rule through the degrees. For benchmarks and cross-checks.
     """
-    _check_options(laplacian, sign)
+    check_ncut_options(laplacian, sign)
     normalized = laplacian == "ncut"
     check_affinity(W, normalized=normalized)
-    _check_k(k, W.shape[-1])
+    check_k(k, W.shape[-1])
     lam, Z, *_ = _NCutPinv.apply(W, k, normalized, sign, hermitian)
     return lam, Z

@@ -116,8 +116,8 @@ def test_eigsh_auto():
 def test_recipe_loss_is_the_same_with_either_solver():
     pytest.importorskip("timm")
     from diffeig.dncut.backbone import build_backbone
-    from diffeig.dncut.data import ImageSource, TwoViews
-    from diffeig.dncut.model import DNCut, NCutOptions, ncut_masks
+    from diffeig.dncut.train.data import ImageSource, TwoViews
+    from diffeig.dncut.train.model import DNCut, NCutOptions, ncut_masks
 
     data = TwoViews(ImageSource("synthetic:4", synthetic_size=160), size=128)
     batch = torch.utils.data.default_collate([data[i] for i in range(4)])
@@ -143,8 +143,8 @@ def _graphs_of_the_recipe(kind, side, tmp_path):
     """Aligned training maps (4B, C, side, side): the random ViT-S/16 model's heads on
     generated images, or the colour baseline's features of the quokka photo's two views."""
     from diffeig.dncut.backbone import build_backbone
-    from diffeig.dncut.data import ImageSource, TwoViews
-    from diffeig.dncut.model import DNCut
+    from diffeig.dncut.train.data import ImageSource, TwoViews
+    from diffeig.dncut.train.model import DNCut
 
     if kind == "model":
         data = TwoViews(ImageSource("synthetic:2", synthetic_size=2 * 16 * side), size=16 * side)
@@ -172,7 +172,7 @@ def test_auto_equals_dense_on_the_recipes_graphs(kind, side, tmp_path):
     `auto` (LOBPCG there) equal the dense float64 path's to 1e-6 (sign max: "sum" reads
     rounding noise for D - W); float32 LOBPCG is reported against both."""
     pytest.importorskip("timm")
-    from diffeig.dncut.model import NCutOptions, ncut_masks
+    from diffeig.dncut.train.model import NCutOptions, ncut_masks
 
     model, maps = _graphs_of_the_recipe(kind, side, tmp_path)
     assert auto_method(side * side, 1, CPU) == "lobpcg"

@@ -18,11 +18,17 @@ pytest.importorskip("torchvision")
 from diffeig.dncut import cli  # noqa: E402
 from diffeig.dncut.backbone import build_backbone, convert_state_dict, create_vit, load_weights  # noqa: E402
 from diffeig.dncut.config import TrainConfig, builtin_configs, load_yaml, resolve  # noqa: E402
-from diffeig.dncut.data import ImageSource, TwoViews, list_images, overlap_boxes, write_synthetic  # noqa: E402
-from diffeig.dncut.losses import hard_iou, mask_consistency, pseudo_masks, structural_regularization  # noqa: E402
-from diffeig.dncut.model import DNCut, align  # noqa: E402
-from diffeig.dncut.optim import authors_param_groups  # noqa: E402
+from diffeig.dncut.images import list_images, write_synthetic
 from diffeig.dncut.train import lr_schedule  # noqa: E402
+from diffeig.dncut.train.data import ImageSource, TwoViews, overlap_boxes  # noqa: E402
+from diffeig.dncut.train.losses import (  # noqa: E402
+    hard_iou,
+    mask_consistency,
+    pseudo_masks,
+    structural_regularization,
+)
+from diffeig.dncut.train.model import DNCut, align  # noqa: E402
+from diffeig.dncut.train.optim import authors_param_groups  # noqa: E402
 
 
 def bce(p, t):
@@ -386,7 +392,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, c
     out = tmp_path / "r"
     assert run_cli("--output", str(out), "--max-steps", "2") == 0
     before = (out / "last.pth").read_bytes()
-    from diffeig.dncut import model as model_mod
+    from diffeig.dncut.train import model as model_mod
 
     real = model_mod.DNCut.forward
 

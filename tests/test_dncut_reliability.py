@@ -23,9 +23,9 @@ pytest.importorskip("torchvision")
 from PIL import Image  # noqa: E402
 
 from diffeig.dncut import checkpoint, cli  # noqa: E402
-from diffeig.dncut.data import list_images  # noqa: E402
-from diffeig.dncut.datasets import SaliencyDataset  # noqa: E402
-from diffeig.dncut.losses import mask_consistency  # noqa: E402
+from diffeig.dncut.eval.datasets import SaliencyDataset  # noqa: E402
+from diffeig.dncut.images import list_images  # noqa: E402
+from diffeig.dncut.train.losses import mask_consistency  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -81,7 +81,7 @@ def test_huge_learning_rate_stops_without_touching_the_checkpoint(run2, tmp_path
 def test_non_finite_parameters_are_caught_before_saving(run2, tmp_path, monkeypatch, capsys):
     out = copy_run(run2, tmp_path)
     before = (out / "last.pth").read_bytes()
-    from diffeig.dncut.optim import LARS
+    from diffeig.dncut.train.optim import LARS
 
     real = LARS.step
 
@@ -415,7 +415,7 @@ def test_f_beta_in_bounded_memory():
     code = textwrap.dedent(
         """
         import resource, torch
-        from diffeig.dncut.metrics import f_beta_curve
+        from diffeig.dncut.eval.metrics import f_beta_curve
         g = torch.Generator().manual_seed(0)
         pred = torch.rand(3000, 3000, generator=g)
         gt = torch.rand(3000, 3000, generator=g) > 0.5
@@ -437,8 +437,8 @@ def test_f_beta_in_bounded_memory():
 def test_saturated_mask_gives_no_gradient_spike():
     """z2 is solved in float64; a float64 sigmoid that rounds to 1.0 in float32 kept its
     derivative and met the BCE's 1 / (m (1 - m)): 3e4 - 5e4 per saturated token."""
-    from diffeig.dncut.losses import _bce
-    from diffeig.dncut.model import NCutOptions, ncut_masks
+    from diffeig.dncut.train.losses import _bce
+    from diffeig.dncut.train.model import NCutOptions, ncut_masks
 
     g = torch.Generator().manual_seed(0)
     f = torch.randn(2, 8, 4, 4, generator=g)  # float32 maps, as in training

@@ -15,10 +15,11 @@ pytest.importorskip("torchvision")
 
 from PIL import Image  # noqa: E402
 
-from diffeig.dncut import cli, metrics  # noqa: E402
-from diffeig.dncut.data import write_synthetic  # noqa: E402
-from diffeig.dncut.datasets import DiscoveryDataset, SaliencyDataset  # noqa: E402
-from diffeig.dncut.postprocess import seed_component  # noqa: E402
+from diffeig.dncut import cli  # noqa: E402
+from diffeig.dncut.eval import metrics  # noqa: E402
+from diffeig.dncut.eval.datasets import DiscoveryDataset, SaliencyDataset  # noqa: E402
+from diffeig.dncut.eval.postprocess import seed_component  # noqa: E402
+from diffeig.dncut.images import write_synthetic  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -107,7 +108,7 @@ def test_tokencut_seed_component_and_box():
 
 
 def saliency_layout(root: Path, name: str, n: int = 3) -> Path:
-    from diffeig.dncut.datasets import SALIENCY
+    from diffeig.dncut.eval.datasets import SALIENCY
 
     img_dir, mask_dir = SALIENCY[name]
     src = write_synthetic(root / "_src", n, size=48, seed=5)
@@ -344,7 +345,7 @@ def test_evaluation_errors_are_clear(tmp_path, capsys):
 
 
 def test_mask_box_and_tiny_images():
-    from diffeig.dncut.postprocess import mask_box, simple
+    from diffeig.dncut.eval.postprocess import mask_box, simple
 
     m = torch.zeros(3, 4, dtype=torch.bool)
     assert mask_box(m, 16, (40, 60)).tolist() == [0, 0, 60, 40]

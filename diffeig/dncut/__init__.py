@@ -4,8 +4,11 @@ The recipe and its evaluation, run as ``python -m diffeig.dncut {train,export,
 eval-saliency,eval-discovery,visualize}``. Needs the ``[dncut]`` extra (timm,
 torchvision, pillow, tqdm, pyyaml). ``import diffeig`` never imports this package.
 
-Modules: :mod:`~diffeig.dncut.backbone` (ViT keys, checkpoint loading, the ``color`` and
-``random`` backbones), :mod:`~diffeig.dncut.data` (two-view crops, image folders, the
-synthetic generator), :mod:`~diffeig.dncut.model` (heads, alignment, NCut masks),
-:mod:`~diffeig.dncut.losses`, :mod:`~diffeig.dncut.train`, :mod:`~diffeig.dncut.evaluate`.
+Rooms (``docs/design.md``): :mod:`~diffeig.dncut.train` (model, losses, LARS, two-view
+data, the loop) and :mod:`~diffeig.dncut.eval` (datasets, metrics, post-processing,
+features, the benchmark commands, figures). What both use sits here:
+:mod:`~diffeig.dncut.backbone` (ViT keys, checkpoint loading, the ``color`` and ``random``
+backbones), :mod:`~diffeig.dncut.config`, :mod:`~diffeig.dncut.checkpoint`,
+:mod:`~diffeig.dncut.images`, :mod:`~diffeig.dncut.figures`, and the command line
+:mod:`~diffeig.dncut.cli`.
 """

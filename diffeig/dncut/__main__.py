@@ -1,3 +1,5 @@
+"""``python -m diffeig.dncut``: the recipe's command line (diffeig.dncut.cli)."""
+
 from diffeig.dncut.cli import main
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
         "records the architecture, which the evaluation commands read",
     )
 
-    from diffeig.dncut import evaluate
+    from diffeig.dncut.eval import evaluate
 
     evaluate.add_commands(sub)
     return p
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                 f"{len(payload['model'])} tensors, step {payload['step']}"
             )
             return 0
-        from diffeig.dncut import evaluate
+        from diffeig.dncut.eval import evaluate
 
         return evaluate.run(args)
     except (ValueError, OSError) as err:  # user errors: bad options, files, data

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import diffeig
-from diffeig.dncut.losses import mask_consistency, structural_regularization
+from diffeig.dncut.train.losses import mask_consistency, structural_regularization
 from diffeig.ncut import affinity
 
 

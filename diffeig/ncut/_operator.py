@@ -13,7 +13,18 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from diffeig.ncut import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
+from diffeig._checks import (
+    check_degrees,
+    check_k,
+    check_ncut_options,
+    check_not_meta,
+    check_operator_output,
+    check_params,
+    check_solver_options,
+)
+from diffeig._eigh import gap_tolerances
+from diffeig._lobpcg import default_tol
+from diffeig.ncut._iterative import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
 
 __all__ = ["ncut_operator"]
 
@@ -25,19 +36,10 @@ class _NCutOperator(torch.autograd.Function):
         like = params[0]
         ones = torch.ones(*shape, 1, dtype=like.dtype, device=like.device)
         d = raw_matmul(ones, *params)
-        if not isinstance(d, torch.Tensor) or d.shape != ones.shape or d.dtype != ones.dtype:
-            got = f"{tuple(d.shape)} {d.dtype}" if isinstance(d, torch.Tensor) else type(d)
-            raise ValueError(
-                f"matmul(X, *params) must return W @ X, of X's shape {tuple(ones.shape)} and "
-                f"dtype {ones.dtype}; for X of that shape it returned {got}"
-            )
+        check_operator_output(d, ones)
         d = d[..., 0]
-        if d.device.type == "meta":
-            raise ValueError("ncut_operator reads values (LOBPCG): it cannot run on meta tensors")
-        if not bool(torch.isfinite(d).all()):
-            raise ValueError("matmul returned non-finite degrees W @ 1: W must be finite")
-        if normalized and not bool((d > 0).all()):
-            raise ValueError("W has nodes with zero degree: the normalized cut needs D > 0")
+        check_not_meta(d, "ncut_operator")
+        check_degrees(d, normalized=normalized)
         lap = laplacian_operator(lambda X: raw_matmul(X, *params), d, normalized)
         lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail)
         ctx.raw_matmul, ctx.lap = raw_matmul, lap
@@ -89,17 +91,11 @@ def ncut_operator(
     Returns:
         ``(eigenvalues (*, k), eigenvectors (*, N, k))``.
     """
-    from diffeig._eigh import gap_tolerances
-    from diffeig._eigsh import check_solver_options
-    from diffeig._lobpcg import default_tol
-    from diffeig.ncut import _check_k, _check_options
-
-    _check_options(laplacian, sign)
+    check_ncut_options(laplacian, sign)
     check_solver_options(tol, max_iter, on_fail)
-    if not params:
-        raise ValueError("params must hold at least one tensor (the ones W depends on)")
+    check_params(params)
     shape = tuple(int(s) for s in shape)
-    _check_k(k, shape[-1])
+    check_k(k, shape[-1])
     dtype = params[0].dtype
     gaps = gap_tolerances(gap_eps, shape[-1], dtype)
     cg_tol = default_tol(dtype) if tol is None else tol

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffeig.dncut.data import IMAGE_EXTENSIONS, UnreadableImage, read_image
+from diffeig.dncut.images import IMAGE_EXTENSIONS, UnreadableImage, read_image
 
 # name -> (image folder, mask folder), relative to --root
 SALIENCY = {

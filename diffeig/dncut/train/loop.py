@@ -16,8 +16,8 @@ import torch.distributed as dist
 from diffeig.dncut.backbone import build_backbone
 from diffeig.dncut.checkpoint import atomic_save, atomic_write, load_checkpoint
 from diffeig.dncut.config import TrainConfig
-from diffeig.dncut.data import ImageSource, TwoViews
-from diffeig.dncut.model import DNCut, NCutOptions, align
+from diffeig.dncut.train.data import ImageSource, TwoViews
+from diffeig.dncut.train.model import DNCut, NCutOptions, align
 
 
 class NonFiniteLoss(RuntimeError):
@@ -52,9 +52,9 @@ def lr_schedule(cfg: TrainConfig, iters_per_epoch: int) -> np.ndarray:
 
 
 def build_optimizer(model, cfg: TrainConfig):
-    """The authors' optimizer: SGD with momentum and their LARS (``diffeig.dncut.optim``),
+    """The authors' optimizer: SGD with momentum and their LARS (``diffeig.dncut.train.optim``),
     biases and ``bn`` parameters without decay or adaptation."""
-    from diffeig.dncut.optim import LARS, authors_param_groups
+    from diffeig.dncut.train.optim import LARS, authors_param_groups
 
     return LARS(
         authors_param_groups(model, cfg.weight_decay),
@@ -176,7 +176,7 @@ def save_visual(batch: dict, out: dict, path: Path, rows: int = 4) -> None:
     1, target mask of view 2, and the pseudo-masks h1, v1 and uniform of view 1."""
 
     from diffeig.dncut.backbone import IMAGENET_MEAN, IMAGENET_STD
-    from diffeig.dncut.losses import pseudo_masks
+    from diffeig.dncut.train.losses import pseudo_masks
 
     B = batch["view1"].shape[0]
     r = min(rows, B)
@@ -207,7 +207,7 @@ def save_visual(batch: dict, out: dict, path: Path, rows: int = 4) -> None:
     ]
     from PIL import Image
 
-    from diffeig.dncut.visualize import compose
+    from diffeig.dncut.figures import compose
 
     def pil(t):
         return Image.fromarray((t.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from diffeig.dncut import metrics, postprocess
-from diffeig.dncut.backbone import ARCHS, BASELINES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from diffeig.dncut.backbone import ARCHS, BASELINES
+from diffeig.dncut.eval import metrics, postprocess
+from diffeig.dncut.eval.features import extract, load_backbone, pad_to_patch, resize_to_patch
 
 POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs")
 SOLVERS = ("dense", "lobpcg", "auto")
@@ -28,62 +29,11 @@ POSTS_DISCOVERY = ("tokencut", "simple")
 # ------------------------------------------------------------------------------ inputs
 
 
-def to_tensor(image) -> torch.Tensor:
-    from torchvision.transforms import functional as TF
-
-    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
-
-
-def resize_to_patch(image, patch: int, max_side: int | None = None):
-    """Saliency protocol, as the authors' ``ddt_dino_eigen.py``: the normalized image tensor
-    bilinearly resized (``F.interpolate``, ``align_corners=False``) so each side is the
-    nearest multiple of the patch (at least one patch), after an optional downscale so the
-    longer side is <= max_side."""
-    x = to_tensor(image)
-    _, H, W = x.shape
-    s = min(1.0, max_side / max(W, H)) if max_side else 1.0
-    h = max(patch, int(round(H * s / patch)) * patch)
-    w = max(patch, int(round(W * s / patch)) * patch)
-    if (h, w) == (H, W):
-        return x
-    return torch.nn.functional.interpolate(
-        x[None], size=(h, w), mode="bilinear", align_corners=False
-    )[0]
-
-
-def pad_to_patch(image, patch: int) -> torch.Tensor:
-    """Discovery protocol (LOST / TokenCut): the image as is, zero-padded (after
-    normalization) at the bottom and right to multiples of the patch."""
-    x = to_tensor(image)
-    _, H, W = x.shape
-    ph, pw = -H % patch, -W % patch
-    return torch.nn.functional.pad(x, (0, pw, 0, ph))
-
-
-@torch.no_grad()
-def extract(backbone, tensors: list[torch.Tensor], device) -> list[torch.Tensor]:
-    """Feature maps of a list of images; images of equal size go through as one batch."""
-    out: list[torch.Tensor | None] = [None] * len(tensors)
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(tuple(t.shape), []).append(i)
-    for idx in groups.values():
-        feats = backbone(torch.stack([tensors[i] for i in idx]).to(device)).float().cpu()
-        for j, i in enumerate(idx):
-            out[i] = feats[j]
-    return out
-
-
 def chunks(dataset, size: int, workers: int):
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=size, collate_fn=list, num_workers=workers, shuffle=False
     )
     yield from loader
-
-
-def load_backbone(args):
-    backbone = build_backbone(args.arch, args.weights, patch_size=args.patch_size)
-    return backbone.to(args.device).eval()
 
 
 def resolve_arch(args) -> str:
@@ -127,7 +77,7 @@ class _Prepared(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         """An item, or ``(None, message)`` for a file that cannot be read (skipped)."""
-        from diffeig.dncut.data import UnreadableImage
+        from diffeig.dncut.images import UnreadableImage
 
         try:
             name, image, target = self.base[i]
@@ -164,7 +114,7 @@ def saliency_map(
     # upsampled in float32, as the authors' code (on its GPU tensors)
     soft = postprocess.upsample(r["mask"], image_size, dtype=torch.float32)
     if post == "tokencut+bs":
-        from diffeig.dncut.bilateral import bilateral_solve
+        from diffeig.dncut.eval.bilateral import bilateral_solve
 
         soft = bilateral_solve(image, soft)
     # The authors evaluate the map they saved as an 8-bit PNG.
@@ -174,7 +124,7 @@ def saliency_map(
 def eval_saliency(args) -> dict:
     from tqdm import tqdm
 
-    from diffeig.dncut.datasets import SaliencyDataset
+    from diffeig.dncut.eval.datasets import SaliencyDataset
 
     data = SaliencyDataset(args.dataset, args.root, args.limit)
     backbone = load_backbone(args)
@@ -214,7 +164,7 @@ def predict_box(
 def eval_discovery(args) -> dict:
     from tqdm import tqdm
 
-    from diffeig.dncut.datasets import DiscoveryDataset
+    from diffeig.dncut.eval.datasets import DiscoveryDataset
 
     data = DiscoveryDataset(args.dataset, args.root, args.limit)
     backbone = load_backbone(args)
@@ -279,7 +229,7 @@ def _common(p, posts, default_post):
 
 
 def add_commands(sub) -> None:
-    from diffeig.dncut.datasets import DISCOVERY, SALIENCY
+    from diffeig.dncut.eval.datasets import DISCOVERY, SALIENCY
 
     for cmd, datasets, posts, default in (
         ("eval-saliency", list(SALIENCY), POSTS_SALIENCY, "simple"),
@@ -389,7 +339,7 @@ def run(args) -> int:
     args.device = device_of(args.device)
     args.arch = resolve_arch(args)
     if args.command == "visualize":
-        from diffeig.dncut.visualize import visualize
+        from diffeig.dncut.eval.visualize import visualize
 
         for path in visualize(args):
             print(f"wrote {path}")

@@ -1,0 +1,133 @@
+"""The normalized-cut eigenproblem with an O(N^2 k) backward, and its graph helpers.
+
+``sym_eigh_ncut`` returns the k smallest eigenpairs of a graph Laplacian built from a
+symmetric non-negative affinity ``W``: validate, choose the method, solve. The solvers
+live beside it, one concern a module (``docs/design.md``):
+
+- ``_dense``: one ``torch.linalg.eigh``, the backward re-using its eigenvectors (the DNCut
+  paper's Eqn. 8: a few skinny products and one write of ``dL/dW``);
+- ``_iterative``: LOBPCG on the k pairs with the trivial pair deflated, backward by
+  shifted solves, and the ``auto`` rule;
+- ``_operator``: the matrix-free variant (:func:`ncut_operator`);
+- ``graphs`` (:func:`affinity`) and ``_cuts`` (:func:`seed`, :func:`bipartition`).
+
+``docs/ncut.md`` has the math.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffeig._checks import (
+    LAPLACIANS,
+    SIGN_RULES,
+    check_affinity,
+    check_k,
+    check_method,
+    check_ncut_options,
+)
+from diffeig._eigh import gap_tolerances
+from diffeig._reference import max_asymmetry
+from diffeig.ncut._cuts import bipartition, seed
+from diffeig.ncut._dense import solve_dense
+from diffeig.ncut._iterative import TiedSpectrum, choose_method, solve_lobpcg
+from diffeig.ncut._operator import ncut_operator
+from diffeig.ncut.graphs import affinity
+
+__all__ = [
+    "sym_eigh_ncut",
+    "ncut_operator",
+    "affinity",
+    "bipartition",
+    "seed",
+    "check_affinity",
+    "max_asymmetry",
+    "LAPLACIANS",
+    "SIGN_RULES",
+]
+
+
+def sym_eigh_ncut(
+    W: torch.Tensor,
+    k: int = 2,
+    *,
+    laplacian: str = "ncut",
+    gap_eps: float | None = None,
+    sign: str | None = "max",
+    method: str = "dense",
+    tol: float | None = None,
+    max_iter: int = 1000,
+    on_fail: str = "warn",
+):
+    r"""The k smallest eigenpairs of a graph's normalized cut, with a cheap exact backward.
+
+    ``laplacian='ncut'`` solves the generalized problem of Shi & Malik,
+    :math:`(D - W) z = \lambda D z` with :math:`D = \operatorname{diag}(W 1)`, through
+    :math:`L_{sym} = I - D^{-1/2} W D^{-1/2}` and :math:`z = D^{-1/2} u`; the vectors
+    are D-orthonormal (:math:`z^T D z = 1`, as ``scipy.linalg.eigh(D - W, D)``).
+    ``laplacian='unnormalized'`` solves :math:`(D - W) z = \lambda z` with orthonormal
+    z: what the DNCut authors' code trains with.
+
+    The backward uses only the k returned columns: ``O(N^2 k)`` per graph given the
+    forward's eigenvectors, masked reciprocal eigen-gaps (``gap_eps``) and the chain
+    rule through ``D``, assembled by fused kernels. The gradient w.r.t. ``W`` is
+    returned symmetric (``W`` is a symmetric matrix). Double backward is not supported.
+
+    Args:
+        W: ``(*, N, N)`` symmetric non-negative affinities, float32 or float64.
+        k: number of eigenpairs, ``1 <= k <= N``. Index 0 is the trivial pair
+            (``l = 0``, ``z`` constant on a connected graph); index 1 is the Fiedler vector.
+        laplacian: ``'ncut'`` or ``'unnormalized'``.
+        gap_eps: tie threshold of the backward: ``None`` for
+            ``max(N, 16 sqrt(N)) * eps(dtype) * max|l|`` (:func:`diffeig.gap_tolerances`),
+            a number for an absolute threshold (``1e-9`` is the paper's).
+        sign: ``'max'`` (default) flips each eigenvector so its entry of largest magnitude
+            is positive; ``'sum'`` so that its sum is >= 0 (the authors' code);
+            ``None`` keeps LAPACK's signs.
+        method: ``'dense'`` (default): a full ``torch.linalg.eigh``, backward as above.
+            ``'lobpcg'``: only the k pairs, by batched LOBPCG with the trivial pair
+            deflated exactly; backward by shifted conjugate-gradient solves
+            (:func:`diffeig.eigsh`). Needs ``l_k < l_{k+1}`` (a graph with more than k
+            connected components makes the solves singular).
+            ``'auto'``: whichever of the two is faster for this device, N and k
+            (:func:`diffeig.ncut._iterative.choose_method`: on CPU LOBPCG from N = 100
+            for k = 2).
+            Both give the same float64 results to the solver tolerance; where the k-th
+            eigenvalue ties the (k+1)-th (to ``sqrt(eps)`` of the spectrum's bound, e.g.
+            the binary graph of an image whose tokens are all alike), the k-th vector is
+            any vector of a subspace, and ``'auto'`` returns the dense solve's.
+        tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
+            limit, and ``'warn'`` or ``'raise'`` when it did not converge.
+
+    Returns:
+        ``(eigenvalues, eigenvectors)``: ``(*, k)`` ascending and ``(*, N, k)``.
+
+    Raises:
+        ValueError: for a bad shape, dtype, ``k``, option, or (outside ``torch.compile``)
+            non-finite, negative or asymmetric ``W``, or a zero-degree node with
+            ``laplacian='ncut'``.
+
+    Example:
+        >>> import torch, diffeig
+        >>> f = torch.nn.functional.normalize(torch.randn(16, 8, dtype=torch.float64), dim=-1)
+        >>> W = diffeig.ncut.affinity(f).requires_grad_()
+        >>> lam, z = diffeig.sym_eigh_ncut(W, k=2)
+        >>> (torch.sigmoid(z[:, 1] / 0.05) ** 2).sum().backward()
+        >>> W.grad.shape
+        torch.Size([16, 16])
+    """
+    check_ncut_options(laplacian, sign)
+    normalized = laplacian == "ncut"
+    check_affinity(W, normalized=normalized)
+    check_k(k, W.shape[-1])
+    check_method(method)
+    method, tie_rtol = choose_method(method, W, k)
+    gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
+    if method == "lobpcg":
+        try:
+            return solve_lobpcg(
+                W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, tie_rtol
+            )
+        except TiedSpectrum:
+            pass  # (only with tie_rtol, from auto) solved densely below
+    return solve_dense(W, k, normalized, sign, gap_rtol, gap_atol)

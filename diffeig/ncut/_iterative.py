@@ -1,0 +1,252 @@
+"""The iterative NCut: the k smallest pairs by LOBPCG with the trivial pair deflated
+exactly, backward by shifted conjugate-gradient solves, and the ``auto`` rule that picks
+between it and the dense solve."""
+
+from __future__ import annotations
+
+import torch
+
+from diffeig import _ops
+from diffeig._checks import check_solver_options
+from diffeig._eigsh import auto_method
+from diffeig._lobpcg import (
+    BatchedOperator,
+    Symmetric,
+    default_tol,
+    partial_eigh_factor,
+    run_lobpcg,
+)
+from diffeig.ncut import _common
+
+__all__ = [
+    "TiedSpectrum",
+    "choose_method",
+    "laplacian_operator",
+    "lobpcg_ncut_factors",
+    "lobpcg_ncut_pairs",
+    "solve_lobpcg",
+]
+
+
+def choose_method(method: str, W: torch.Tensor, k: int) -> tuple[str, float | None]:
+    """``'dense'`` or ``'lobpcg'`` for ``method``, and the tie tolerance that makes
+    ``'auto'`` fall back to the dense solve (``None`` unless ``method='auto'``).
+
+    ``'auto'`` takes the faster solver for this device, N and k (the trivial pair is
+    deflated exactly: LOBPCG iterates on k - 1 pairs), and returns what ``'dense'``
+    returns: where the k-th eigenvalue ties the next (to ``sqrt(eps)`` of the spectrum's
+    bound) the k-th vector is any of a subspace, and LAPACK's choice is the answer (the
+    binary graph of an all-similar image)."""
+    if method != "auto":
+        return method, None
+    return auto_method(W.shape[-1], k - 1, W.device), torch.finfo(W.dtype).eps ** 0.5
+
+
+def _scale_rows(R, s):
+    return R * s
+
+
+# LOBPCG's block for the NCut in float64 by the number of pairs it iterates on (others,
+# and float32: the default, diffeig._eigsh.default_block). With the one Fiedler pair of
+# k = 2, one guard vector (block 2) beats the default five: each iteration costs half as
+# much and takes 9.6 instead of 8.7 iterations per graph (N = 196, batch 256; N = 784:
+# 11.1 and 9.8, random starts). The price is accuracy at the same residual: z2's error is
+# the residual over l3 - l2 rather than over l7 - l2 (the guards' Ritz vectors take the
+# eigenvectors between out of it). In float64 that leaves the recipe's gradients within
+# 4.2e-7 of the dense path's on the hardest graphs tried (2.6e-8 with block 5; pass
+# tol=1e-10 for 1.4e-8 at about 10 % more time); in float32, whose tolerance is 7e-5, it
+# would cost a factor of ten (1.7e-2), so float32 keeps the default block.
+NCUT_BLOCK = {torch.float64: {1: 2}}
+
+
+class TiedSpectrum(Exception):
+    """Raised (and caught) inside ``method="auto"``: the k-th eigenvalue ties the next."""
+
+
+def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol=None):
+    """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
+
+    ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees.
+    ``tie_rtol``: raise :class:`TiedSpectrum` where the (k+1)-th eigenvalue's bound lies
+    within ``tie_rtol`` of the spectrum's bound above the k-th (the k-th vector is then not
+    unique, and which one a solver returns is its rounding).
+    """
+    # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
+    u1 = d.sqrt() if normalized else torch.ones_like(d)
+    u1 = (u1 / u1.norm(dim=-1, keepdim=True)).unsqueeze(-1)
+    if k == 1:
+        lam, U = torch.zeros_like(d[..., :1]), u1
+    else:
+        # Gershgorin bounds |L|: 2 for the normalized Laplacian, 2 max(d) for D - W, whose
+        # diagonal D makes Jacobi preconditioning undo the spread of the degrees.
+        scale = _common.ncut_spectral_bound(d, normalized)
+        # max(d) / d: Jacobi up to a factor, O(1) at any scale of W; isolated nodes
+        # (d = 0, possible for D - W) are left unpreconditioned.
+        precond = None
+        if not normalized:
+            dmax = d.amax(-1, keepdim=True)
+            dinv = torch.where(d > 0, dmax / torch.where(d > 0, d, 1), 1).unsqueeze(-1)
+            precond = BatchedOperator(_scale_rows, dinv, batch_shape=d.shape[:-1])
+        theta, X, info = run_lobpcg(
+            L,
+            k - 1,
+            largest=False,
+            constraints=u1,
+            tol=tol,
+            max_iter=max_iter,
+            on_fail=on_fail,
+            scale=scale,
+            preconditioner=precond,
+            like=d,
+            # The degrees start the search: on graphs with clusters of unequal size they
+            # differ between the clusters, as z2 does (iterations per graph on the
+            # recipe's graphs: 11.1 -> 7.9 at N = 784).
+            start=d.unsqueeze(-1),
+            block=NCUT_BLOCK.get(d.dtype, {}).get(k - 1),
+        )
+        nxt = info.next_eigenvalue
+        if tie_rtol is not None and nxt is not None:
+            if bool((nxt - theta[..., -1] <= tie_rtol * scale).any()):
+                raise TiedSpectrum
+        lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
+        U = torch.cat([u1, X], -1)
+    dis = d.rsqrt() if normalized else None
+    U = U * _common.sign_flips(U * dis.unsqueeze(-1) if normalized else U, sign)
+    Z = U * dis.unsqueeze(-1) if normalized else U.clone()
+    return lam, U, Z
+
+
+def lobpcg_ncut_factors(
+    L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol, max_iter, on_fail="warn"
+):
+    """``(P, c, g)`` with ``dL/dW = -c c^T o sym(P U^T) + sym(g 1^T)`` (symmetric part),
+    i.e. ``ncut_grad_assemble(P, U, c, g)``, from the k pairs alone (shifted solves)."""
+    apply = L if callable(L) else (lambda Y: L @ Y)
+    k = U.shape[-1]
+    if not normalized:
+        grad_Z = _common.drop_trivial_coupling(grad_Z, U)
+    grad_U, grad_d = _common.ncut_grad_inputs(grad_lam, grad_Z, U, d, k, normalized)
+    # dL/dL_sym = sym(P U^T), never formed.
+    # D - W: Jacobi-preconditioned solves (its diagonal ~ D spreads with the degrees).
+    P = partial_eigh_factor(
+        L,
+        lam,
+        U,
+        grad_lam,
+        grad_U,
+        *gaps,
+        cg_tol=cg_tol,
+        cg_max_iter=max_iter,
+        diagonal=None if normalized else d,
+        gap_scale=_common.ncut_spectral_bound(d, normalized),
+        on_fail=on_fail,
+    )
+    if not normalized:
+        return P, torch.ones_like(d), (P * U).sum(-1)
+    # sum_j gL_ij W_ij dis_j from dis_i W_ij dis_j = delta_ij - L_ij, L U = U diag(l) and
+    # one product L P: s_i = (P_i . U_i (1 - l) + U_i . (P - L P)_i) / dis_i.
+    dis = d.rsqrt()
+    s = ((P * U * (1 - lam.unsqueeze(-2))).sum(-1) + (U * (P - apply(P))).sum(-1)) / dis
+    return P, dis, grad_d + 0.5 * dis**3 * s
+
+
+def _normalized_laplacian(X, W, dis):
+    return X - dis * (W(dis * X) if callable(W) else W @ (dis * X))
+
+
+def _unnormalized_laplacian(X, W, d):
+    return d * X - (W(X) if callable(W) else W @ X)
+
+
+def laplacian_operator(W, d: torch.Tensor, normalized: bool):
+    """``X -> L @ X`` from ``W`` (a tensor, or a function ``X -> W @ X``) and its degrees,
+    without forming ``L``: one product with W per application. For a tensor W it is a
+    :class:`diffeig._lobpcg.BatchedOperator`, which the solvers restrict to the matrices
+    still iterating."""
+    if normalized:
+        fn, vec = _normalized_laplacian, d.rsqrt().unsqueeze(-1)
+    else:
+        fn, vec = _unnormalized_laplacian, d.unsqueeze(-1)
+    if callable(W):
+        return lambda X: fn(X, W, vec)
+    return BatchedOperator(fn, Symmetric(W), vec, batch_shape=d.shape[:-1])
+
+
+class _NCutLobpcg(torch.autograd.Function):
+    """The k smallest NCut pairs by LOBPCG on ``X -> L @ X`` (L never formed); backward
+    by shifted solves through the same products with W."""
+
+    # forward / setup_context / vmap: so that torch.func.vmap (and grad) apply. The
+    # degrees and orthonormal vectors the backward needs are returned as extra,
+    # non-differentiable outputs (the public function drops them).
+
+    @staticmethod
+    def forward(W, k, normalized, sign, gaps, solver):
+        tol, max_iter, on_fail, cg_tol, tie_rtol = solver
+        # W is symmetric (checked); the backward returns the symmetric gradient.
+        d = W.sum(-1)
+        lap = laplacian_operator(W, d, normalized)
+        lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol)
+        return lam, Z, d, U
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        W, _, normalized, _, gaps, solver = inputs
+        lam, _, d, U = output
+        ctx.mark_non_differentiable(d, U)
+        ctx.save_for_backward(W, d, lam, U)
+        ctx.args = (normalized, gaps, solver[3], solver[1], solver[2])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_lam, grad_Z, *_):
+        W, d, lam, U = ctx.saved_tensors
+        if grad_lam is None and grad_Z is None:
+            return None, None, None, None, None, None
+        if grad_lam is None:
+            grad_lam = torch.zeros_like(lam)
+        if grad_Z is None:
+            grad_Z = torch.zeros_like(U)
+        gW = _NCutLobpcgGrad.apply(W.detach(), d, lam, U, grad_lam, grad_Z, ctx.args)
+        return gW, None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, W, k, normalized, sign, gaps, solver):
+        # The solver is batched already: move the mapped dimension to the front.
+        out = _NCutLobpcg.apply(W.movedim(in_dims[0], 0), k, normalized, sign, gaps, solver)
+        return out, (0, 0, 0, 0)
+
+
+class _NCutLobpcgGrad(torch.autograd.Function):
+    """dL/dW of :class:`_NCutLobpcg` (shifted CG solves with data-dependent stopping),
+    as a function with its own vmap rule, so that ``vmap(grad(f))`` runs it batched."""
+
+    @staticmethod
+    def forward(W, d, lam, U, grad_lam, grad_Z, args):
+        lap = laplacian_operator(W, d, args[0])
+        P, c, g = lobpcg_ncut_factors(lap, d, lam, U, grad_lam, grad_Z, *args)
+        return _ops.ncut_grad_assemble(P, U, c, g)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("sym_eigh_ncut(method='lobpcg') does not support double backward")
+
+    @staticmethod
+    def vmap(info, in_dims, W, d, lam, U, grad_lam, grad_Z, args):
+        tensors = _ops._batched_first(info, in_dims[:6], (W, d, lam, U, grad_lam, grad_Z))
+        return _NCutLobpcgGrad.apply(*tensors, args), 0
+
+
+def solve_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, tie_rtol=None):
+    """``(eigenvalues, eigenvectors)`` by LOBPCG on ``X -> L @ X``; ``tie_rtol`` as
+    :func:`lobpcg_ncut_pairs` (raises :class:`TiedSpectrum`)."""
+    check_solver_options(tol, max_iter, on_fail)
+    cg_tol = default_tol(W.dtype) if tol is None else tol
+    lam, Z, *_ = _NCutLobpcg.apply(
+        W, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol, tie_rtol)
+    )
+    return lam, Z

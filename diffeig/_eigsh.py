@@ -12,6 +12,7 @@ from diffeig._checks import (
     check_solver_options,
     check_square,
     check_symmetric,
+    unit_scale,
 )
 from diffeig._eigh import gap_tolerances
 from diffeig._lobpcg import (
@@ -177,7 +178,7 @@ def eigsh(
         and descending for ``largest=True``; with ``return_info``, also the info.
     """
     check_square(A, "A")
-    check_symmetric(A, "A")
+    bounds = check_symmetric(A, "A")
     if B is not None:
         return _generalized(
             A,
@@ -198,6 +199,10 @@ def eigsh(
         method = auto_method(n, k, A.device)
     check_solver_options(tol, max_iter, on_fail)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, n, A.dtype)
+    # Solved at unit scale, eigenvalues scaled back exactly (as diffeig.eigh).
+    s = unit_scale(None if bounds is None else max(abs(bounds[0]), abs(bounds[1])))
+    if s != 1.0:
+        A, gap_atol = A * (1.0 / s), gap_atol / s
     cg_tol = default_tol(A.dtype) if tol is None else tol
     infos = []
 
@@ -219,16 +224,24 @@ def eigsh(
         return theta.contiguous(), X.contiguous()
 
     theta, X = _PartialEigh.apply(A, solve, largest, gap_rtol, gap_atol, cg_tol, max_iter, on_fail)
+    if s != 1.0:
+        theta = theta * s
     return (theta, X, infos[0]) if return_info else (theta, X)
 
 
 def _generalized(A, k, B, **kw):
     """``A x = l B x`` by reduction to a standard problem (see :func:`eigsh`)."""
-    if check_generalized_B(A, B):  # a diagonal
-        s = B.rsqrt()
-        C = A * s.unsqueeze(-1) * s.unsqueeze(-2)
+    diagonal, magnitude = check_generalized_B(A, B)
+    # B at unit scale (s a power of 4): eigenvalues scale by 1 / s, vectors by 1 / sqrt(s).
+    s = unit_scale(magnitude, power=4)
+    if s != 1.0:
+        out = _generalized(A, k, B * (1.0 / s), **kw)
+        return (out[0] * (1.0 / s), out[1] * s**-0.5, *out[2:])
+    if diagonal:
+        r = B.rsqrt()
+        C = A * r.unsqueeze(-1) * r.unsqueeze(-2)
         out = eigsh(C, k, **kw)
-        X = out[1] * s.unsqueeze(-1)
+        X = out[1] * r.unsqueeze(-1)
         return (out[0], X, *out[2:])
     L, info = torch.linalg.cholesky_ex(B)
     check_cholesky(info)

@@ -189,11 +189,11 @@ def test_gap_eps_masks_the_eigenvector_term():
 
 def test_gap_eps_paper_value_is_absolute():
     # With gap 1e-10 between two eigenvalues the paper's 1e-9 masks the pair; the
-    # dtype-aware default (16 sqrt(3) * eps * 2 ~ 1.2e-14) does not.
+    # dtype-aware default (eps^(3/4) * 2 ~ 3.6e-12) does not.
     A = with_spectrum([1.0, 1.0 + 1e-10, 2.0])
     assert diffeig.gap_tolerances(1e-9, 3, torch.float64) == (0.0, 1e-9)
     rtol, atol = diffeig.gap_tolerances(None, 3, torch.float64)
-    assert atol == 0.0 and rtol == pytest.approx(16 * 3**0.5 * torch.finfo(torch.float64).eps)
+    assert atol == 0.0 and rtol == pytest.approx(torch.finfo(torch.float64).eps ** 0.75)
     gs = []
     for gap in (1e-9, None):
         X = A.clone().requires_grad_()

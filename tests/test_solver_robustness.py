@@ -190,8 +190,12 @@ def test_exact_ties_from_rotated_diagonals(n, dtype):
 
 def test_the_default_tie_threshold():
     rtol, atol = diffeig.gap_tolerances(None, 4, F64)
-    assert atol == 0 and rtol == pytest.approx(32 * torch.finfo(F64).eps)  # 16 sqrt(4)
-    assert diffeig.gap_tolerances(None, 1024, F64)[0] == pytest.approx(1024 * 2.0**-52)
+    eps = torch.finfo(F64).eps
+    assert atol == 0 and rtol == pytest.approx(eps**0.75)  # above 16 sqrt(4) eps
+    assert diffeig.gap_tolerances(None, 1024, F64)[0] == pytest.approx(eps**0.75)
+    assert diffeig.gap_tolerances(None, 2**14, F64)[0] == pytest.approx(2**14 * eps)
+    f32 = torch.finfo(torch.float32).eps
+    assert diffeig.gap_tolerances(None, 196, torch.float32)[0] == pytest.approx(16 * 14 * f32)
 
 
 # ------------------------------------------------------------------------ 4: drop-in gaps

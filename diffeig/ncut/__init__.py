@@ -25,6 +25,7 @@ from diffeig._checks import (
     check_k,
     check_method,
     check_ncut_options,
+    unit_scale,
 )
 from diffeig._eigh import gap_tolerances
 from diffeig._reference import max_asymmetry
@@ -79,7 +80,8 @@ def sym_eigh_ncut(
             (``l = 0``, ``z`` constant on a connected graph); index 1 is the Fiedler vector.
         laplacian: ``'ncut'`` or ``'unnormalized'``.
         gap_eps: tie threshold of the backward: ``None`` for
-            ``max(N, 16 sqrt(N)) * eps(dtype) * max|l|`` (:func:`diffeig.gap_tolerances`),
+            ``max(max(N, 16 sqrt(N)) * eps, eps^(3/4)) * max|l|``
+            (:func:`diffeig.gap_tolerances`),
             a number for an absolute threshold (``1e-9`` is the paper's).
         sign: ``'max'`` (default) flips each eigenvector so its entry of largest magnitude
             is positive; ``'sum'`` so that its sum is >= 0 (the authors' code);
@@ -118,16 +120,29 @@ def sym_eigh_ncut(
     """
     check_ncut_options(laplacian, sign)
     normalized = laplacian == "ncut"
-    check_affinity(W, normalized=normalized)
+    s = unit_scale(check_affinity(W, normalized=normalized), power=4)
     check_k(k, W.shape[-1])
     check_method(method)
     method, tie_rtol = choose_method(method, W, k)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
+    if s != 1.0:
+        # Solved at unit scale and scaled back exactly (s is a power of 4): the NCut's
+        # eigenvalues do not change, D-orthonormal vectors scale by 1/sqrt(s), those of
+        # D - W by nothing and its eigenvalues by s.
+        W = W * (1.0 / s)
+        gap_atol = gap_atol if normalized else gap_atol / s
+    lam, Z = _solve(
+        W, k, normalized, sign, method, (gap_rtol, gap_atol), tol, max_iter, on_fail, tie_rtol
+    )
+    if s != 1.0:
+        lam, Z = (lam, Z * s**-0.5) if normalized else (lam * s, Z)
+    return lam, Z
+
+
+def _solve(W, k, normalized, sign, method, gaps, tol, max_iter, on_fail, tie_rtol):
     if method == "lobpcg":
         try:
-            return solve_lobpcg(
-                W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, tie_rtol
-            )
+            return solve_lobpcg(W, k, normalized, sign, *gaps, tol, max_iter, on_fail, tie_rtol)
         except TiedSpectrum:
             pass  # (only with tie_rtol, from auto) solved densely below
-    return solve_dense(W, k, normalized, sign, gap_rtol, gap_atol)
+    return solve_dense(W, k, normalized, sign, *gaps)

@@ -1,0 +1,141 @@
+"""Reliability round 3 (issue 22): the right answer or a clear error at the edges: extreme
+scales, near-tie clusters, the trivial pair, near ties at the k-th pair, small eigenvalues."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import diffeig
+from diffeig.ncut import affinity
+
+F64 = torch.float64
+
+
+def token_graph(n=60, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return affinity(torch.randn(n, 8, generator=g, dtype=F64)).to(dtype)
+
+
+def ncut_grad(W, method, laplacian, k=3):
+    W = W.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lam, Z = diffeig.sym_eigh_ncut(W, k, method=method, laplacian=laplacian)
+    z = Z[:, 1]
+    torch.sigmoid(z / z.abs().max()).sum().backward()
+    return W.grad, lam
+
+
+# ------------------------------------------------------------------------------ 2: scale
+
+SCALES = [(F64, s, 1e-9) for s in (1e250, 1e300, 1e-250, 1e-300)] + [
+    (torch.float32, s, 2e-3) for s in (1e30, 1e35, 1e37, 1e-30)
+]
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+@pytest.mark.parametrize("method", ["dense", "lobpcg"])
+@pytest.mark.parametrize(("dtype", "s", "rtol"), SCALES)
+def test_ncut_is_invariant_to_the_scale_of_W(dtype, s, rtol, method, laplacian):
+    # NCut: eigenvalues unchanged, D-orthonormal vectors scale by 1 / sqrt(s); D - W:
+    # eigenvalues scale by s. The loss reads z2 / max|z2|: g(s W) * s = g(W).
+    W = token_graph(dtype=dtype)
+    g, lam = ncut_grad(W, method, laplacian)
+    gs, lams = ncut_grad(W * s, method, laplacian)
+    assert torch.isfinite(gs).all()
+    assert ((gs * s - g).norm() / g.norm()).item() < rtol
+    expect = lam if laplacian == "ncut" else lam * s
+    assert torch.allclose(lams[1:], expect[1:], rtol=rtol * 10, atol=0)
+    assert bool((lams[1:] > 0).all())  # no negative l2 (float32 * 1e35 gave -2.6e-8)
+
+
+def test_unit_scale_is_a_power_and_leaves_ordinary_inputs_alone():
+    from diffeig._checks import unit_scale
+
+    assert unit_scale(1.0) == unit_scale(1e5) == unit_scale(None) == unit_scale(0.0) == 1.0
+    assert unit_scale(1e300) == 2.0 ** round(math.log2(1e300))
+    s = unit_scale(1e-300, power=4)
+    e = round(math.log2(s))
+    assert e % 2 == 0 and s == 2.0**e and s**-0.5 == 2.0 ** (-e // 2)  # exact square root
+
+
+@pytest.mark.parametrize("s", [1e300, 1e-300])
+@pytest.mark.parametrize("fn", ["eigh", "eigvalsh", "eigsh", "eigsh_B"])
+def test_eigh_family_is_equivariant_to_scale(fn, s):
+    g = torch.Generator().manual_seed(1)
+    n = 24
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    A0 = Q @ torch.diag(torch.linspace(-1, 2, n, dtype=F64)) @ Q.T
+    c = torch.randn(n, generator=g, dtype=F64)
+
+    def grad(A, scale):
+        A = A.clone().requires_grad_()
+        if fn == "eigvalsh":
+            L, loss = diffeig.eigvalsh(A), 0.0
+            loss = L[-1] / scale
+        else:
+            if fn == "eigh":
+                L, V = diffeig.eigh(A)
+            elif fn == "eigsh":
+                L, V = diffeig.eigsh(A, 3)
+            else:
+                L, V = diffeig.eigsh(A, 3, B=torch.full((n,), 2.0 * scale, dtype=F64))
+            loss = (V[:, 1] @ c) ** 2 * (scale**0.5 if fn == "eigsh_B" else 1.0) ** 2
+        loss.backward()
+        return A.grad
+
+    g1, gs = grad(A0, 1.0), grad(A0 * s, s)
+    assert torch.isfinite(gs).all()
+    # every loss here is invariant to the scale: dL/d(sA) = dL/dA / s
+    assert ((gs * s - g1).norm() / g1.norm()).item() < 1e-9
+
+
+# ------------------------------------------------------------------ 3: near-tie clusters
+
+
+def cluster_gradients(n, seed, spread, dtype):
+    """Gradients of a loss invariant within a 3-cluster (its projector and eigenvalue
+    sum) plus one on a separated vector, for the cluster spread by ``spread`` (relative
+    to max|l| = 1) and for the exact tie."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=dtype))
+    C = torch.randn(n, n, generator=g, dtype=dtype)
+    C = C + C.mH
+    base = torch.linspace(-1, 1, n, dtype=F64)
+    c = n // 2
+    out = []
+    for s in (0.0, spread):
+        lam = base.clone()
+        lam[c : c + 3] = base[c] + s * torch.tensor([-1.0, 0.3, 1.0], dtype=F64)
+        A = (Q * lam.to(dtype)) @ Q.mH
+        A = (0.5 * (A + A.mH)).detach().requires_grad_()
+        L, V = diffeig.eigh(A)
+        Vc = V[:, c : c + 3]
+        v0 = V[:, 0]
+        loss = ((Vc @ Vc.mH) * C).real.sum() + L[c : c + 3].sum() + (v0.conj() @ C @ v0).real
+        loss.backward()
+        out.append(A.grad)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.complex128])
+@pytest.mark.parametrize("n", [8, 32])
+@pytest.mark.parametrize("seed", range(6))
+def test_near_tie_cluster_gives_the_exact_ties_gradient(seed, n, dtype):
+    tie, near = cluster_gradients(n, seed, 1e-14, dtype)
+    assert ((tie - near).abs().max() / tie.abs().max()).item() < 1e-8
+
+
+@pytest.mark.parametrize("n", [8, 32])
+def test_true_gaps_of_1e_10_are_not_masked(n):
+    # Masked, this non-invariant loss would lose its (huge, 1 / gap) eigenvector term.
+    tie, near = cluster_gradients(n, 0, 1e-10, F64)
+    assert ((tie - near).abs().max() / tie.abs().max()).item() < 1e-5  # still invariant
+    A = torch.diag(torch.tensor([1.0, 1.0 + 1e-10, 2.0], dtype=F64)).requires_grad_()
+    V = diffeig.eigh(A).eigenvectors
+    (g,) = torch.autograd.grad(V[:, 0].sum() * V[0, 0], A)
+    assert g.abs().max() > 1e3

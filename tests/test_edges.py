@@ -139,3 +139,66 @@ def test_true_gaps_of_1e_10_are_not_masked(n):
     V = diffeig.eigh(A).eigenvectors
     (g,) = torch.autograd.grad(V[:, 0].sum() * V[0, 0], A)
     assert g.abs().max() > 1e3
+
+
+# ----------------------------------------------------------------------- 4: trivial pair
+
+
+def two_blocks(n=40, cross=1e-9, seed=0):
+    """Two random 40-node blocks joined by one ``cross`` edge: l2 ~ 1e-12, next to l1 = 0."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.zeros(2 * n, 2 * n, dtype=F64)
+    for b in range(2):
+        X = torch.rand(n, n, generator=g, dtype=F64)
+        W[b * n : (b + 1) * n, b * n : (b + 1) * n] = 0.5 * (X + X.T)
+    W.fill_diagonal_(0)
+    W[0, n] = W[n, 0] = cross
+    return W
+
+
+@pytest.mark.parametrize("method", ["dense", "lobpcg", "auto"])
+@pytest.mark.parametrize("seed", range(3))
+def test_trivial_pair_of_d_minus_w_has_no_gradient(seed, method):
+    W = two_blocks(seed=seed).requires_grad_()
+    c = torch.randn(80, generator=torch.Generator().manual_seed(seed + 9), dtype=F64)
+    lam, Z = diffeig.sym_eigh_ncut(W, 3, laplacian="unnormalized", method=method)
+    assert lam[0].item() == 0.0 and torch.equal(Z[:, 0], torch.full_like(Z[:, 0], 80**-0.5))
+    ((Z[:, 0] @ c) ** 2 + 5 * lam[0]).backward()
+    assert W.grad.abs().max().item() == 0.0  # dense gave up to 3.4e3
+
+
+@pytest.mark.parametrize("method", ["dense", "lobpcg", "auto"])
+@pytest.mark.parametrize("seed", range(3))
+def test_trivial_pair_of_the_ncut_in_closed_form(seed, method):
+    # z1 = 1 / sqrt(vol): (z1 . c)^2 = (sum c)^2 / vol, so dL/dW_ij = -(sum c)^2 / vol^2.
+    W = two_blocks(seed=seed).requires_grad_()
+    c = torch.randn(80, generator=torch.Generator().manual_seed(seed + 9), dtype=F64)
+    lam, Z = diffeig.sym_eigh_ncut(W, 3, method=method)
+    ((Z[:, 0] @ c) ** 2 + 5 * lam[0]).backward()
+    expected = -(c.sum() ** 2) / W.detach().sum() ** 2
+    assert ((W.grad - expected).abs().max() / expected.abs()).item() < 1e-10
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+@pytest.mark.parametrize("method", ["dense", "lobpcg"])
+def test_gradcheck_through_every_returned_pair(method, laplacian):
+    g = torch.Generator().manual_seed(5)
+    A = torch.rand(12, 12, dtype=F64, generator=g)
+    A = 0.5 * (A + A.T) + 0.1
+    C = torch.randn(12, 3, dtype=F64, generator=g)
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+
+    def f(X):
+        X = 0.5 * (X + X.mT)
+        lam, Z = diffeig.sym_eigh_ncut(X, 3, laplacian=laplacian, method=method, tol=1e-12)
+        return (Z * C).sum() ** 2 + (lam * w).sum()
+
+    assert torch.autograd.gradcheck(f, (A.requires_grad_(),), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_vectors_beyond_the_trivial_one_are_orthogonal_to_it_on_near_ties():
+    W = two_blocks(cross=1e-12)
+    for laplacian in ("ncut", "unnormalized"):
+        _, Z = diffeig.sym_eigh_ncut(W, 3, laplacian=laplacian)
+        D = W.sum(-1) if laplacian == "ncut" else torch.ones(80, dtype=F64)
+        assert (Z[:, 1:].T @ D).abs().max().item() < 1e-12

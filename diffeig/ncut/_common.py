@@ -1,11 +1,19 @@
-"""What every NCut solver shares: the sign rule, the trivial pair's couplings, the
+"""What every NCut solver shares: the sign rule, the trivial pair in closed form, the
 cotangents of ``z = D^-1/2 u`` and the spectrum's bound."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["sign_flips", "drop_trivial_coupling", "ncut_grad_inputs", "ncut_spectral_bound"]
+__all__ = [
+    "far_trivial",
+    "ncut_grad_inputs",
+    "ncut_spectral_bound",
+    "sign_flips",
+    "sym_outer_sum",
+    "trivial_pair_cotangents",
+    "trivial_vector",
+]
 
 
 def sign_flips(Z: torch.Tensor, rule: str | None) -> torch.Tensor:
@@ -36,25 +44,73 @@ def ncut_grad_inputs(grad_lam, grad_Z, V, d, k: int, normalized: bool):
     return grad_U, grad_d
 
 
-def drop_trivial_coupling(grad_Z, Vk):
-    """``D - W``: remove from the cotangents the couplings of the trivial pair (column 0 of
-    the k returned vectors ``Vk``, the constant vector) with the others.
+def trivial_vector(d: torch.Tensor, normalized: bool) -> torch.Tensor:
+    """``(*, N, 1)``: the trivial eigenvector of the symmetric problem, exactly:
+    ``D^1/2 1`` normalized (the normalized cut) or the constant ``1 / sqrt(N)`` (``D - W``),
+    with eigenvalue 0 for every W."""
+    u1 = d.sqrt() if normalized else torch.ones_like(d)
+    return (u1 / u1.norm(dim=-1, keepdim=True)).unsqueeze(-1)
 
-    z_2 ... z_k lose their component along u1, and z_1 its components along z_2 ... z_k.
-    Both are exact: u1 is the constant vector for every W, so ``u1 . dz_j = -z_j . du1 = 0``
-    and a cotangent of u1 itself contributes nothing; where l_2 ties l_1 these couplings
-    are masked anyway. Left in, they enter the backward as ``(u1 . g_j) / (l_j - l_1)`` and
-    cancel in dL/dW only up to rounding: where l_2 is small against the spectrum (a nearly
-    disconnected graph) the leftover was the size of the whole gradient of a saturated
-    mask (4 % of it, against 1e-8 once removed).
+
+def trivial_pair_cotangents(grad_lam, grad_Z, U, d, normalized: bool):
+    """Take the trivial pair out of the eigen backward and return its exact part.
+
+    The trivial pair is known in closed form (l1 = 0; ``u1 = sqrt(d / vol)``, vol = sum d,
+    or the constant), so its gradient needs no eigen-gap: through the eigen backward it
+    would couple with z2 by ``1 / (l2 - l1)``, which on a near-disconnected graph divides
+    rounding by ~1e-12 (|dL/dW| up to 3.5e3 where the exact value is 1e-4) or is masked
+    (dropping a true term). Here:
+
+    - l1's cotangent is dropped (l1 is 0 for every W);
+    - u1's cotangent g1 enters through ``u1 = sqrt(d / vol)``:
+      ``dL/dd_i = g1_i / (2 sqrt(d_i vol)) - (g1 . sqrt(d)) / (2 vol^3/2)`` (0 for ``D - W``);
+    - every other u_j stays orthogonal to u1 (``u1 . u_j = 0`` for every W), so the
+      component of its cotangent along u1, ``a_j = g_j . u1``, enters as
+      ``-a_j u_j . du1``: ``dL/dd_i = -sum_j a_j u_ji / (2 sqrt(d_i vol))``.
+
+    ``grad_Z`` are cotangents of the returned vectors (``z = D^-1/2 u`` for the normalized
+    cut), ``U`` the symmetric problem's k vectors (column 0 the trivial one). Returns
+    ``(grad_lam, grad_Z, gd)`` for the eigen backward of the pairs 2..k, with column 0's
+    cotangents zero and the others orthogonal to u1, and ``gd`` (``(*, N)``, or ``None``
+    for ``D - W``) to add to dL/dd. Column 0 must then be kept away from the others' gaps
+    (:func:`far_trivial`), where rounding of the zeroed couplings would be amplified.
     """
-    if grad_Z.shape[-1] < 2:
-        return grad_Z
-    u1, rest = Vk[..., :1], Vk[..., 1:]
-    g1, g = grad_Z[..., :1], grad_Z[..., 1:]
-    g = g - u1 * (u1 * g).sum(-2, keepdim=True)
-    g1 = g1 - rest @ (rest.mT @ g1)
-    return torch.cat([g1, g], -1)
+    grad_lam = grad_lam.clone()
+    grad_lam[..., 0] = 0
+    u1 = U[..., :1]
+    if not normalized:
+        g = grad_Z[..., 1:]
+        g = g - u1 * (u1 * g).sum(-2, keepdim=True)
+        return grad_lam, torch.cat([torch.zeros_like(grad_Z[..., :1]), g], -1), None
+    dis = d.rsqrt()
+    gU = grad_Z * dis.unsqueeze(-1)
+    g1, g = gU[..., 0], gU[..., 1:]
+    a = (u1 * g).sum(-2)  # (*, k - 1)
+    vol = d.sum(-1, keepdim=True)
+    half_sq = 0.5 * (d * vol).rsqrt()
+    gd = half_sq * (g1 - (U[..., 1:] @ a.unsqueeze(-1)).squeeze(-1))
+    gd = gd - 0.5 * (g1 * d.sqrt()).sum(-1, keepdim=True) / vol**1.5
+    gU = torch.cat([torch.zeros_like(gU[..., :1]), g - u1 * a.unsqueeze(-2)], -1)
+    new_Z = gU * d.sqrt().unsqueeze(-1)
+    # The chain rule of z = dis u (dis = d^-1/2), which the backward applies to the
+    # cotangents it is given, belongs to the original ones.
+    gd = gd - 0.5 * dis**3 * ((grad_Z - new_Z) * U).sum(-1)
+    return grad_lam, new_Z, gd
+
+
+def far_trivial(lam: torch.Tensor) -> torch.Tensor:
+    """The eigenvalues with l1 = 0 moved to ``-max(l)``: the backward then sees the trivial
+    pair a whole spectrum away from the others, so the rounding left in its (zeroed)
+    couplings is divided by ``l_j + max l`` instead of by ``l_j`` (the magnitude the tie
+    threshold is relative to, ``max|l|``, does not change)."""
+    lam = lam.clone()
+    lam[..., 0] = -lam.detach().abs().amax(-1)
+    return lam
+
+
+def sym_outer_sum(gd: torch.Tensor) -> torch.Tensor:
+    """``sym(gd 1^T)``: the symmetric dL/dW of a cotangent ``gd`` of the degrees."""
+    return 0.5 * (gd.unsqueeze(-1) + gd.unsqueeze(-2))
 
 
 def ncut_spectral_bound(d: torch.Tensor, normalized: bool) -> torch.Tensor:

@@ -15,7 +15,18 @@ __all__ = ["ncut_forward", "solve_dense"]
 def ncut_forward(W, k: int, normalized: bool, sign: str | None):
     """Shared by the O(N^2 k) and the pseudo-inverse variants: the same numbers."""
     L, d = _ops.laplacian(W, normalized)
+    # The trivial pair is exact (l1 = 0, u1 = D^1/2 1 or 1, normalized): it is shifted to
+    # the top of the spectrum (sigma = 2 bound + 1 > 2 l_max), so the other vectors come
+    # out orthogonal to it even where l2 ~ 0 (a near-disconnected graph), instead of
+    # LAPACK's rotation of the two near-zero pairs.
+    u1 = _common.trivial_vector(d, normalized)
+    sigma = 2 * _common.ncut_spectral_bound(d, normalized) + 1
+    v = u1 * sigma.sqrt()[..., None, None]
+    v = v.reshape(-1, *v.shape[-2:])
+    L = torch.baddbmm(L.reshape(-1, *L.shape[-2:]), v, v.mT).reshape(L.shape)
     lam, V = torch_eigh(L)
+    lam = torch.cat([torch.zeros_like(lam[..., :1]), lam[..., :-1]], -1)
+    V = torch.cat([u1, V[..., :-1]], -1)
     Vk = V[..., :k]
     dis = d.rsqrt() if normalized else None
     s = _common.sign_flips(Vk * dis.unsqueeze(-1) if normalized else Vk, sign)
@@ -52,9 +63,13 @@ class _NCut(torch.autograd.Function):
             grad_Z = V.new_zeros((*V.shape[:-1], k))
         if grad_lam is None:
             grad_lam = lam.new_zeros((*lam.shape[:-1], k))
-        if not normalized:
-            grad_Z = _common.drop_trivial_coupling(grad_Z, V[..., :k])
+        grad_lam, grad_Z, gd = _common.trivial_pair_cotangents(
+            grad_lam, grad_Z, V[..., :k], d, normalized
+        )
+        lam = _common.far_trivial(lam)
         gW = _ops.ncut_backward(V, lam, d, grad_Z, grad_lam, normalized, gap_rtol, gap_atol)
+        if gd is not None:
+            gW = gW + _common.sym_outer_sum(gd)
         return gW, None, None, None, None, None
 
 

@@ -72,8 +72,7 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rto
     unique, and which one a solver returns is its rounding).
     """
     # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
-    u1 = d.sqrt() if normalized else torch.ones_like(d)
-    u1 = (u1 / u1.norm(dim=-1, keepdim=True)).unsqueeze(-1)
+    u1 = _common.trivial_vector(d, normalized)
     if k == 1:
         lam, U = torch.zeros_like(d[..., :1]), u1
     else:
@@ -123,8 +122,11 @@ def lobpcg_ncut_factors(
     i.e. ``ncut_grad_assemble(P, U, c, g)``, from the k pairs alone (shifted solves)."""
     apply = L if callable(L) else (lambda Y: L @ Y)
     k = U.shape[-1]
-    if not normalized:
-        grad_Z = _common.drop_trivial_coupling(grad_Z, U)
+    true_lam = lam
+    grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
+    grad_Z = torch.zeros_like(U) if grad_Z is None else grad_Z
+    grad_lam, grad_Z, gd = _common.trivial_pair_cotangents(grad_lam, grad_Z, U, d, normalized)
+    lam = _common.far_trivial(lam)
     grad_U, grad_d = _common.ncut_grad_inputs(grad_lam, grad_Z, U, d, k, normalized)
     # dL/dL_sym = sym(P U^T), never formed.
     # D - W: Jacobi-preconditioned solves (its diagonal ~ D spreads with the degrees).
@@ -146,8 +148,8 @@ def lobpcg_ncut_factors(
     # sum_j gL_ij W_ij dis_j from dis_i W_ij dis_j = delta_ij - L_ij, L U = U diag(l) and
     # one product L P: s_i = (P_i . U_i (1 - l) + U_i . (P - L P)_i) / dis_i.
     dis = d.rsqrt()
-    s = ((P * U * (1 - lam.unsqueeze(-2))).sum(-1) + (U * (P - apply(P))).sum(-1)) / dis
-    return P, dis, grad_d + 0.5 * dis**3 * s
+    s = ((P * U * (1 - true_lam.unsqueeze(-2))).sum(-1) + (U * (P - apply(P))).sum(-1)) / dis
+    return P, dis, grad_d + 0.5 * dis**3 * s + gd
 
 
 def _normalized_laplacian(X, W, dis):

@@ -20,6 +20,7 @@ from diffeig._lobpcg import (
     _dense,
     default_tol,
     partial_eigh_backward,
+    resolved_gap_rtol,
     run_lobpcg,
     spectral_bound,
 )
@@ -204,6 +205,8 @@ def eigsh(
     if s != 1.0:
         A, gap_atol = A * (1.0 / s), gap_atol / s
     cg_tol = default_tol(A.dtype) if tol is None else tol
+    if method == "lobpcg":
+        gap_rtol = resolved_gap_rtol(gap_rtol, tol, A.dtype)
     infos = []
 
     def solve(A_):

@@ -32,6 +32,7 @@ __all__ = [
     "LobpcgInfo",
     "default_block",
     "default_tol",
+    "resolved_gap_rtol",
     "initial_block",
     "lobpcg",
     "run_lobpcg",
@@ -127,7 +128,11 @@ class LobpcgInfo:
     being iterated once its pairs converged). ``next_eigenvalue``: per matrix, the Ritz
     value of the first guard vector (with k + 1 <= block), a bound on the (k+1)-th
     eigenvalue from beyond the wanted ones (above them for the smallest): where it is
-    within rounding of the k-th, the k-th eigenvalue is tied."""
+    within rounding of the k-th, the k-th eigenvalue is tied. ``residuals``: per matrix
+    and column of the block (wanted, then guards), ``|A x - theta x|``: the Ritz values lie
+    within these of eigenvalues of A, so gaps below them are not resolved. ``certified``:
+    with ``certify=True``, per matrix, whether the first guard pair converged enough to
+    bound the gap above the k-th pair (:func:`lobpcg`)."""
 
     iterations: int
     max_residual: float
@@ -137,6 +142,17 @@ class LobpcgInfo:
     failed: torch.Tensor | None = None
     matrix_iterations: torch.Tensor | None = None
     next_eigenvalue: torch.Tensor | None = None
+    residuals: torch.Tensor | None = None
+    certified: torch.Tensor | None = None
+
+
+def resolved_gap_rtol(gap_rtol: float, tol: float | None, dtype: torch.dtype) -> float:
+    """The tie threshold (relative to the spectrum's bound) of a backward from LOBPCG's
+    pairs: Ritz values lie within their residual (``tol`` times the bound) of eigenvalues
+    of A, so two of them closer than twice that may be one tied eigenvalue, and ``1 / gap``
+    would divide the solver's error. Masked, the gradient is that of a tie, as the dense
+    path gives where the eigenvalues tie (LOBPCG gave |dL/dW| of 1e13 - 1e15 there)."""
+    return max(gap_rtol, 2 * (default_tol(dtype) if tol is None else tol))
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -217,8 +233,9 @@ class _Iterate:
     iteration count. Once matrices converge they are locked: their pairs move to ``out``
     and the state keeps only the rows still iterating (``rows``)."""
 
-    def __init__(self, op, X0, constraints, k, scale):
+    def __init__(self, op, X0, constraints, k, scale, tol, eigenvalue_rtol=False):
         self.k, self.scale, self.constraints = k, scale, constraints
+        self.tol, self.eigenvalue_rtol = tol, eigenvalue_rtol
         m = X0.shape[-1]
         X = _project(X0, constraints)
         X = torch.linalg.qr(X).Q
@@ -245,6 +262,40 @@ class _Iterate:
             tiny = torch.finfo(R.dtype).tiny
             return res / theta.abs().amax(-1).clamp_min(tiny).unsqueeze(-1)
         return res  # the operator is A / scale
+
+    def done(self, rel, R, tol, certify: bool):
+        """Per matrix: every wanted pair converged, and with ``certify`` the first guard
+        pair too, or at least to 1 % of its gap above the k-th pair: an unconverged guard
+        Ritz value bounds the (k+1)-th eigenvalue from above only, and says nothing of a
+        tie below it."""
+        done = (rel <= tol).all(-1)
+        if self.eigenvalue_rtol:
+            done = done & self.small_converged(rel)
+        if certify:
+            done = done & self.certified(R, tol)
+        return done
+
+    def small_converged(self, rel):
+        """Each wanted Ritz value within ``tol`` of its eigenvalue *relative to itself*:
+        its error is about ``r^2 / gap`` (gap to the next Ritz value), so a pair is also
+        converged once ``r^2 <= tol * theta * gap``, or at ``tol^(4/3)``, about where the
+        iteration's rounding stalls. Only small eigenvalues (next to the deflated 0 of a
+        near-disconnected graph) need more than the absolute test: at l2 ~ 1e-9 of the
+        bound, ``r <= tol`` left l2 2e-5 off."""
+        k = self.k
+        th = self.theta
+        gap = (th[..., 1 : k + 1] - th[..., :k]).clamp_min(0)
+        if gap.shape[-1] < k:  # no guard: the gap to the spectrum's bound (1 on A / scale)
+            gap = torch.cat([gap, (1 - th[..., k - 1 : k]).clamp_min(0)], -1)
+        floor = self.tol ** (4 / 3)
+        ok = (rel * rel <= self.tol * th[..., :k].abs() * gap) | (rel <= floor)
+        return ok.all(-1)
+
+    def certified(self, R, tol):
+        k = self.k
+        rg = self.relative(R[..., k : k + 1], self.theta[..., k : k + 1])[..., 0]
+        gap = self.theta[..., k] - self.theta[..., k - 1]
+        return (rg <= tol) | (rg <= 0.1 * gap)
 
     def note_stalls(self, rel):
         """A matrix whose basis was ill-conditioned and whose residual stopped falling is
@@ -394,6 +445,8 @@ def lobpcg(
     scale: torch.Tensor | None = None,
     preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_every: int | None = None,
+    certify: bool = False,
+    eigenvalue_rtol: bool = False,
 ):
     """k extreme eigenpairs of a batch of symmetric operators.
 
@@ -419,6 +472,15 @@ def lobpcg(
         check_every: read the convergence test back to the host every this many
             iterations (default: 1 on CPU, 4 on CUDA, where each read is a synchronization;
             per-matrix freezing keeps converged matrices unchanged in between).
+        certify: iterate each matrix also until its first guard pair (``m > k`` needed)
+            converged to ``tol``, or to 1 % of its gap above the k-th pair, so that
+            ``LobpcgInfo.next_eigenvalue`` and ``residuals`` bound the gap after the k-th
+            eigenvalue (``method='auto'`` uses it to decide whether LOBPCG's k-th vector
+            is the dense solve's).
+        eigenvalue_rtol: also stop each wanted pair only once its Ritz value is within
+            ``tol`` of the eigenvalue relative to the eigenvalue itself (``r^2 / gap <=
+            tol * theta``, floored at ``tol^(4/3)``): small eigenvalues (a
+            near-disconnected graph's l2) get their relative accuracy. Needs ``scale``.
 
     Returns:
         ``(theta (*, k), X (*, N, k), LobpcgInfo)``.
@@ -432,7 +494,7 @@ def lobpcg(
     op, prec, X0, constraints, compact = _scaled_operators(
         matmul, preconditioner, X0, constraints, largest, scale
     )
-    state = _Iterate(op, X0, constraints, k, scale)
+    state = _Iterate(op, X0, constraints, k, scale, tol, eigenvalue_rtol and scale is not None)
     it, max_res, converged, restarts = 0, math.inf, False, 0
     for it in range(1, max_iter + 1):  # noqa: B007
         R, rel = state.residuals()
@@ -441,10 +503,10 @@ def lobpcg(
         if check and bool(state.pending.any()):
             restarts += state.restart(op)
             R, rel = state.residuals()
-        done = (rel <= tol).all(-1)  # per matrix
+        done = state.done(rel, R, tol, certify)  # per matrix
         if check:
-            max_res = rel.amax().item()  # the only host synchronization
-            if max_res <= tol:
+            max_res = rel.amax().item()  # the only host synchronizations
+            if bool(done.all()):
                 converged = True
                 break
             if compact and int((~done).sum()) <= COMPACT_BELOW * done.numel():
@@ -452,6 +514,9 @@ def lobpcg(
         state.step(R, done, op, prec)
     state.unlock()
     failed = state.failed(tol)
+    R = state.AX - state.X * state.theta.unsqueeze(-2)
+    residuals = R.norm(dim=-2).reshape(*batch, m)
+    certified = state.certified(R, tol).reshape(batch) if certify else None
     info = LobpcgInfo(
         iterations=it,
         max_residual=max_res,
@@ -459,10 +524,13 @@ def lobpcg(
         restarts=restarts,
         failed=failed.reshape(batch),
         matrix_iterations=state.iters.reshape(batch),
+        certified=certified,
     )
     theta, X = state.theta.reshape(*batch, m), state.X.reshape(*batch, n, m)
     if scale is not None:
         theta = theta * scale.detach().to(dtype).unsqueeze(-1)
+        residuals = residuals * scale.detach().to(dtype).unsqueeze(-1)
+    info.residuals = residuals
     sign = -1.0 if largest else 1.0
     if m > k:  # the first guard vector's Ritz value: a bound on the (k+1)-th eigenvalue
         info.next_eigenvalue = sign * theta[..., k]
@@ -700,12 +768,15 @@ def run_lobpcg(
     like=None,
     start=None,
     block=None,
+    certify=False,
+    eigenvalue_rtol=False,
 ):
     """LOBPCG on ``A``: a dense ``(*, N, N)`` tensor (dense eigh instead when the block
     would not be small), or a function ``Y -> A @ Y`` with ``like`` a ``(*, N)`` tensor
     giving the batch shape, dtype and device (then ``scale`` is required). ``start``:
     ``(*, N, s)`` guesses of the wanted vectors, the first columns of the initial block;
-    ``block``: the block size (default :func:`default_block`)."""
+    ``block``: the block size (default :func:`default_block`); ``certify``,
+    ``eigenvalue_rtol``: as :func:`lobpcg`."""
     dense = not callable(A)
     like = A[..., 0] if dense else like
     n = like.shape[-1]
@@ -737,6 +808,8 @@ def run_lobpcg(
         max_iter=max_iter,
         scale=scale,
         preconditioner=preconditioner,
+        certify=certify,
+        eigenvalue_rtol=eigenvalue_rtol,
     )
     failed = info.failed
     if bool(failed.any()):

@@ -202,3 +202,148 @@ def test_vectors_beyond_the_trivial_one_are_orthogonal_to_it_on_near_ties():
         _, Z = diffeig.sym_eigh_ncut(W, 3, laplacian=laplacian)
         D = W.sum(-1) if laplacian == "ncut" else torch.ones(80, dtype=F64)
         assert (Z[:, 1:].T @ D).abs().max().item() < 1e-12
+
+
+# ------------------------------------------------- 1 and 6: near and exact ties at the k-th
+
+
+def cycle(n=200, bump=0.0):
+    W = torch.zeros(n, n, dtype=F64)
+    i = torch.arange(n)
+    W[i, (i + 1) % n] = W[(i + 1) % n, i] = 1.0
+    W[0, 1] = W[1, 0] = 1.0 + bump
+    return W
+
+
+def grid(rows, cols=None):
+    cols = rows if cols is None else cols
+    n = rows * cols
+    W = torch.zeros(n, n, dtype=F64)
+    idx = torch.arange(n).reshape(rows, cols)
+    for a, b in ((idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])):
+        W[a.flatten(), b.flatten()] = W[b.flatten(), a.flatten()] = 1.0
+    return W
+
+
+TIED = {
+    "cycle200+3e-13": lambda: cycle(200, 3e-13),  # l2, l3 1e-13 apart
+    "cycle200": lambda: cycle(200),
+    "cycle150": lambda: cycle(150),
+    "grid12": lambda: grid(12),
+    "grid16": lambda: grid(16),
+    "grid20": lambda: grid(20),
+    "grid10x12": lambda: grid(10, 12),  # not tied, but z2's largest entries are (+-)
+}
+
+
+def z_and_grad(W, method, laplacian, k=2):
+    W = W.clone().requires_grad_()
+    c = torch.randn(W.shape[0], generator=torch.Generator().manual_seed(0), dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "did not converge" / "singular" warning
+        lam, Z = diffeig.sym_eigh_ncut(W, k, method=method, laplacian=laplacian)
+    ((Z[:, 1] @ c) ** 2).backward()
+    return Z.detach(), W.grad
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+@pytest.mark.parametrize("name", list(TIED))
+def test_auto_returns_what_dense_returns_at_ties(name, laplacian):
+    W = TIED[name]()
+    Zd, gd = z_and_grad(W, "dense", laplacian)
+    Za, ga = z_and_grad(W, "auto", laplacian)
+    assert (Za - Zd).abs().max().item() < 1e-6
+    assert ((ga - gd).abs().max() / gd.abs().max()).item() < 1e-5  # auto gave 1e6 - 1e16
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+@pytest.mark.parametrize(("name", "k"), [("cycle200", 3), ("cycle150", 5), ("grid12", 3)])
+def test_ties_among_returned_pairs_give_the_dense_gradient(name, k, laplacian):
+    W = TIED[name]()
+    n = W.shape[0]
+    C = torch.randn(n, n, generator=torch.Generator().manual_seed(2), dtype=F64)
+    C = C + C.T
+    grads = {}
+    for method in ("dense", "lobpcg"):
+        X = W.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lam, Z = diffeig.sym_eigh_ncut(X, k, method=method, laplacian=laplacian)
+        Zt = Z[:, 1:]  # the tied pairs and their neighbours: a loss invariant within ties
+        ((Zt @ Zt.T * C).sum() + lam.sum()).backward()
+        grads[method] = X.grad
+    g, d = grads["lobpcg"], grads["dense"]
+    assert ((g - d).abs().max() / d.abs().max()).item() < 1e-6  # LOBPCG gave 1e13 - 1e15
+
+
+def test_lobpcg_info_reports_residuals_and_the_certificate():
+    from diffeig._lobpcg import run_lobpcg
+
+    A = cycle(120)
+    L = torch.diag(A.sum(-1)) - A
+    theta, _, info = run_lobpcg(
+        L,
+        1,
+        largest=False,
+        constraints=None,
+        tol=None,
+        max_iter=500,
+        on_fail="raise",
+        block=3,
+        certify=True,
+    )
+    assert info.residuals.shape == (3,) and bool(info.certified)
+    assert info.residuals[0] <= 1e-9 * 8  # tol times the Gershgorin bound (2 max d = 4)
+
+
+# ------------------------------------------------- 5: small eigenvalues of near-disconnected
+
+
+def weakly_joined(seed):
+    g = torch.Generator().manual_seed(1000 + seed)
+    n1, n2 = (int(v) for v in torch.randint(40, 120, (2,), generator=g))
+    cross = 10 ** float(-6 - 4 * torch.rand(1, generator=g))
+    A = torch.rand(n1, n1, generator=g, dtype=F64)
+    B = torch.rand(n2, n2, generator=g, dtype=F64)
+    W = torch.block_diag(0.5 * (A + A.T), 0.5 * (B + B.T))
+    W.fill_diagonal_(0)
+    i = torch.randint(0, n1, (3,), generator=g)
+    j = torch.randint(n1, n1 + n2, (3,), generator=g)
+    W[i, j] = W[j, i] = cross
+    return W
+
+
+def accurate_l2(W, normalized):
+    """Inverse iteration, then the edge form of the Rayleigh quotient (no cancellation)."""
+    n, d = W.shape[0], W.sum(-1)
+    if normalized:
+        s = d.rsqrt()
+        L, u1 = torch.eye(n, dtype=F64) - s[:, None] * W * s[None], d.sqrt() / d.sqrt().norm()
+    else:
+        L, u1 = torch.diag(d) - W, torch.full((n,), n**-0.5, dtype=F64)
+    M = L + 2 * u1[:, None] * u1[None]
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for _ in range(40):
+        x = torch.linalg.solve(M, x)
+        x = x - u1 * (u1 @ x)
+        x = x / x.norm()
+    z = x * s if normalized else x
+    edge = 0.5 * (W * (z[:, None] - z[None]) ** 2).sum()
+    return (edge / ((z * z * d).sum() if normalized else (z * z).sum())).item()
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+@pytest.mark.parametrize("seed", [0, 3, 7, 11, 19, 23])
+def test_small_eigenvalues_to_relative_accuracy(seed, laplacian):
+    W = weakly_joined(seed)
+    expected = accurate_l2(W, laplacian == "ncut")
+    c = torch.randn(W.shape[0], generator=torch.Generator().manual_seed(seed), dtype=F64)
+    grads = {}
+    for method in ("dense", "lobpcg"):
+        X = W.clone().requires_grad_()
+        lam, Z = diffeig.sym_eigh_ncut(X, 2, method=method, laplacian=laplacian)
+        assert abs(lam[1].item() - expected) / expected < 1e-8, method  # were 1e-4 / 1e-2
+        ((Z[:, 1] @ c) ** 2 + torch.sigmoid(4 * W.shape[0] ** 0.5 * Z[:, 1]).sum()).backward()
+        grads[method] = X.grad
+    g, d = grads["lobpcg"], grads["dense"]
+    assert ((g - d).abs().max() / d.abs().max()).item() < 1e-6

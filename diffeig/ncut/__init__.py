@@ -94,10 +94,11 @@ def sym_eigh_ncut(
             ``'auto'``: whichever of the two is faster for this device, N and k
             (:func:`diffeig.ncut._iterative.choose_method`: on CPU LOBPCG from N = 100
             for k = 2).
-            Both give the same float64 results to the solver tolerance; where the k-th
-            eigenvalue ties the (k+1)-th (to ``sqrt(eps)`` of the spectrum's bound, e.g.
-            the binary graph of an image whose tokens are all alike), the k-th vector is
-            any vector of a subspace, and ``'auto'`` returns the dense solve's.
+            Both give the same float64 results to the solver tolerance; wherever a
+            returned eigenvalue ties another or the (k+1)-th (a gap not certified larger
+            than ``sqrt(eps)`` of the spectrum's bound plus the Ritz residuals, e.g. the
+            binary graph of an image whose tokens are all alike, a grid), a vector is
+            any of a subspace, and ``'auto'`` returns the dense solve's.
         tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
             limit, and ``'warn'`` or ``'raise'`` when it did not converge.
 

@@ -33,6 +33,9 @@ def ncut_forward(W, k: int, normalized: bool, sign: str | None):
     # Flip the columns of V itself, so that the backward sees one consistent basis.
     Vk.mul_(s)
     Z = Vk * dis.unsqueeze(-1) if normalized else Vk.clone()
+    lam_k = _common.refine_small_eigenvalues(lam[..., :k], Z, W, d, normalized)
+    if lam_k is not lam[..., :k]:  # the backward's gaps see the refined values too
+        lam = torch.cat([lam_k, lam[..., k:]], -1)
     return lam[..., :k].clone(), Z, lam, V, d
 
 

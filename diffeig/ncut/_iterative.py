@@ -12,8 +12,10 @@ from diffeig._eigsh import auto_method
 from diffeig._lobpcg import (
     BatchedOperator,
     Symmetric,
+    default_block,
     default_tol,
     partial_eigh_factor,
+    resolved_gap_rtol,
     run_lobpcg,
 )
 from diffeig.ncut import _common
@@ -59,6 +61,32 @@ def _scale_rows(R, s):
 NCUT_BLOCK = {torch.float64: {1: 2}}
 
 
+def _certified(theta, info, tie) -> bool:
+    """Whether every gap between consecutive returned eigenvalues, and the gap to the next
+    one, is resolved: larger than ``tie`` plus both Ritz values' residual bounds (each lies
+    within its residual of an eigenvalue), with the next one's Ritz pair converged enough
+    to bound it (``LobpcgInfo.certified``). Only then is each returned vector the unique
+    one the dense solve returns."""
+    if info.next_eigenvalue is None or not bool(info.certified.all()):
+        return False
+    th = torch.cat([theta, info.next_eigenvalue.unsqueeze(-1)], -1)
+    r = info.residuals[..., : th.shape[-1]]
+    gaps = th[..., 1:] - th[..., :-1]
+    return bool((gaps > tie.unsqueeze(-1) + r[..., 1:] + r[..., :-1]).all())
+
+
+def _block(d, iterated: int, certify: bool) -> int | None:
+    """LOBPCG's block for ``iterated`` pairs (None: the default). To certify the gap after
+    them, the block holds at least ``iterated + 1`` random columns besides the degree
+    start: the start can be orthogonal to a whole tied eigenspace (on a symmetric grid it
+    is), and a block whose random part has fewer columns than the eigenspace's dimension
+    can only ever hold as many of its directions (the tied partner of z2 was skipped)."""
+    block = NCUT_BLOCK.get(d.dtype, {}).get(iterated)
+    if certify:
+        block = max(block or default_block(iterated, d.shape[-1]), iterated + 2)
+    return block
+
+
 class TiedSpectrum(Exception):
     """Raised (and caught) inside ``method="auto"``: the k-th eigenvalue ties the next."""
 
@@ -101,12 +129,17 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rto
             # differ between the clusters, as z2 does (iterations per graph on the
             # recipe's graphs: 11.1 -> 7.9 at N = 784).
             start=d.unsqueeze(-1),
-            block=NCUT_BLOCK.get(d.dtype, {}).get(k - 1),
+            block=_block(d, k - 1, certify=tie_rtol is not None),
+            certify=tie_rtol is not None,
+            # z2 of a near-disconnected graph: l2 relative to itself, not only to the bound
+            eigenvalue_rtol=True,
         )
-        nxt = info.next_eigenvalue
-        if tie_rtol is not None and nxt is not None:
-            if bool((nxt - theta[..., -1] <= tie_rtol * scale).any()):
-                raise TiedSpectrum
+        if (
+            tie_rtol is not None
+            and info.residuals is not None
+            and not _certified(theta, info, tie_rtol * scale)
+        ):
+            raise TiedSpectrum
         lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
         U = torch.cat([u1, X], -1)
     dis = d.rsqrt() if normalized else None
@@ -189,6 +222,7 @@ class _NCutLobpcg(torch.autograd.Function):
         d = W.sum(-1)
         lap = laplacian_operator(W, d, normalized)
         lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol)
+        lam = _common.refine_small_eigenvalues(lam, Z, W, d, normalized)
         return lam, Z, d, U
 
     @staticmethod
@@ -248,6 +282,7 @@ def solve_lobpcg(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_f
     :func:`lobpcg_ncut_pairs` (raises :class:`TiedSpectrum`)."""
     check_solver_options(tol, max_iter, on_fail)
     cg_tol = default_tol(W.dtype) if tol is None else tol
+    gap_rtol = resolved_gap_rtol(gap_rtol, tol, W.dtype)
     lam, Z, *_ = _NCutLobpcg.apply(
         W, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol, tie_rtol)
     )

@@ -23,7 +23,7 @@ from diffeig._checks import (
     check_solver_options,
 )
 from diffeig._eigh import gap_tolerances
-from diffeig._lobpcg import default_tol
+from diffeig._lobpcg import default_tol, resolved_gap_rtol
 from diffeig.ncut._iterative import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
 
 __all__ = ["ncut_operator"]
@@ -97,7 +97,8 @@ def ncut_operator(
     shape = tuple(int(s) for s in shape)
     check_k(k, shape[-1])
     dtype = params[0].dtype
-    gaps = gap_tolerances(gap_eps, shape[-1], dtype)
+    gap_rtol, gap_atol = gap_tolerances(gap_eps, shape[-1], dtype)
+    gaps = (resolved_gap_rtol(gap_rtol, tol, dtype), gap_atol)
     cg_tol = default_tol(dtype) if tol is None else tol
     return _NCutOperator.apply(
         matmul, shape, k, laplacian == "ncut", sign, gaps, (tol, max_iter, on_fail, cg_tol), *params

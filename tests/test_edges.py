@@ -347,3 +347,18 @@ def test_small_eigenvalues_to_relative_accuracy(seed, laplacian):
         grads[method] = X.grad
     g, d = grads["lobpcg"], grads["dense"]
     assert ((g - d).abs().max() / d.abs().max()).item() < 1e-6
+
+
+# --------------------------------------------------------------- 7: B of the generalized
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0.0, -1.0])
+def test_eigsh_refuses_a_non_finite_or_non_positive_diagonal_B(bad):
+    A = torch.eye(12, dtype=F64) + 0.1
+    B = torch.ones(12, dtype=F64)
+    B[3] = bad
+    with pytest.raises(ValueError, match="B given as a diagonal"):
+        diffeig.eigsh(A, 2, B=B)
+    Bd = torch.diag(B)
+    with pytest.raises(ValueError, match="B must"):
+        diffeig.eigsh(A, 2, B=Bd)

@@ -67,6 +67,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries (``.<name>.tmp<pid>``) that :func:`atomic_write` leaves only
+    when its process was killed mid-write (SIGKILL, power loss). Returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(".*.tmp*") if re.fullmatch(r"\..+\.tmp\d+", p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_save(state: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` of ``state`` with its checksum to ``path``, atomically
     (:func:`atomic_write`). Returns the path written."""

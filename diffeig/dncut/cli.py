@@ -104,6 +104,9 @@ def parser() -> argparse.ArgumentParser:
         help="the backbone file to write, or an existing folder (backbone.pth inside); it "
         "records the architecture, which the evaluation commands read",
     )
+    e.add_argument(
+        "--force", action="store_true", help="replace an existing output file (never the input)"
+    )
 
     from diffeig.dncut.eval import evaluate
 
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
         if args.command == "export":
             from diffeig.dncut.train import export
 
-            payload = export(args.checkpoint, args.output)
+            payload = export(args.checkpoint, args.output, force=args.force)
             print(
                 f"wrote {payload['path']}: {payload['arch']} backbone, "
                 f"{len(payload['model'])} tensors, step {payload['step']}"

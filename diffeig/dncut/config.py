@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -88,9 +89,10 @@ class TrainConfig:
 
 # Every numeric option of `train`, checked in one place: finite, of its type, in range.
 NUMERIC_OPTIONS: dict[str, dict] = {
-    "image_size": dict(integer=True, lo=1),
+    # at least 2 x 2 patches of 16 px; at most 2048 px (16,384 tokens, a 2 GB dense graph)
+    "image_size": dict(integer=True, lo=32, hi=2048),
     "min_overlap": dict(lo=0, hi=1),
-    "synthetic_size": dict(integer=True, lo=8),
+    "synthetic_size": dict(integer=True, lo=32, hi=4096),
     "workers": dict(integer=True, lo=0),
     "proj_hidden": dict(integer=True, lo=1, optional=True),
     "proj_dim": dict(integer=True, lo=1),
@@ -218,10 +220,12 @@ def load_yaml(name_or_path: str) -> dict:
             f"--config {name_or_path}: must be a YAML mapping of options, got "
             f"{type(values).__name__}"
         )
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(map(str, values)) - fields)
-    if unknown:
-        raise ValueError(f"--config {name_or_path}: unknown options {unknown}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key in map(str, values):
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"--config {name_or_path}: unknown option {key!r}{hint}")
     for name, value in values.items():
         # YAML reads 1e-3 (no dot) as a string: take numbers written that way as numbers.
         if isinstance(value, str) and name in NUMERIC_OPTIONS:
@@ -229,7 +233,32 @@ def load_yaml(name_or_path: str) -> dict:
                 values[name] = int(value) if NUMERIC_OPTIONS[name].get("integer") else float(value)
             except ValueError:
                 pass  # validate() names it
+    for name, value in values.items():
+        check_type(name, value, fields[name].type, f"--config {name_or_path}: ")
     return values
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,)}
+
+
+def check_type(name: str, value, annotation: str, where: str = "") -> None:
+    """``value`` of a YAML config must have the option's type (``TrainConfig``'s
+    annotation, e.g. ``'int | None'``); numbers that are out of range are validate()'s."""
+    names = [a.strip() for a in str(annotation).split("|")]
+    if value is None and "None" in names:
+        return
+    allowed = tuple(t for a in names for t in _TYPES.get(a, ()))
+    if not allowed:
+        return
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    else:
+        ok = isinstance(value, allowed)
+    if not ok:
+        words = {"int": "an integer", "float": "a number", "bool": "true or false"}
+        words.update({"str": "a string", "list": "a list", "None": "null"})
+        want = " or ".join(words.get(n, n) for n in names)
+        raise ValueError(f"{where}{name} must be {want}, got {value!r} ({type(value).__name__})")
 
 
 def resolve(config: str | None, overrides: dict, base: dict | None = None) -> TrainConfig:

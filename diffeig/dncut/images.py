@@ -53,14 +53,15 @@ class UnreadableImage(ValueError):
     """An image file that Pillow cannot decode (corrupt, truncated, empty, not an image)."""
 
 
-def read_image(path, mode: str = "RGB") -> Image.Image:
-    """The image at ``path`` decoded into memory (``mode``), or ``UnreadableImage`` naming
-    the file. Only regular files are opened: a FIFO or device named ``*.png`` would block."""
+def read_image(path, mode: str | None = "RGB") -> Image.Image:
+    """The image at ``path`` decoded into memory (converted to ``mode``; ``None`` keeps
+    the file's own, e.g. a palette), or ``UnreadableImage`` naming the file. Only regular
+    files are opened: a FIFO or device named ``*.png`` would block."""
     if not os.path.isfile(path):
         raise UnreadableImage(f"{path}: not a regular file")
     try:
         with Image.open(path) as im:
-            return im.convert(mode)
+            return im.convert(mode) if mode else im.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(f"cannot read image {path}: {err}") from None
 

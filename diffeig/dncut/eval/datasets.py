@@ -8,6 +8,7 @@ Every loader checks its files up front and raises one error listing what is miss
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -27,12 +28,30 @@ DISCOVERY = ("voc07", "voc12", "coco20k", "boxes")
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    """Image files by stem; only regular files (a FIFO named ``*.png`` would block a read)."""
-    return {
-        p.stem: p
-        for p in sorted(folder.iterdir())
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    }
+    """Image files by stem; only regular files (a FIFO named ``*.png`` would block a read).
+    Two files with one stem (``a.jpg``, ``a.png``) are an error naming both: which of them
+    pairs with a mask or annotation would be a guess."""
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            if p.stem in files:
+                raise ValueError(
+                    f"--root: {files[p.stem]} and {p} have the same name {p.stem!r}; "
+                    "keep one of them (images and masks are paired by name)"
+                )
+            files[p.stem] = p
+    return files
+
+
+def read_mask(path: Path) -> torch.Tensor:
+    """A ground-truth mask as ``(H, W)`` float32 in [0, 1]. Grey levels are kept (L / 255)
+    as the authors' measure.py reads them; a palette ('P') PNG is read by its indices
+    (index 0 background, any other foreground): converted to grey, its palette's colours
+    (e.g. VOC's dark red 1) fell below 0.5 and the whole mask read as background."""
+    im = read_image(path, None)
+    if im.mode == "P":
+        return torch.from_numpy((np.asarray(im) != 0).astype(np.float32))
+    return torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255)
 
 
 def _need_dir(path: Path, what: str) -> None:
@@ -61,6 +80,7 @@ def _check_box_table(table, path: Path) -> None:
             isinstance(b, list)
             and len(b) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+            and all(math.isfinite(v) for v in b)
         )
 
     if not isinstance(table, dict):
@@ -68,7 +88,8 @@ def _check_box_table(table, path: Path) -> None:
     bad = sorted(k for k, v in table.items() if not (isinstance(v, list) and all(map(is_box, v))))
     if bad:
         raise ValueError(
-            f"{path}: " + _mismatch("entries are not lists of [x1, y1, x2, y2] boxes", bad)
+            f"{path}: "
+            + _mismatch("entries are not lists of [x1, y1, x2, y2] boxes of finite numbers", bad)
         )
 
 
@@ -102,7 +123,7 @@ class SaliencyDataset:
         image = read_image(ip)
         # The grey levels of the mask's anti-aliased edges are kept (L / 255), as the
         # authors' measure.py reads them: soft in precision / recall, > 0.5 elsewhere.
-        mask = torch.from_numpy(np.asarray(read_image(mp, "L"), dtype=np.float32) / 255)
+        mask = read_mask(mp)
         if mask.shape != (image.height, image.width):
             raise UnreadableImage(
                 f"{mp}: mask {tuple(mask.shape)} and image {image.height}x{image.width} differ"
@@ -119,6 +140,8 @@ def parse_voc_xml(path: Path) -> torch.Tensor:
         for obj in root.iter("object"):
             bb = obj.find("bndbox")
             x1, y1, x2, y2 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+            if not all(map(math.isfinite, (x1, y1, x2, y2))):
+                raise ValueError(f"non-finite box {[x1, y1, x2, y2]}")
             boxes.append([x1 - 1, y1 - 1, x2, y2])
     except (ET.ParseError, AttributeError, TypeError, ValueError) as err:
         raise UnreadableImage(f"{path}: not a VOC annotation with numeric boxes ({err})") from None
@@ -209,6 +232,8 @@ class DiscoveryDataset:
                 if a.get("iscrowd", 0):
                     continue  # crowd boxes removed, as LOST / TokenCut
                 x, y, w, h = (float(v) for v in a["bbox"])
+                if not all(map(math.isfinite, (x, y, w, h))):
+                    raise ValueError(f"annotation {a.get('id')}: non-finite bbox {a['bbox']}")
                 # rounded to integers as LOST / TokenCut / the DNCut code do (Python's
                 # round: halves to even)
                 box = [int(round(v)) for v in (x, y, x + w, y + h)]

@@ -19,7 +19,14 @@ import torch
 
 from diffeig.dncut.backbone import ARCHS, BASELINES
 from diffeig.dncut.eval import metrics, postprocess
-from diffeig.dncut.eval.features import extract, load_backbone, pad_to_patch, resize_to_patch
+from diffeig.dncut.eval.features import (
+    check_memory,
+    downscale,
+    extract,
+    load_backbone,
+    pad_to_patch,
+    resize_to_patch,
+)
 
 POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs")
 SOLVERS = ("dense", "lobpcg", "auto")
@@ -69,8 +76,11 @@ def device_of(name: str) -> str:
 
 
 class _Prepared(torch.utils.data.Dataset):
-    def __init__(self, base, prepare):
-        self.base, self.prepare = base, prepare
+    """Images read and prepared in the loader's workers. ``check(name, height, width)``
+    runs before ``prepare``: the memory estimate refuses an image before any allocation."""
+
+    def __init__(self, base, prepare, check=None):
+        self.base, self.prepare, self.check = base, prepare, check
 
     def __len__(self):
         return len(self.base)
@@ -81,6 +91,8 @@ class _Prepared(torch.utils.data.Dataset):
 
         try:
             name, image, target = self.base[i]
+            if self.check is not None:
+                self.check(name, image.height, image.width)
         except UnreadableImage as err:
             return None, str(err)
         return name, (image.height, image.width), self.prepare(image), target, image
@@ -129,7 +141,11 @@ def eval_saliency(args) -> dict:
     data = SaliencyDataset(args.dataset, args.root, args.limit)
     backbone = load_backbone(args)
     patch = backbone.patch_size
-    prepared = _Prepared(data, lambda im: resize_to_patch(im, patch, args.max_side))
+    prepared = _Prepared(
+        data,
+        lambda im: resize_to_patch(im, patch, args.max_side),
+        lambda name, h, w: check_memory(name, h, w, patch, args.max_side, "resize"),
+    )
     per_image, skipped = [], []
     bar = tqdm(total=len(data), desc=f"saliency {args.dataset}", disable=args.quiet)
     for batch in chunks(prepared, args.batch_size, args.workers):
@@ -169,14 +185,22 @@ def eval_discovery(args) -> dict:
     data = DiscoveryDataset(args.dataset, args.root, args.limit)
     backbone = load_backbone(args)
     patch = backbone.patch_size
-    prepared = _Prepared(data, lambda im: pad_to_patch(im, patch))
+    prepared = _Prepared(
+        data,
+        lambda im: pad_to_patch(im, patch, args.max_side),
+        lambda name, h, w: check_memory(name, h, w, patch, args.max_side, "pad"),
+    )
     per_image, skipped = [], []
     bar = tqdm(total=len(data), desc=f"discovery {args.dataset}", disable=args.quiet)
     for batch in chunks(prepared, args.batch_size, args.workers):
         batch = readable(batch, skipped, bar)
         feats = extract(backbone, [b[2] for b in batch], args.device)
         for (name, size, _, gt, _), f in zip(batch, feats):
-            box, _ = predict_box(f, args.post, patch, size, solver=args.solver)
+            # boxes are found on the (downscaled) image and scaled back to the original
+            s = downscale(*size, args.max_side)
+            small = (round(size[0] * s), round(size[1] * s))
+            box, _ = predict_box(f, args.post, patch, small, solver=args.solver)
+            box = box / s if s < 1 else box
             ious = metrics.box_iou(box, gt) if gt.numel() else torch.zeros(0)
             per_image.append(
                 {
@@ -266,14 +290,14 @@ def add_commands(sub) -> None:
             "vectors as dense; dense where the Fiedler value is tied), dense "
             "(torch.linalg.eigh, the authors'), or lobpcg (default: auto)",
         )
-        if cmd == "eval-saliency":
-            p.add_argument(
-                "--max-side",
-                type=int,
-                default=None,
-                help="downscale images whose longer side exceeds this many pixels first "
-                "(default: none)",
-            )
+        p.add_argument(
+            "--max-side",
+            type=int,
+            default=None,
+            help="downscale images whose longer side exceeds this many pixels first "
+            "(default: none; an image whose cut would not fit in memory is refused with "
+            "the value to pass)",
+        )
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
     v.add_argument("images", nargs="+", help="image files")
     _common(v, POSTS_DISCOVERY, "tokencut")
@@ -322,6 +346,11 @@ def output_path(args) -> Path:
     )
     if out.is_dir():
         raise ValueError(f"--output {out} is a directory; give a file name for the JSON")
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--output {out}: the results are JSON; give a file name ending in .json")
+    weights = getattr(args, "weights", None)
+    if out.exists() and weights and Path(weights).exists() and out.samefile(weights):
+        raise ValueError(f"--output {out} is the --weights file; give another file for the JSON")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         existed = out.exists()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from diffeig.dncut.eval import postprocess
-from diffeig.dncut.eval.features import extract, load_backbone, resize_to_patch
+from diffeig.dncut.eval.features import check_memory, extract, load_backbone, resize_to_patch
 from diffeig.dncut.figures import compose, heat, overlay
 from diffeig.dncut.images import read_image
 
@@ -62,6 +62,8 @@ def visualize(args) -> list[str]:
     images = [read_image(p) for p in args.images]  # every file is checked before any work
     backbone = load_backbone(args)
     patch = backbone.patch_size
+    for path, image in zip(args.images, images):
+        check_memory(path, image.height, image.width, patch, args.max_side, "resize")
     rows = []
     for image in images:
         x = resize_to_patch(image, patch, args.max_side)

@@ -14,7 +14,12 @@ import torch
 import torch.distributed as dist
 
 from diffeig.dncut.backbone import build_backbone
-from diffeig.dncut.checkpoint import atomic_save, atomic_write, load_checkpoint
+from diffeig.dncut.checkpoint import (
+    atomic_save,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+)
 from diffeig.dncut.config import TrainConfig
 from diffeig.dncut.train.data import ImageSource, TwoViews
 from diffeig.dncut.train.model import DNCut, NCutOptions, align
@@ -261,6 +266,9 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output {out_dir} exists and is not a directory")
     if dst.main:
+        # a write killed mid-way (SIGKILL) leaves its temporary: the checkpoint beside it
+        # is the old one, whole (atomic_write renames only a complete file)
+        remove_stale_temporaries(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
@@ -425,10 +433,37 @@ def all_finite(tensors) -> bool:
 def training_checkpoint(path, what: str) -> dict:
     """A diffeig.dncut training checkpoint (see :func:`load_checkpoint`), its keys checked."""
     state = load_checkpoint(path, what=what)
-    missing = [k for k in ("model", "optimizer", "step", "config") if k not in state]
-    if not isinstance(state, dict) or missing:
+    if not isinstance(state, dict):
         raise ValueError(f"{what} {path} is not a diffeig.dncut training checkpoint")
+    missing = [k for k in ("model", "optimizer", "step", "config") if k not in state]
+    if missing:
+        raise ValueError(
+            f"{what} {path} is not a diffeig.dncut training checkpoint: it lacks the "
+            f"key(s) {', '.join(map(repr, missing))}"
+        )
     return state
+
+
+def check_state_dict(saved: dict, expected: dict, what: str) -> None:
+    """Raise ``ValueError`` naming the first key that ``saved`` lacks, has in excess, or
+    holds with another shape than ``expected``."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    if missing or extra:
+        key, how = (missing[0], "lacks") if missing else (extra[0], "has an unexpected")
+        more = len(missing) + len(extra) - 1
+        raise ValueError(
+            f"{what} does not fit this model: it {how} key {key!r}"
+            + (f" ({more} more)" if more else "")
+        )
+    for key, t in expected.items():
+        got = saved[key]
+        if not isinstance(got, torch.Tensor) or got.shape != t.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ValueError(
+                f"{what} does not fit this model: {key!r} has shape {shape}, the model "
+                f"expects {tuple(t.shape)}"
+            )
 
 
 def restore(path, cfg: TrainConfig, model, optimizer) -> int:
@@ -440,6 +475,7 @@ def restore(path, cfg: TrainConfig, model, optimizer) -> int:
             f"--resume {path} was trained with --arch {saved}; this run asks for {cfg.arch} "
             "(drop --arch to continue it as it was)"
         )
+    check_state_dict(state["model"], model.state_dict(), f"--resume {path}")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -465,11 +501,27 @@ def trim_log(path: Path, step: int) -> None:
     atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
 
-def export(checkpoint: str, output: str) -> dict:
+def export(checkpoint: str, output: str, *, force: bool = False) -> dict:
     """The backbone of a training checkpoint in timm's naming, for evaluation.
 
     ``output`` is a file, or an existing folder to write ``backbone.pth`` into. The
-    payload records the architecture (``arch``) and the training step."""
+    payload records the architecture (``arch``) and the training step. An ``output`` that
+    is the checkpoint itself (also through a link) is refused, and so is any existing
+    file unless ``force``: the training state must never be replaced by a backbone."""
+    out = Path(output)
+    if out.is_dir():
+        out = out / "backbone.pth"
+    if out.exists():
+        if Path(checkpoint).exists() and os.path.samefile(out, checkpoint):
+            raise ValueError(
+                f"export: the output {output} is the checkpoint {checkpoint} itself; writing "
+                "the backbone there would destroy the training state. Give another file, "
+                "e.g. backbone.pth"
+            )
+        if not force:
+            raise ValueError(
+                f"export: {out} exists; pass --force to replace it, or give another file"
+            )
     state = training_checkpoint(checkpoint, "export")
     prefix = "backbone.model."
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
@@ -479,9 +531,6 @@ def export(checkpoint: str, output: str) -> dict:
     # the architecture the weights load into ('random' is a seeded ViT-S/16)
     arch = "vit_small_patch16" if trained == "random" else trained
     payload = {"model": weights, "arch": arch, "trained_arch": trained, "step": state["step"]}
-    out = Path(output)
-    if out.is_dir():
-        out = out / "backbone.pth"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload["path"] = str(atomic_save(payload, out))
     return payload

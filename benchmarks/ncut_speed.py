@@ -42,7 +42,7 @@ def parse_args(argv=None):
         nargs="+",
         default=["196:256", "784:64"],
         help="N:batch settings, N a square (default: 196:256 784:64, ViT-S/16 and ViT-S/8 at "
-        "224 px; the issue's third target is 3600:8, several minutes of dense solves on 2 cores)",
+        "224 px; 3600:8, ViT-S/8 at 480 px, takes several minutes of dense solves on 2 cores)",
     )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (default: 3)")
     p.add_argument("--profile", action="store_true", help="break LOBPCG's time down")

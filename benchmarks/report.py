@@ -50,7 +50,9 @@ def report(path: str) -> str:
             f"- {r['setting']}, {d['args']['dtype']} gradient error against float64 on "
             f"{d['args']['check_samples']} graphs: "
             + ", ".join(f"{m} {e:.1e}" for m, e in errs.items())
-            + " (the float32 dense eigh's eigenvectors limit the first three)."
+            + " (the first three methods start from float32 torch.linalg.eigh, whose "
+            "eigenvectors carry most of their error; the LOBPCG forward iterates to its "
+            "own tolerance)."
         )
     lines.append("")
     lines.append(

@@ -235,3 +235,78 @@ def test_output_in_the_wrong_role_is_refused(tmp_path, capsys):
         assert evaluate("saliency", root, output=out) == 2
         assert_one_line_error(capsys.readouterr().err, "--output", needle)
     assert (root / "images" / "a.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------ issue 23: guidance at the door
+
+
+def test_a_vit_without_weights_is_refused_naming_the_way_out(tmp_path, capsys):
+    q = Image.open(DATA / "quokka.jpg").convert("RGB").resize((64, 48))
+    root = saliency_root(tmp_path, {"a": (q, Image.new("L", q.size))})
+    for cmd in (
+        ["eval-saliency", "--dataset", "folder", "--root", str(root)],
+        ["eval-discovery", "--dataset", "boxes", "--root", str(root)],
+        ["visualize", str(DATA / "quokka.jpg"), "--out", str(tmp_path / "v.png")],
+    ):
+        assert cli.main([*cmd, "--arch", "vit_small_patch16"]) == 2
+        assert_one_line_error(capsys.readouterr().err, "--weights", "--arch random", "--arch color")
+
+
+def test_a_training_checkpoint_as_weights_names_export(run, tmp_path, capsys):
+    argv = ["visualize", str(DATA / "quokka.jpg"), "--out", str(tmp_path / "v.png")]
+    assert cli.main([*argv, "--weights", str(run / "last.pth")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "training checkpoint", "diffeig.dncut export")
+
+
+def test_a_jpeg_as_weights_is_not_a_checkpoint(tmp_path, capsys):
+    argv = ["visualize", str(DATA / "quokka.jpg"), "--out", str(tmp_path / "v.png")]
+    assert cli.main([*argv, "--weights", str(DATA / "quokka.jpg")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "not a PyTorch checkpoint", "JPEG")
+
+
+def test_help_needs_none_of_the_extras(tmp_path):
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import importlib.abc, importlib.util, sys\n"
+        "B = {'timm', 'torchvision', 'PIL', 'tqdm', 'yaml', 'scipy'}\n"
+        "class F(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, n, p, t=None):\n"
+        "        if n.split('.')[0] in B: raise ImportError(n)\n"
+        "sys.meta_path.insert(0, F())\n"
+        "o = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] in B else o(n, *a)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    run_ = [sys.executable, "-m", "diffeig.dncut"]
+    for argv in (["--help"], ["eval-discovery", "--help"], ["train", "--help"]):
+        r = subprocess.run([*run_, *argv], env=env, capture_output=True, text=True)
+        assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+    r = subprocess.run(
+        [*run_, "train", "--data", "synthetic:4"], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2 and 'pip install -e ".[dncut]"' in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_discovery_prints_the_same_summary_table(tmp_path, capsys):
+    root = tmp_path / "boxes"
+    (root / "images").mkdir(parents=True)
+    shutil.copy(DATA / "quokka.jpg", root / "images" / "q.jpg")
+    (root / "boxes.json").write_text(json.dumps({"q.jpg": [[148, 50, 550, 642]]}))
+    out = tmp_path / "o.json"
+    assert evaluate("discovery", root, output=out) == 0
+    table = capsys.readouterr().out
+    assert "| images | skipped | CorLoc | s / image |" in table
+    s = json.loads(out.read_text())["summary"]
+    assert s["images"] == 1 and s["skipped"] == 0 and s["seconds_per_image"] > 0
+
+
+def test_bf16_is_opt_in():
+    from diffeig.dncut.config import TrainConfig, load_yaml
+
+    assert TrainConfig().bf16 is False
+    for name in ("vit_s16", "vit_s8", "vit_b16_mae", "demo"):
+        assert load_yaml(name).get("bf16", False) is False

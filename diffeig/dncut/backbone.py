@@ -128,6 +128,17 @@ def convert_state_dict(state: dict) -> dict:
     return out
 
 
+def check_not_training_checkpoint(state, path) -> None:
+    """A training checkpoint (model, optimizer, step, config) given as ``--weights``: say
+    how to make a backbone file from it."""
+    if isinstance(state, dict) and {"model", "optimizer", "step", "config"} <= set(state):
+        raise ValueError(
+            f"--weights {path} is a training checkpoint, not a backbone: write its backbone "
+            f"with `python -m diffeig.dncut export {path} backbone.pth` and pass "
+            "--weights backbone.pth"
+        )
+
+
 def load_weights(backbone: ViTKeys, path: str | os.PathLike) -> None:
     """Load a DINO / MAE / MoCo v3 / exported checkpoint strictly into ``backbone``.
 
@@ -136,7 +147,9 @@ def load_weights(backbone: ViTKeys, path: str | os.PathLike) -> None:
     """
     from diffeig.dncut.checkpoint import load_checkpoint
 
-    state = convert_state_dict(load_checkpoint(path, what="--weights"))
+    raw = load_checkpoint(path, what="--weights")
+    check_not_training_checkpoint(raw, path)
+    state = convert_state_dict(raw)
     model = backbone.model
     pos = state.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:

@@ -89,6 +89,34 @@ def atomic_save(state: dict, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
+# The first bytes of what torch.save writes: a zip archive (the default since torch 1.6),
+# or a legacy pickle (protocol 2+ opens with 0x80), and of what users mistake for one.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+_OTHER_FORMATS = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG": "a PNG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF",
+    b"\x93NUMPY": "a NumPy .npy array",
+    b"\x89HDF": "an HDF5 file",
+}
+
+
+def check_checkpoint_format(path: Path, what: str) -> None:
+    """Refuse a file that is not a ``torch.save`` file before unpickling anything."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_CHECKPOINT_MAGIC):
+        return
+    kind = next((k for m, k in _OTHER_FORMATS.items() if head.startswith(m)), None)
+    if kind is None and head[:1] == b"{":
+        kind = "a JSON or text file"
+    raise ValueError(
+        f"{what} {path} is not a PyTorch checkpoint (a file written by torch.save)"
+        + (f": it is {kind}" if kind else "")
+    )
+
+
 def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dict:
     """Load a checkpoint with ``weights_only=True`` and verify its checksum if it has one.
 
@@ -100,6 +128,7 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no such file: {path}")
+    check_checkpoint_format(path, what)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

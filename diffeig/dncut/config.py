@@ -53,7 +53,7 @@ class TrainConfig:
     # run
     output: str = "runs/dncut"
     device: str = "auto"
-    bf16: bool = True  # CUDA only: bf16 autocast for the backbone
+    bf16: bool = False  # CUDA only: bf16 autocast for the backbone (the authors: float32)
     seed: int = 0
     log_every: int = 10
     vis_every: int = 500

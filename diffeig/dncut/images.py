@@ -11,7 +11,8 @@ import os
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter
+# Pillow is imported where images are made or read: the command line's --help works
+# without the recipe's extra dependencies.
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -53,10 +54,12 @@ class UnreadableImage(ValueError):
     """An image file that Pillow cannot decode (corrupt, truncated, empty, not an image)."""
 
 
-def read_image(path, mode: str | None = "RGB") -> Image.Image:
+def read_image(path, mode: str | None = "RGB"):
     """The image at ``path`` decoded into memory (converted to ``mode``; ``None`` keeps
     the file's own, e.g. a palette), or ``UnreadableImage`` naming the file. Only regular
     files are opened: a FIFO or device named ``*.png`` would block."""
+    from PIL import Image
+
     if not os.path.isfile(path):
         raise UnreadableImage(f"{path}: not a regular file")
     try:
@@ -78,6 +81,8 @@ def synthetic_image(index: int, size: int = 224, seed: int = 0):
 
     Returns ``(PIL RGB image, PIL L mask)`` (mask 255 on the shapes).
     """
+    from PIL import Image, ImageDraw, ImageFilter
+
     rng = random.Random(f"{seed}:{index}")
     bg = tuple(rng.randrange(40, 216) for _ in range(3))
     img = Image.new("RGB", (size, size), bg)

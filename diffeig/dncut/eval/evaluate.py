@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from diffeig.dncut.backbone import ARCHS, BASELINES
+from diffeig.dncut.backbone import ARCHS, BASELINES, check_not_training_checkpoint
 from diffeig.dncut.eval import metrics, postprocess
 from diffeig.dncut.eval.features import (
     check_memory,
@@ -53,9 +53,18 @@ def resolve_arch(args) -> str:
         from diffeig.dncut.checkpoint import load_checkpoint
 
         state = load_checkpoint(args.weights, what="--weights")
+        check_not_training_checkpoint(state, args.weights)
         recorded = state.get("arch") if isinstance(state.get("arch"), str) else None
+    arch = args.arch or recorded or "vit_small_patch16"
+    if arch not in BASELINES and not args.weights:
+        raise ValueError(
+            f"--arch {arch} needs --weights: a DINO / MAE / MoCo v3 checkpoint or a backbone "
+            "written by `python -m diffeig.dncut export` (an untrained ViT would be scored "
+            "silently); --arch random scores the seeded random ViT-S/16 baseline, --arch "
+            "color the colour + position baseline"
+        )
     if args.arch is None:
-        return recorded or "vit_small_patch16"
+        return arch
     if recorded and recorded != args.arch:
         raise ValueError(
             f"--weights {args.weights} is a {recorded} backbone (recorded by export); "
@@ -381,23 +390,29 @@ def run(args) -> int:
         for k in ("dataset", "root", "arch", "weights", "post", "limit", "solver")
     }
     result["seconds"] = time.perf_counter() - t0
-    print_summary(args, result["summary"])
+    s = result["summary"]
+    s["seconds_per_image"] = result["seconds"] / max(1, s["images"] + s.get("skipped", 0))
+    print_summary(args, s)
     out.write_text(json.dumps(result, indent=1))
     print(f"per-image results: {out}")
     return 0
 
 
 def print_summary(args, s: dict) -> None:
+    """One markdown table for both evaluations: images, skipped, the metrics, time per image."""
     src = args.weights or "no weights"
+    names = ["IoU", "accuracy", "max F-beta"] if "iou" in s else ["CorLoc"]
+    keys = ["iou", "accuracy", "max_f_beta"] if "iou" in s else ["corloc"]
     print(
-        "\n| dataset | backbone | post | images | "
-        + ("IoU | accuracy | max F-beta |" if "iou" in s else "CorLoc |")
+        "\n| dataset | backbone | post | images | skipped | " + " | ".join(names) + " | s / image |"
     )
-    print("|---|---|---|---:|" + ("---:|---:|---:|" if "iou" in s else "---:|"))
-    if "iou" in s:
-        vals = f"{100 * s['iou']:.1f} | {100 * s['accuracy']:.1f} | {100 * s['max_f_beta']:.1f} |"
-    else:
-        vals = f"{100 * s['corloc']:.1f} |"
-    print(f"| {args.dataset} | {args.arch} ({src}) | {args.post} | {s['images']} | {vals}")
+    print("|---|---|---|---:|---:|" + "---:|" * len(names) + "---:|")
+    vals = " | ".join(f"{100 * s[k]:.1f}" for k in keys)
+    print(
+        f"| {args.dataset} | {args.arch} ({src}) | {args.post} | {s['images']} | "
+        f"{s.get('skipped', 0)} | {vals} | {s['seconds_per_image']:.3f} |"
+    )
     if s.get("skipped"):
-        print(f"skipped {s['skipped']} unreadable file(s); their names are in the JSON")
+        print(
+            f"skipped {s['skipped']} file(s) (unreadable or too small); their names are in the JSON"
+        )

@@ -23,9 +23,13 @@ $(VENV)/.deps: pyproject.toml
 
 # The extension is built in place and incrementally (ninja, build/), so editing one
 # kernel recompiles one file.
+# Quiet unless it fails: the compiler's lines go to build/ext.log, one summary line is shown.
 $(VENV)/.ext: $(VENV)/.deps $(CSRC)
-	$(PY) setup.py --quiet build_ext --inplace
-	$(PY) -c "import diffeig; assert diffeig.has_ops(), 'diffeig._C did not load'; print('diffeig native ops:', diffeig.has_ops(), '| CUDA kernels compiled:', diffeig.has_cuda_kernels())"
+	@mkdir -p build
+	@$(PY) setup.py --quiet build_ext --inplace > build/ext.log 2>&1 || \
+		{ tail -n 80 build/ext.log; echo "diffeig: building diffeig._C failed; the whole log is build/ext.log"; exit 1; }
+	@grep "^diffeig build:" build/ext.log
+	@$(PY) -c "import diffeig; assert diffeig.has_ops(), 'diffeig._C did not load'; print('diffeig native ops:', diffeig.has_ops(), '| CUDA kernels compiled:', diffeig.has_cuda_kernels())"
 	touch $@
 
 install: $(VENV)/.ext

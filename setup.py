@@ -9,6 +9,8 @@ Switches (environment variables):
     TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default "8.0;9.0": A100, H100).
     CUDA_HOME             the CUDA toolkit; found from nvcc on PATH when unset.
     MAX_JOBS              parallel compile jobs (ninja).
+    DIFFEIG_DEBUG=1       keep debug information (by default the library is built and
+                          linked without it: 0.4 MB instead of 12.5 MB).
 """
 
 import glob
@@ -89,8 +91,11 @@ def _extensions():
         with_cuda = False
 
     sources = [os.path.join("csrc", "diffeig.cpp"), *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    extra = {"cxx": ["-O3"]}
-    link_args = []
+    debug = os.environ.get("DIFFEIG_DEBUG", "0") == "1"
+    # -g0 after Python's own -g: a later -g option wins. -s strips the symbol table at link
+    # time (the dynamic symbols the loader needs stay).
+    extra = {"cxx": ["-O3"] + ([] if debug else ["-g0"])}
+    link_args = [] if debug else ["-s"]
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
         # at::parallel_for is inline OpenMP: without -fopenmp the kernels run on one
         # thread. The loader reuses the libgomp.so.1 that torch has already loaded.
@@ -99,7 +104,7 @@ def _extensions():
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"] + ([] if debug else ["-g0"])
         # pip's CUDA wheels ship the library headers (cuBLAS, cuSPARSE, ...) that some
         # torch headers include; a minimal toolkit may lack them.
         for site in sys.path:
@@ -111,13 +116,14 @@ def _extensions():
 
     print(
         "diffeig build: torch {} (CUDA {}), CUDA_HOME={}, CUDA kernels: {}, "
-        "TORCH_CUDA_ARCH_LIST={}, OpenMP: {}, sources: {}".format(
+        "TORCH_CUDA_ARCH_LIST={}, OpenMP: {}, debug info: {}, sources: {}".format(
             torch.__version__,
             torch.version.cuda,
             cuda_home,
             "yes" if with_cuda else "no",
             os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else "-",
-            "yes" if link_args else "no",
+            "yes" if "-fopenmp" in link_args else "no",
+            "yes" if debug else "no",
             len(sources),
         )
     )

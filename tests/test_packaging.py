@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,20 @@ def test_report_without_arguments():
     assert "| Method | Architecture |" in res.stdout
     data = json.loads((ROOT / "benchmarks/results/cpu-2core-float32.json").read_text())
     assert data["results"]
+
+
+def test_the_extension_is_built_without_debug_information():
+    import diffeig
+    from diffeig import _extension
+
+    if not _extension._LOADED:
+        pytest.skip("diffeig._C is not built")
+    so = next(Path(diffeig.__file__).parent.glob("_C*.so"))
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf is not installed")
+    sections = subprocess.run(["readelf", "-S", str(so)], capture_output=True, text=True).stdout
+    if os.environ.get("DIFFEIG_DEBUG") == "1":
+        pytest.skip("DIFFEIG_DEBUG=1 keeps debug information")
+    assert ".debug_info" not in sections and ".symtab" not in sections
+    if not diffeig.has_cuda_kernels():
+        assert so.stat().st_size < 2 << 20  # 0.3 MB stripped, 12.5 MB with -g

@@ -292,6 +292,17 @@ def check_features(features, *, tau: float, eps: float) -> None:
         raise ValueError("features must be finite, got NaN or inf entries")
 
 
+def check_gaussian(sigma, topk, n: int) -> None:
+    """``sigma`` > 0 and finite; ``topk`` None or an int in [1, N - 1]."""
+    check_finite_number("sigma", sigma)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if topk is not None and (
+        isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk < max(n, 2)
+    ):
+        raise ValueError(f"topk must be None or an int in [1, N - 1] = [1, {n - 1}], got {topk!r}")
+
+
 def check_not_meta(like: torch.Tensor, what: str) -> None:
     """Iterative solvers read values to test convergence."""
     if like.device.type == "meta":

@@ -352,3 +352,52 @@ def test_unnormalized_backward_drops_the_trivial_couplings():
     for method, g in (("dense", dense), ("lobpcg", lobpcg)):
         ref = grad(method, True)
         assert ((g - ref).norm() / ref.norm()).item() < 1e-9, method
+
+
+# ------------------------------------------------------------------ gaussian_affinity
+
+
+def test_gaussian_affinity_is_scikit_learns_rbf_kernel():
+    # tests/data/rbf_fixture.pt: scripts/make_rbf_fixture.py (scikit-learn 1.9.1)
+    from pathlib import Path
+
+    fx = torch.load(Path(__file__).parent / "data" / "rbf_fixture.pt", weights_only=True)
+    X = fx["X"]
+    for case in fx["rbf"]:
+        W = diffeig.ncut.gaussian_affinity(X, sigma=case["sigma"])
+        torch.testing.assert_close(W, case["W"], rtol=1e-12, atol=1e-14)
+    for k, union in fx["knn"].items():
+        W = diffeig.ncut.gaussian_affinity(X, sigma=1.0, topk=k)
+        off = ~torch.eye(X.shape[0], dtype=torch.bool)
+        assert torch.equal((W > 0) & off, union)  # the union of the kNN neighbourhoods
+        assert torch.equal(W, W.mT)
+        dense = diffeig.ncut.gaussian_affinity(X, sigma=1.0)
+        torch.testing.assert_close(W[W > 0], dense[W > 0], rtol=0, atol=0)
+
+
+def test_gaussian_affinity_gradient_and_batches():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 12, 3, dtype=torch.float64, generator=g)
+
+    def f(X):
+        return diffeig.ncut.gaussian_affinity(X, sigma=1.3, topk=4).sum()
+
+    assert torch.autograd.gradcheck(f, (X.clone().requires_grad_(),))
+    batched = diffeig.ncut.gaussian_affinity(X, sigma=1.3, topk=4)
+    for b in range(2):
+        assert torch.equal(batched[b], diffeig.ncut.gaussian_affinity(X[b], sigma=1.3, topk=4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sigma": 0.0}, "sigma must be positive"),
+        ({"sigma": float("nan")}, "sigma must be a finite number"),
+        ({"sigma": 1.0, "topk": 12}, "topk must be"),
+        ({"sigma": 1.0, "topk": 0}, "topk must be"),
+        ({"sigma": 1.0, "topk": 2.5}, "topk must be"),
+    ],
+)
+def test_gaussian_affinity_checks_its_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        diffeig.ncut.gaussian_affinity(torch.randn(12, 3), **kwargs)

@@ -33,12 +33,13 @@ from diffeig.ncut._cuts import bipartition, seed
 from diffeig.ncut._dense import solve_dense
 from diffeig.ncut._iterative import TiedSpectrum, choose_method, solve_lobpcg
 from diffeig.ncut._operator import ncut_operator
-from diffeig.ncut.graphs import affinity
+from diffeig.ncut.graphs import affinity, gaussian_affinity
 
 __all__ = [
     "sym_eigh_ncut",
     "ncut_operator",
     "affinity",
+    "gaussian_affinity",
     "bipartition",
     "seed",
     "check_affinity",

@@ -23,6 +23,7 @@ def test_every_public_function_is_in_the_signature_block():
 
     text = (ROOT / "docs" / "api.md").read_text()
     block = text.split("<!-- signatures:")[1].split("-->")[0].split()
+
     def function(obj):
         return callable(obj) and not isinstance(obj, type)
 

@@ -310,3 +310,24 @@ def test_bf16_is_opt_in():
     assert TrainConfig().bf16 is False
     for name in ("vit_s16", "vit_s8", "vit_b16_mae", "demo"):
         assert load_yaml(name).get("bf16", False) is False
+
+
+def test_eigenvector_panels_survive_an_outlier_and_carry_a_colour_bar():
+    import numpy as np
+
+    from diffeig.dncut.figures import compose, heat, robust_scale
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(14, 14))
+    z[3, 4] = 1e3  # one outlier token: with max |z| the rest of the panel was white
+    tile = heat(z, (224, 224))
+    px = np.asarray(tile)[:, :190].astype(int)  # the map, without the colour bar
+    white = (px.min(-1) > 235).mean()
+    assert white < 0.3
+    assert robust_scale(z) < 5
+    bar = np.asarray(tile)[14:208, 194:200].astype(int)  # red on top, blue at the bottom
+    assert bar[0, :, 0].mean() > 200 and bar[0, :, 2].mean() < 60
+    assert bar[-1, :, 2].mean() > 200 and bar[-1, :, 0].mean() < 60
+    plain = compose([([tile], ["z2"])])
+    with_legend = compose([([tile], ["z2"])], footer=["grey = 0.5: undecided"])
+    assert with_legend.height > plain.height and with_legend.width == plain.width

@@ -9,14 +9,40 @@ from PIL import Image, ImageDraw
 __all__ = ["compose", "heat", "overlay"]
 
 
-def heat(z: np.ndarray, size) -> Image.Image:
-    """A diverging map (blue < 0 < red, white at 0) of one eigenvector, scaled by max |z|."""
-    v = z / (np.abs(z).max() + 1e-12)
+def robust_scale(z: np.ndarray, percentile: float = 98.0) -> float:
+    """The ``percentile`` of ``|z|`` (symmetric around 0): one outlier token no longer sets
+    the scale (with max |z|, z3 - z5 of real images came out blank, one red pixel)."""
+    s = float(np.percentile(np.abs(z), percentile)) if z.size else 0.0
+    return s if s > 0 else float(np.abs(z).max()) or 1.0
+
+
+def _diverging(v: np.ndarray) -> np.ndarray:
+    """Blue (-1) - white (0) - red (+1), ``v`` clipped to [-1, 1]; RGB uint8."""
+    v = np.clip(v, -1.0, 1.0)
     r = np.where(v > 0, 1.0, 1.0 + v)
     b = np.where(v < 0, 1.0, 1.0 - v)
     g = 1.0 - np.abs(v)
-    rgb = (np.stack([r, g, b], -1) * 255).astype(np.uint8)
-    return Image.fromarray(rgb).resize(size, Image.NEAREST)
+    return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+
+
+def heat(z: np.ndarray, size, *, colorbar: bool = True) -> Image.Image:
+    """A diverging map (blue < 0 < red, white at 0) of one eigenvector at ``size``,
+    scaled symmetrically by the 98th percentile of ``|z|`` (beyond it: saturated), with a
+    colour bar at its right edge labelled with the scale."""
+    s = robust_scale(z)
+    width, height = size
+    bar = 34 if colorbar and width > 120 else 0
+    tile = Image.fromarray(_diverging(z / s)).resize((width - bar, height), Image.NEAREST)
+    if not bar:
+        return tile
+    canvas = Image.new("RGB", size, "white")
+    canvas.paste(tile, (0, 0))
+    ramp = np.linspace(1.0, -1.0, max(2, height - 24))[:, None].repeat(8, 1)
+    canvas.paste(Image.fromarray(_diverging(ramp)), (width - bar + 3, 12))
+    draw = ImageDraw.Draw(canvas)
+    for y, text in ((0, f"+{s:.2g}"), (height // 2 - 5, "0"), (height - 11, f"-{s:.2g}")):
+        draw.text((width - bar + 12, y), text, fill=(0, 0, 0))
+    return canvas
 
 
 def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
@@ -38,11 +64,28 @@ def _wrap(draw, text: str, width: int) -> list[str]:
 
 
 def compose(
-    rows: list[tuple[list, list]], row_labels: list[str] | None = None, header: bool = False
+    rows: list[tuple[list, list]],
+    row_labels: list[str] | None = None,
+    header: bool = False,
+    footer: list[str] | None = None,
 ) -> Image.Image:
     """Tiles in a grid, each under its label (wrapped to the tile's width), each row
     after its label (``row_labels``) in a left margin. ``header``: the rows share their
-    column labels, drawn once above the first."""
+    column labels, drawn once above the first. ``footer``: lines of legend below."""
+    grid = _grid(rows, row_labels, header)
+    if not footer:
+        return grid
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [ln for text in footer for ln in _wrap(scratch, text, grid.width - 8)]
+    canvas = Image.new("RGB", (grid.width, grid.height + 12 * len(lines) + 6), "white")
+    canvas.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for n, line in enumerate(lines):
+        draw.text((4, grid.height + 2 + 12 * n), line, fill=(0, 0, 0))
+    return canvas
+
+
+def _grid(rows, row_labels, header) -> Image.Image:
     pad = 4
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     tile_w = max(t.width for tiles, _ in rows for t in tiles)

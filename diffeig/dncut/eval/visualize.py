@@ -37,7 +37,10 @@ def panel(image: Image.Image, features: torch.Tensor, patch: int, post: str, cou
     tiles.append(boxed)
     labels = (
         ["image"]
-        + [f"z{j + 1}: eigenvector {j + 1} (blue < 0 < red)" for j in range(1, len(tiles) - 2)]
+        + [
+            f"z{j + 1}: eigenvector {j + 1} (blue < 0 < red; scale: 98th percentile of |z|)"
+            for j in range(1, len(tiles) - 2)
+        ]
         + [f"foreground mask ({post})", f"box ({post})"]
     )
     return tiles, labels

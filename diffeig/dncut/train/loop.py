@@ -228,7 +228,15 @@ def save_visual(batch: dict, out: dict, path: Path, rows: int = 4) -> None:
     ]
     rows = [([pil(c[i]) for c in cols], labels) for i in range(r)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    compose(rows, [f"sample {i + 1}" for i in range(r)], header=True).save(path)
+    legend = [
+        "Masks: white = 1 (foreground), black = 0, grey = 0.5, where the mask is undecided "
+        "(a sample whose masks stay grey contributes little to the loss).",
+        "The sign of z2 is arbitrary, so a target mask can look inverted against the online "
+        "one: the loss compares the online mask with both the target and 1 - target and "
+        "keeps the better match.",
+    ]
+    rows_ = [f"sample {i + 1}" for i in range(r)]
+    compose(rows, rows_, header=True, footer=legend).save(path)
 
 
 # ------------------------------------------------------------------------------ train

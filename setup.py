@@ -104,7 +104,8 @@ def _extensions():
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"] + ([] if debug else ["-g0"])
+        # nvcc adds no debug information unless asked (-g / -G); it rejects -g0
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"] + (["-g"] if debug else [])
         # pip's CUDA wheels ship the library headers (cuBLAS, cuSPARSE, ...) that some
         # torch headers include; a minimal toolkit may lack them.
         for site in sys.path:

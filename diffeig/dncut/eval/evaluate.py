@@ -414,5 +414,6 @@ def print_summary(args, s: dict) -> None:
     )
     if s.get("skipped"):
         print(
-            f"skipped {s['skipped']} file(s) (unreadable or too small); their names are in the JSON"
+            f"skipped {s['skipped']} unreadable file(s) or images too small to cut; "
+            "their names are in the JSON"
         )

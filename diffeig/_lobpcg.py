@@ -263,16 +263,16 @@ class _Iterate:
             return res / theta.abs().amax(-1).clamp_min(tiny).unsqueeze(-1)
         return res  # the operator is A / scale
 
-    def done(self, rel, R, tol, certify: bool):
+    def done(self, rel, R, certify: bool):
         """Per matrix: every wanted pair converged, and with ``certify`` the first guard
         pair too, or at least to 1 % of its gap above the k-th pair: an unconverged guard
         Ritz value bounds the (k+1)-th eigenvalue from above only, and says nothing of a
         tie below it."""
-        done = (rel <= tol).all(-1)
+        done = (rel <= self.tol).all(-1)
         if self.eigenvalue_rtol:
             done = done & self.small_converged(rel)
         if certify:
-            done = done & self.certified(R, tol)
+            done = done & self.certified(R)
         return done
 
     def small_converged(self, rel):
@@ -291,11 +291,11 @@ class _Iterate:
         ok = (rel * rel <= self.tol * th[..., :k].abs() * gap) | (rel <= floor)
         return ok.all(-1)
 
-    def certified(self, R, tol):
+    def certified(self, R):
         k = self.k
         rg = self.relative(R[..., k : k + 1], self.theta[..., k : k + 1])[..., 0]
         gap = self.theta[..., k] - self.theta[..., k - 1]
-        return (rg <= tol) | (rg <= 0.1 * gap)
+        return (rg <= self.tol) | (rg <= 0.1 * gap)
 
     def note_stalls(self, rel):
         """A matrix whose basis was ill-conditioned and whose residual stopped falling is
@@ -388,12 +388,11 @@ class _Iterate:
 
     # -- result --------------------------------------------------------------------------
 
-    def failed(self, tol):
-        """Per matrix: not every wanted pair converged, or (on A / scale, whose spectrum
-        lies in [-1, 1]) a Ritz value left the spectrum's bounds: what a divergence
-        looks like, or a non-finite value."""
-        k = self.k
-        res = self.relative(self.AX - self.X * self.theta.unsqueeze(-2), self.theta)
+    def failed(self, res):
+        """Per matrix: not every wanted pair converged (``res``: the final relative
+        residuals), or (on A / scale, whose spectrum lies in [-1, 1]) a Ritz value left
+        the spectrum's bounds: what a divergence looks like, or a non-finite value."""
+        k, tol = self.k, self.tol
         if self.scale is None:
             inside = torch.ones_like(res[..., 0], dtype=torch.bool)
         else:
@@ -503,7 +502,7 @@ def lobpcg(
         if check and bool(state.pending.any()):
             restarts += state.restart(op)
             R, rel = state.residuals()
-        done = state.done(rel, R, tol, certify)  # per matrix
+        done = state.done(rel, R, certify)  # per matrix
         if check:
             max_res = rel.amax().item()  # the only host synchronizations
             if bool(done.all()):
@@ -513,10 +512,10 @@ def lobpcg(
                 op, prec, R, done = state.lock(done, op, prec, R)
         state.step(R, done, op, prec)
     state.unlock()
-    failed = state.failed(tol)
-    R = state.AX - state.X * state.theta.unsqueeze(-2)
+    R, rel = state.residuals()
+    failed = state.failed(rel)
     residuals = R.norm(dim=-2).reshape(*batch, m)
-    certified = state.certified(R, tol).reshape(batch) if certify else None
+    certified = state.certified(R).reshape(batch) if certify else None
     info = LobpcgInfo(
         iterations=it,
         max_residual=max_res,

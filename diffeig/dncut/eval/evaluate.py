@@ -142,30 +142,39 @@ def saliency_map(
     return metrics.to_8bit(soft), r
 
 
-def eval_saliency(args) -> dict:
+def with_features(args, data, protocol: str, desc: str, skipped: list):
+    """The readable images of ``data`` with their feature maps: yields
+    ``(patch, item, features)``, ``item`` as :class:`_Prepared` gives it. ``protocol``:
+    ``'resize'`` (saliency) or ``'pad'`` (discovery), after ``--max-side``; each image's
+    memory is estimated first. Unreadable or too-small files go to ``skipped``."""
     from tqdm import tqdm
 
+    backbone = load_backbone(args)
+    patch = backbone.patch_size
+    prepare = resize_to_patch if protocol == "resize" else pad_to_patch
+    prepared = _Prepared(
+        data,
+        lambda im: prepare(im, patch, args.max_side),
+        lambda name, h, w: check_memory(name, h, w, patch, args.max_side, protocol),
+    )
+    with tqdm(total=len(data), desc=desc, disable=args.quiet) as bar:
+        for batch in chunks(prepared, args.batch_size, args.workers):
+            batch = readable(batch, skipped, bar)
+            feats = extract(backbone, [b[2] for b in batch], args.device)
+            for item, f in zip(batch, feats):
+                yield patch, item, f
+                bar.update(1)
+
+
+def eval_saliency(args) -> dict:
     from diffeig.dncut.eval.datasets import SaliencyDataset
 
     data = SaliencyDataset(args.dataset, args.root, args.limit)
-    backbone = load_backbone(args)
-    patch = backbone.patch_size
-    prepared = _Prepared(
-        data,
-        lambda im: resize_to_patch(im, patch, args.max_side),
-        lambda name, h, w: check_memory(name, h, w, patch, args.max_side, "resize"),
-    )
     per_image, skipped = [], []
-    bar = tqdm(total=len(data), desc=f"saliency {args.dataset}", disable=args.quiet)
-    for batch in chunks(prepared, args.batch_size, args.workers):
-        batch = readable(batch, skipped, bar)
-        feats = extract(backbone, [b[2] for b in batch], args.device)
-        for (name, size, _, gt, image), f in zip(batch, feats):
-            soft, _ = saliency_map(f, args.post, patch, size, image, solver=args.solver)
-            s = metrics.saliency_scores(soft, gt)
-            per_image.append(dict(name=name, **s))
-            bar.update(1)
-    bar.close()
+    desc = f"saliency {args.dataset}"
+    for patch, (name, size, _, gt, image), f in with_features(args, data, "resize", desc, skipped):
+        soft, _ = saliency_map(f, args.post, patch, size, image, solver=args.solver)
+        per_image.append(dict(name=name, **metrics.saliency_scores(soft, gt)))
     summary = metrics.summarize_saliency(per_image)
     summary["skipped"] = len(skipped)
     rows = [{k: v for k, v in r.items() if k != "f_curve"} for r in per_image]
@@ -187,40 +196,26 @@ def predict_box(
 
 
 def eval_discovery(args) -> dict:
-    from tqdm import tqdm
-
     from diffeig.dncut.eval.datasets import DiscoveryDataset
 
     data = DiscoveryDataset(args.dataset, args.root, args.limit)
-    backbone = load_backbone(args)
-    patch = backbone.patch_size
-    prepared = _Prepared(
-        data,
-        lambda im: pad_to_patch(im, patch, args.max_side),
-        lambda name, h, w: check_memory(name, h, w, patch, args.max_side, "pad"),
-    )
     per_image, skipped = [], []
-    bar = tqdm(total=len(data), desc=f"discovery {args.dataset}", disable=args.quiet)
-    for batch in chunks(prepared, args.batch_size, args.workers):
-        batch = readable(batch, skipped, bar)
-        feats = extract(backbone, [b[2] for b in batch], args.device)
-        for (name, size, _, gt, _), f in zip(batch, feats):
-            # boxes are found on the (downscaled) image and scaled back to the original
-            s = downscale(*size, args.max_side)
-            small = (round(size[0] * s), round(size[1] * s))
-            box, _ = predict_box(f, args.post, patch, small, solver=args.solver)
-            box = box / s if s < 1 else box
-            ious = metrics.box_iou(box, gt) if gt.numel() else torch.zeros(0)
-            per_image.append(
-                {
-                    "name": name,
-                    "box": [round(v, 2) for v in box.tolist()],
-                    "best_iou": ious.max().item() if ious.numel() else 0.0,
-                    "hit": metrics.corloc_hit(box, gt),
-                }
-            )
-            bar.update(1)
-    bar.close()
+    desc = f"discovery {args.dataset}"
+    for patch, (name, size, _, gt, _), f in with_features(args, data, "pad", desc, skipped):
+        # boxes are found on the (downscaled) image and scaled back to the original
+        s = downscale(*size, args.max_side)
+        small = (round(size[0] * s), round(size[1] * s))
+        box, _ = predict_box(f, args.post, patch, small, solver=args.solver)
+        box = box / s if s < 1 else box
+        ious = metrics.box_iou(box, gt) if gt.numel() else torch.zeros(0)
+        per_image.append(
+            {
+                "name": name,
+                "box": [round(v, 2) for v in box.tolist()],
+                "best_iou": ious.max().item() if ious.numel() else 0.0,
+                "hit": metrics.corloc_hit(box, gt),
+            }
+        )
     n = len(per_image)
     if not n:
         raise ValueError("no images were evaluated (every file was skipped)")

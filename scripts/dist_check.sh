@@ -12,6 +12,9 @@ OUT=$(realpath dist-check)
   || { tail -30 "$OUT/sdist.log"; echo "dist-check: building the sdist failed"; exit 1; }
 SDIST=$(ls "$OUT"/diffeig-*.tar.gz)
 echo "dist-check: sdist $SDIST ($(tar tzf "$SDIST" | wc -l) files)"
+for needed in docs/ncut.md docs/install.md examples/quokka_ncut.py csrc/cpu; do
+  tar tzf "$SDIST" | grep -q "/$needed" || { echo "dist-check: the sdist lacks $needed"; exit 1; }
+done
 # Without FORCE_CUDA the wheel carries CUDA kernels only where a GPU can use them.
 "$PY" -m pip wheel --quiet --no-build-isolation --no-deps -w "$OUT" "$SDIST" >"$OUT/wheel.log" 2>&1 \
   || { tail -30 "$OUT/wheel.log"; echo "dist-check: building a wheel from the sdist failed"; exit 1; }

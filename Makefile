@@ -11,7 +11,7 @@ EXTRAS ?= test,dncut,bench,dev
 CSRC   := $(shell find csrc -type f) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all install ext test test-slow test-all dist-check bench readme wheel gpu-check lint format demo clean
+.PHONY: all install ext test test-slow test-all dist-check bench bench-sparse readme wheel gpu-check lint format demo clean
 
 all: test
 
@@ -60,6 +60,11 @@ bench: $(VENV)/.ext
 	$(PY) benchmarks/backward_timing.py --json bench-results/backward_timing.json
 	$(PY) benchmarks/ncut_speed.py --json bench-results/ncut_speed.json
 	@echo "To quote these figures: copy bench-results/*.json over the files benchmarks/results/ and the README's blocks name, then make readme."
+
+# Pixel-resolution NCut (sparse, 12k - 200k pixels) against scipy's ARPACK and the other
+# sparse eigensolvers, on the quokka photo (about 3 minutes; benchmarks/README.md).
+bench-sparse: $(VENV)/.ext
+	$(PY) benchmarks/sparse_ncut.py --json bench-results/sparse_ncut.json
 
 # Rewrite every benchmark block of README.md and docs/ from the committed JSON
 # (benchmarks/report.py; tests/test_readme.py fails when a block is out of date).

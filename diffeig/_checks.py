@@ -233,6 +233,81 @@ def check_affinity(
     return hi
 
 
+SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
+
+
+def is_sparse(W) -> bool:
+    return isinstance(W, torch.Tensor) and W.layout in SPARSE_LAYOUTS
+
+
+def check_sparse_layout(W: torch.Tensor) -> None:
+    """A sparse affinity: COO ``(N, N)`` or ``(B, N, N)``, or CSR ``(N, N)``; float;
+    no dense dimensions."""
+    shape = tuple(W.shape)
+    if W.dim() not in (2, 3) or shape[-1] != shape[-2]:
+        raise ValueError(
+            f"a sparse W must be (N, N), or (B, N, N) for a batch of graphs, got shape {shape}"
+        )
+    if W.layout == torch.sparse_csr and W.dim() != 2:
+        raise ValueError(
+            "a batch of sparse graphs must be a 3-D sparse COO tensor (B, N, N); got a 3-D "
+            "sparse CSR tensor: convert it with W.to_sparse_coo()"
+        )
+    if W.dense_dim() != 0:
+        raise ValueError(f"a sparse W must hold scalar values, got {W.dense_dim()} dense dim(s)")
+    if W.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"W must have dtype float32, float64; got {W.dtype}")
+    if shape[-1] == 0:
+        raise ValueError(f"W must have at least one node, got shape {shape}")
+
+
+def check_sparse_entries(duplicates: int, order_ok: bool) -> None:
+    if duplicates:
+        raise ValueError(
+            f"W holds {duplicates} duplicate (uncoalesced) entr{'y' if duplicates == 1 else 'ies'}:"
+            " an entry stored twice is ambiguous; sum the duplicates with W.coalesce() or "
+            "remove them"
+        )
+    if not order_ok:
+        raise ValueError(
+            "W (sparse CSR) must have sorted, unique column indices in each row: convert it "
+            "with W.to_sparse_coo().coalesce()"
+        )
+
+
+def check_sparse_values(values: torch.Tensor, missing: int, asym: float) -> float:
+    """Finite, non-negative values on a symmetric pattern, symmetric to ``sqrt(eps)`` of
+    ``max W``; returns ``max W`` (0 without entries)."""
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"W must be finite, got {bad} NaN or inf stored value(s)")
+    lo = float(values.min()) if values.numel() else 0.0
+    hi = float(values.max()) if values.numel() else 0.0
+    if lo < 0:
+        raise ValueError(f"W must be non-negative, got a minimum stored value of {lo:.3g}")
+    if missing:
+        raise ValueError(
+            f"W's sparsity pattern must be symmetric: {missing} stored entr"
+            f"{'y' if missing == 1 else 'ies'} (i, j) without (j, i); symmetrize it, e.g. "
+            "(W + W.transpose(-2, -1)).coalesce() / 2"
+        )
+    tol = torch.finfo(values.dtype).eps ** 0.5 * max(hi, torch.finfo(values.dtype).tiny)
+    if asym > tol:
+        raise ValueError(
+            f"W must be symmetric: max |W_ij - W_ji| = {asym:.3g} over the stored entries "
+            f"exceeds {tol:.3g}; symmetrize it, e.g. (W + W.transpose(-2, -1)).coalesce() / 2"
+        )
+    return hi
+
+
+def check_sparse_method(method: str) -> None:
+    if method == "dense":
+        raise ValueError(
+            "method='dense' needs a dense W (N x N memory): pass W.to_dense(), or use "
+            "method='lobpcg' or 'auto', which solve a sparse W without forming it"
+        )
+
+
 def check_degrees(d: torch.Tensor, *, normalized: bool, name: str = "W") -> None:
     """The degrees ``d = W 1`` must be finite; the normalized cut needs them positive."""
     if not bool(torch.isfinite(d).all()):
@@ -301,6 +376,27 @@ def check_gaussian(sigma, topk, n: int) -> None:
         isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk < max(n, 2)
     ):
         raise ValueError(f"topk must be None or an int in [1, N - 1] = [1, {n - 1}], got {topk!r}")
+
+
+def check_pixel_affinity(image, radius, sigma_color, sigma_space) -> None:
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a (C, H, W) or (B, C, H, W) tensor, got {got}")
+    if image.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"image must be float32 or float64, got {image.dtype}")
+    if image.layout != torch.strided:
+        raise ValueError(f"image must be a dense (strided) tensor, got {image.layout}")
+    if min(image.shape[-2:]) < 2 or image.shape[-3] < 1:
+        raise ValueError(f"image must have C >= 1 and H, W >= 2, got {tuple(image.shape)}")
+    check_finite_number("radius", radius)
+    if radius < 1:
+        raise ValueError(f"radius must be >= 1 (pixels), got {radius}")
+    for name, v in (("sigma_color", sigma_color), ("sigma_space", sigma_space)):
+        check_finite_number(name, v)
+        if v <= 0:
+            raise ValueError(f"{name} must be > 0, got {v}")
+    if values_readable(image) and not bool(torch.isfinite(image).all()):
+        raise ValueError("image must be finite: it holds NaN or inf")
 
 
 def check_not_meta(like: torch.Tensor, what: str) -> None:

@@ -591,6 +591,44 @@ def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
     return Y, it, rel.amax().item() if rel.numel() else 0.0
 
 
+def batched_pcg(op, rhs, prec, *, tol: float, max_iter: int, ref_norm=None):
+    """Preconditioned CG for ``op(Y) = rhs`` (SPD ``op``, SPD ``prec ~ op^-1``), all
+    columns and matrices at once; stopping as :func:`batched_cg`, whose return it shares.
+
+    For operators that cover the whole batch in one product (a block-diagonal sparse
+    matrix), so no matrix leaves the working set; stopped columns keep their values.
+    """
+    Y = torch.zeros_like(rhs)
+    R = rhs.clone()
+    Z = prec(R)
+    P = Z.clone()
+    rz = (R * Z).sum(-2)
+    rr = (R * R).sum(-2)
+    ref = rhs.norm(dim=-2) if ref_norm is None else ref_norm.squeeze(-2)
+    stop = (tol * ref) ** 2
+    active = rr > stop
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007
+        if not bool(active.any()):
+            break
+        AP = op(P)
+        pAp = (P * AP).sum(-2)
+        # a column whose curvature is no longer positive has reached rounding: it stops
+        ok = active & (pAp > 0)
+        alpha = torch.where(ok, rz / torch.where(ok, pAp, 1), 0).unsqueeze(-2)
+        Y = Y + alpha * P
+        R = R - alpha * AP
+        rr = torch.where(ok, (R * R).sum(-2), rr)
+        active = ok & (rr > stop)
+        Z = prec(R)
+        rz_new = (R * Z).sum(-2)
+        beta = torch.where(active, rz_new / torch.where(rz != 0, rz, 1), 0).unsqueeze(-2)
+        P = torch.where(active.unsqueeze(-2), Z + beta * P, 0)
+        rz = rz_new
+    rel = rr.sqrt() / ref.clamp_min(torch.finfo(rhs.dtype).tiny)
+    return Y, it, rel.amax().item() if rel.numel() else 0.0
+
+
 def report_failure(msg: str, on_fail: str, stacklevel: int = 3) -> None:
     """Raise ``RuntimeError`` (``on_fail='raise'``) or warn (``'warn'``) about a solver
     that stopped short of its tolerance: one rule for the forward and the backward."""
@@ -624,13 +662,15 @@ def partial_eigh_factor(
     diagonal: torch.Tensor | None = None,
     gap_scale: torch.Tensor | None = None,
     on_fail: str = "warn",
+    preconditioner=None,
 ) -> torch.Tensor:
     """``P`` with ``dL/dA = sym(P X^T)``, from k known eigenpairs ``A X = X diag(theta)``.
 
     ``A`` is a tensor or a function ``Y -> A @ Y`` (matrix-free). ``diagonal`` (``(*, N)``,
     positive), an approximation of A's diagonal, turns on split Jacobi preconditioning of
     the solves: CG on ``S Q (A - l) Q S`` with ``S = diag^-1/2`` and ``Q = I - X X^T``,
-    then ``y = Q S y'``.
+    then ``y = Q S y'``. ``preconditioner`` (``Y -> T Y``, ``T`` an SPD approximation of
+    ``A^+``, e.g. a multigrid cycle) instead: preconditioned CG with ``Q T Q``.
 
     Within the k pairs: masked reciprocal gaps (``X M``). For the rest of the space the
     shifted solves ``(A - theta_j) y_j = (I - X X^T) g_j``, ``y_j ⟂ X`` (positive definite
@@ -704,7 +744,14 @@ def partial_eigh_factor(
             def op(Y):
                 return shifted(Y, A, th64, X64, sc)
 
-        Y, it, rel = batched_cg(op, rhs, tol=cg_tol, max_iter=cg_max_iter, ref_norm=ref)
+        if preconditioner is not None:
+
+            def prec(R):
+                return _project(preconditioner(R.to(dtype)).to(wide), X64)
+
+            Y, it, rel = batched_pcg(op, rhs, prec, tol=cg_tol, max_iter=cg_max_iter, ref_norm=ref)
+        else:
+            Y, it, rel = batched_cg(op, rhs, tol=cg_tol, max_iter=cg_max_iter, ref_norm=ref)
         if sc is not None:
             Y = _project(sc * Y, X64)
         if cols is not None:

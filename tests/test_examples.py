@@ -54,3 +54,17 @@ def test_docstring_examples(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
+def test_pixel_ncut_example_cuts_and_learns(capsys):
+    pytest.importorskip("PIL")
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import pixel_ncut
+    finally:
+        sys.path.pop(0)
+    score, losses = pixel_ncut.main(["--side", "64", "--steps", "4", "--learn-side", "40"])
+    out = capsys.readouterr().out
+    assert "IoU with the mask" in out and 0.0 <= score <= 1.0
+    assert len(losses) == 4 and losses[-1] < losses[0]  # the gradients work at pixel scale

@@ -25,6 +25,9 @@ from diffeig._checks import (
     check_k,
     check_method,
     check_ncut_options,
+    check_sparse_layout,
+    check_sparse_method,
+    is_sparse,
     unit_scale,
 )
 from diffeig._eigh import gap_tolerances
@@ -33,13 +36,15 @@ from diffeig.ncut._cuts import bipartition, seed
 from diffeig.ncut._dense import solve_dense
 from diffeig.ncut._iterative import TiedSpectrum, choose_method, solve_lobpcg
 from diffeig.ncut._operator import ncut_operator
-from diffeig.ncut.graphs import affinity, gaussian_affinity
+from diffeig.ncut._sparse import solve_sparse
+from diffeig.ncut.graphs import affinity, gaussian_affinity, pixel_affinity
 
 __all__ = [
     "sym_eigh_ncut",
     "ncut_operator",
     "affinity",
     "gaussian_affinity",
+    "pixel_affinity",
     "bipartition",
     "seed",
     "check_affinity",
@@ -56,7 +61,7 @@ def sym_eigh_ncut(
     laplacian: str = "ncut",
     gap_eps: float | None = None,
     sign: str | None = "max",
-    method: str = "dense",
+    method: str | None = None,
     tol: float | None = None,
     max_iter: int = 1000,
     on_fail: str = "warn",
@@ -76,7 +81,14 @@ def sym_eigh_ncut(
     returned symmetric (``W`` is a symmetric matrix). Double backward is not supported.
 
     Args:
-        W: ``(*, N, N)`` symmetric non-negative affinities, float32 or float64.
+        W: ``(*, N, N)`` symmetric non-negative affinities, float32 or float64; or a
+            torch sparse tensor: COO ``(N, N)`` or ``(B, N, N)`` (a batch), or CSR
+            ``(N, N)``, with a symmetric pattern (pixel graphs,
+            :func:`diffeig.ncut.pixel_affinity`). A sparse W is solved by LOBPCG with a
+            multigrid preconditioner in ``O(nnz + N k)`` memory, never forming an N x N
+            tensor; its gradient lives on the stored entries (``W.grad`` sparse with W's
+            pattern, or the grad of the ``values`` the tensor was built from), and
+            ``method='dense'`` is refused (pass ``W.to_dense()``). The outputs are dense.
         k: number of eigenpairs, ``1 <= k <= N``. Index 0 is the trivial pair
             (``l = 0``, ``z`` constant on a connected graph); index 1 is the Fiedler vector.
         laplacian: ``'ncut'`` or ``'unnormalized'``.
@@ -87,7 +99,8 @@ def sym_eigh_ncut(
         sign: ``'max'`` (default) flips each eigenvector so its entry of largest magnitude
             is positive; ``'sum'`` so that its sum is >= 0 (the authors' code);
             ``None`` keeps LAPACK's signs.
-        method: ``'dense'`` (default): a full ``torch.linalg.eigh``, backward as above.
+        method: ``None`` (default): ``'dense'`` for a dense W, ``'auto'`` for a sparse one.
+            ``'dense'``: a full ``torch.linalg.eigh``, backward as above.
             ``'lobpcg'``: only the k pairs, by batched LOBPCG with the trivial pair
             deflated exactly; backward by shifted conjugate-gradient solves
             (:func:`diffeig.eigsh`). Needs ``l_k < l_{k+1}`` (a graph with more than k
@@ -122,6 +135,14 @@ def sym_eigh_ncut(
     """
     check_ncut_options(laplacian, sign)
     normalized = laplacian == "ncut"
+    if is_sparse(W):
+        check_sparse_layout(W)
+        method = "auto" if method is None else method
+        check_method(method)
+        check_sparse_method(method)
+        gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
+        return solve_sparse(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail)
+    method = "dense" if method is None else method
     s = unit_scale(check_affinity(W, normalized=normalized), power=4)
     check_k(k, W.shape[-1])
     check_method(method)

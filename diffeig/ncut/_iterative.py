@@ -91,10 +91,14 @@ class TiedSpectrum(Exception):
     """Raised (and caught) inside ``method="auto"``: the k-th eigenvalue ties the next."""
 
 
-def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol=None):
+def lobpcg_ncut_pairs(
+    L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol=None, preconditioner=None
+):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
-    ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees.
+    ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees;
+    ``preconditioner``: ``R -> T R`` with ``T ~ L^+`` (default: Jacobi for ``D - W``,
+    none for the normalized Laplacian, whose diagonal is 1).
     ``tie_rtol``: raise :class:`TiedSpectrum` where the (k+1)-th eigenvalue's bound lies
     within ``tie_rtol`` of the spectrum's bound above the k-th (the k-th vector is then not
     unique, and which one a solver returns is its rounding).
@@ -109,8 +113,8 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rto
         scale = _common.ncut_spectral_bound(d, normalized)
         # max(d) / d: Jacobi up to a factor, O(1) at any scale of W; isolated nodes
         # (d = 0, possible for D - W) are left unpreconditioned.
-        precond = None
-        if not normalized:
+        precond = preconditioner
+        if precond is None and not normalized:
             dmax = d.amax(-1, keepdim=True)
             dinv = torch.where(d > 0, dmax / torch.where(d > 0, d, 1), 1).unsqueeze(-1)
             precond = BatchedOperator(_scale_rows, dinv, batch_shape=d.shape[:-1])
@@ -149,10 +153,22 @@ def lobpcg_ncut_pairs(L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rto
 
 
 def lobpcg_ncut_factors(
-    L, d, lam, U, grad_lam, grad_Z, normalized, gaps, cg_tol, max_iter, on_fail="warn"
+    L,
+    d,
+    lam,
+    U,
+    grad_lam,
+    grad_Z,
+    normalized,
+    gaps,
+    cg_tol,
+    max_iter,
+    on_fail="warn",
+    preconditioner=None,
 ):
     """``(P, c, g)`` with ``dL/dW = -c c^T o sym(P U^T) + sym(g 1^T)`` (symmetric part),
-    i.e. ``ncut_grad_assemble(P, U, c, g)``, from the k pairs alone (shifted solves)."""
+    i.e. ``ncut_grad_assemble(P, U, c, g)``, from the k pairs alone (shifted solves,
+    preconditioned by ``preconditioner`` ``~ L^+`` where given, else Jacobi for D - W)."""
     apply = L if callable(L) else (lambda Y: L @ Y)
     k = U.shape[-1]
     true_lam = lam
@@ -172,9 +188,10 @@ def lobpcg_ncut_factors(
         *gaps,
         cg_tol=cg_tol,
         cg_max_iter=max_iter,
-        diagonal=None if normalized else d,
+        diagonal=None if normalized or preconditioner is not None else d,
         gap_scale=_common.ncut_spectral_bound(d, normalized),
         on_fail=on_fail,
+        preconditioner=preconditioner,
     )
     if not normalized:
         return P, torch.ones_like(d), (P * U).sum(-1)

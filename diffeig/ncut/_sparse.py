@@ -1,0 +1,229 @@
+"""The normalized cut of sparse graphs (pixel graphs of 10^4 - 10^6 nodes), batched and
+differentiable w.r.t. the stored weights.
+
+A batch of B graphs of N nodes is one block-diagonal graph of B N nodes held in CSR order:
+a product with all of them is one sparse-dense product. The forward is LOBPCG with the
+trivial pair deflated exactly and an aggregation multigrid preconditioner
+(:mod:`diffeig.ncut._multigrid`); the backward solves the shifted systems by
+preconditioned CG with the same hierarchy and assembles the gradient on the stored
+entries only: ``O(nnz k)`` memory and time, never an ``N x N`` tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffeig._checks import (
+    check_degrees,
+    check_k,
+    check_solver_options,
+    check_sparse_entries,
+    check_sparse_layout,
+    check_sparse_values,
+    unit_scale,
+)
+from diffeig._lobpcg import default_tol, resolved_gap_rtol
+from diffeig.ncut import _common
+from diffeig.ncut._iterative import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
+from diffeig.ncut._multigrid import Multigrid, csr
+
+__all__ = ["SparseGraphs", "solve_sparse"]
+
+# What the last sparse solve did (for benchmarks/sparse_ncut.py and debugging): products
+# with W (in columns) in the forward and the backward, the multigrid's level sizes.
+STATS: dict = {}
+
+# Entries per chunk of the gradient's assembly (bounds its (chunk, k) temporaries).
+ASSEMBLY_CHUNK = 1 << 22
+
+
+class SparseGraphs:
+    """The pattern of a sparse ``W``, validated: the batch as one block-diagonal graph.
+
+    ``values`` are W's stored values in CSR order, differentiable (through
+    ``coalesce``/``values``, so that gradients reach a sparse leaf ``W`` as a sparse
+    tensor with W's pattern, or the ``values`` a COO tensor was built from); ``row``,
+    ``col`` their global indices ``b N + i`` (int64).
+    """
+
+    def __init__(self, W: torch.Tensor):
+        check_sparse_layout(W)
+        self.batched = W.dim() == 3
+        self.B = W.shape[0] if self.batched else 1
+        self.N = W.shape[-1]
+        n_all = self.B * self.N
+        if W.layout == torch.sparse_csr:
+            crow, col = W.crow_indices(), W.col_indices()
+            row = torch.repeat_interleave(
+                torch.arange(self.N, device=W.device), crow[1:] - crow[:-1]
+            )
+            key = row * self.N + col
+            dup = int((key[1:] == key[:-1]).sum()) if key.numel() > 1 else 0
+            check_sparse_entries(0, dup == 0 and bool((key[1:] > key[:-1]).all()))
+            values = W.values()
+        else:
+            if not W.is_coalesced():
+                idx = W._indices()
+                key = (
+                    idx[0] * self.N + idx[1]
+                    if not self.batched
+                    else ((idx[0] * self.N + idx[1]) * self.N + idx[2])
+                )
+                key = key.sort().values
+                check_sparse_entries(int((key[1:] == key[:-1]).sum()), True)
+                W = W.coalesce()  # a sort, differentiable (no duplicates to sum)
+            idx = W.indices()
+            values = W.values()
+            if self.batched:
+                row = idx[0] * self.N + idx[1]
+                col = idx[0] * self.N + idx[2]
+            else:
+                row, col = idx[0], idx[1]
+        self.row, self.col = row.contiguous(), col.contiguous()
+        self.values = values
+        self.crow = torch.zeros(n_all + 1, dtype=torch.int64, device=W.device)
+        self.crow[1:] = torch.bincount(self.row, minlength=n_all).cumsum(0)
+        # The mirror of each entry: the entries ordered by (col, row) (a stable sort of
+        # the columns of this row-sorted list) are the mirrors, in order, of the entries
+        # ordered by (row, col), exactly when the pattern is symmetric.
+        t = torch.argsort(self.col, stable=True)
+        found = (self.col[t] == self.row) & (self.row[t] == self.col)
+        v = values.detach()
+        asym = float((v - v[t]).abs().max()) if v.numel() and bool(found.all()) else 0.0
+        self.max_value = check_sparse_values(v, int((~found).sum()), asym)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return (self.B,) if self.batched else ()
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        """The block-diagonal ``(B N, B N)`` CSR matrix with these values."""
+        return csr(self.crow, self.col, values, self.B * self.N)
+
+    def degrees(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, N)``: ``W 1`` per graph."""
+        d = torch.zeros(self.B * self.N, dtype=values.dtype, device=values.device)
+        return d.index_add_(0, self.row, values).reshape(self.B, self.N)
+
+
+def _matmul(M, B, N, counter):
+    def apply(X):
+        m = X.shape[-1]
+        STATS[counter] = STATS.get(counter, 0) + m
+        return (M @ X.reshape(B * N, m)).reshape(B, N, m)
+
+    return apply
+
+
+def _edge_rayleigh(graphs, values, lam, Z, d, normalized):
+    """The edge form of the Rayleigh quotient for the returned small eigenvalues
+    (``diffeig.ncut._common.refine_small_eigenvalues``), over the stored entries."""
+    if lam.shape[-1] < 2:
+        return lam
+    small = lam[..., 1:] < _common.SMALL_EIGENVALUE * _common.ncut_spectral_bound(
+        d, normalized
+    ).unsqueeze(-1)
+    if not bool(small.any()):
+        return lam
+    k = Z.shape[-1]
+    Zf = Z.reshape(-1, k)[:, 1:]
+    edge = torch.zeros(graphs.B * graphs.N, k - 1, dtype=Z.dtype, device=Z.device)
+    for s in range(0, graphs.row.numel(), ASSEMBLY_CHUNK):
+        r, c = graphs.row[s : s + ASSEMBLY_CHUNK], graphs.col[s : s + ASSEMBLY_CHUNK]
+        diff = Zf[r] - Zf[c]
+        edge.index_add_(0, r, values[s : s + ASSEMBLY_CHUNK, None] * diff * diff)
+    edge = edge.reshape(graphs.B, graphs.N, k - 1).sum(-2)
+    weight = d.unsqueeze(-1) if normalized else 1.0
+    Z3 = Z.reshape(graphs.B, graphs.N, k)[..., 1:]
+    edge = 0.5 * edge / (Z3 * Z3 * weight).sum(-2)
+    out = lam.clone()
+    out[..., 1:] = torch.where(small, edge, lam[..., 1:])
+    return out
+
+
+def _preconditioner(mg, d, normalized):
+    """``R -> T R`` with ``T ~ L^+`` for the operator LOBPCG and CG iterate on:
+    ``D - W`` itself, or ``L_sym = D^-1/2 (D - W) D^-1/2`` (then ``D^1/2 mg D^1/2``)."""
+    if not normalized:
+        return mg
+    dsq = d.sqrt().unsqueeze(-1)
+    return lambda R: dsq * mg(dsq * R)
+
+
+class _SparseNCut(torch.autograd.Function):
+    """The k smallest NCut pairs of a batch of sparse graphs; gradient on the values."""
+
+    @staticmethod
+    def forward(ctx, values, graphs, k, normalized, sign, gaps, solver):
+        tol, max_iter, on_fail, cg_tol = solver
+        v = values.detach()
+        d = graphs.degrees(v)
+        check_degrees(d, normalized=normalized)
+        STATS.clear()
+        M = graphs.matrix(v)
+        lap = laplacian_operator(_matmul(M, graphs.B, graphs.N, "forward_products"), d, normalized)
+        ctx.lap_backward = laplacian_operator(
+            _matmul(M, graphs.B, graphs.N, "backward_products"), d, normalized
+        )
+        mg = Multigrid(graphs.row, graphs.col, v, d)
+        STATS["levels"] = mg.sizes
+        prec = _preconditioner(mg, d, normalized)
+        lam, U, Z = lobpcg_ncut_pairs(
+            lap, d, k, normalized, sign, tol, max_iter, on_fail, preconditioner=prec
+        )
+        lam = _edge_rayleigh(graphs, v, lam, Z, d, normalized)
+        ctx.graphs, ctx.prec = graphs, prec
+        ctx.args = (normalized, gaps, cg_tol, max_iter, on_fail)
+        ctx.save_for_backward(d, lam, U)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(U)
+        return lam, Z, U
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lam, grad_Z, _):
+        if grad_lam is None and grad_Z is None:
+            return (None,) * 7
+        d, lam, U = ctx.saved_tensors
+        grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
+        grad_Z = torch.zeros_like(U) if grad_Z is None else grad_Z
+        P, c, g = lobpcg_ncut_factors(
+            ctx.lap_backward, d, lam, U, grad_lam, grad_Z, *ctx.args, preconditioner=ctx.prec
+        )
+        return (_assemble(ctx.graphs, P, U, c, g),) + (None,) * 6
+
+
+def _assemble(graphs, P, U, c, g):
+    """``dL/dW`` at the stored entries: ``-c_i c_j (P_i . U_j + P_j . U_i) / 2 +
+    (g_i + g_j) / 2`` (``diffeig._reference.ncut_grad_assemble`` on the pattern)."""
+    k = U.shape[-1]
+    P, U, c, g = P.reshape(-1, k), U.reshape(-1, k), c.reshape(-1), g.reshape(-1)
+    out = torch.empty(graphs.row.numel(), dtype=U.dtype, device=U.device)
+    for s in range(0, out.numel(), ASSEMBLY_CHUNK):
+        r, q = graphs.row[s : s + ASSEMBLY_CHUNK], graphs.col[s : s + ASSEMBLY_CHUNK]
+        pu = (P[r] * U[q]).sum(-1) + (P[q] * U[r]).sum(-1)
+        out[s : s + ASSEMBLY_CHUNK] = -0.5 * c[r] * c[q] * pu + 0.5 * (g[r] + g[q])
+    return out
+
+
+def solve_sparse(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail):
+    """``(eigenvalues, eigenvectors)`` of a sparse ``W`` (validated here), dense outputs
+    ``(*, k)`` and ``(*, N, k)``, by preconditioned LOBPCG."""
+    graphs = SparseGraphs(W)
+    check_k(k, graphs.N)
+    check_solver_options(tol, max_iter, on_fail)
+    cg_tol = default_tol(W.dtype) if tol is None else tol
+    gap_rtol = resolved_gap_rtol(gap_rtol, tol, W.dtype)
+    # solved at unit scale and scaled back exactly, as the dense path (sym_eigh_ncut)
+    s = unit_scale(graphs.max_value, power=4)
+    values = graphs.values if s == 1.0 else graphs.values * (1.0 / s)
+    if s != 1.0 and not normalized:
+        gap_atol = gap_atol / s
+    lam, Z, _ = _SparseNCut.apply(
+        values, graphs, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol)
+    )
+    if s != 1.0:
+        lam, Z = (lam, Z * s**-0.5) if normalized else (lam * s, Z)
+    if not graphs.batched:
+        lam, Z = lam[0], Z[0]
+    return lam, Z

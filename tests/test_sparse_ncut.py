@@ -276,3 +276,50 @@ def test_multigrid_is_a_symmetric_positive_preconditioner():
     G = X[0].T @ TX[0]
     torch.testing.assert_close(G, G.T, atol=1e-10, rtol=1e-8)  # symmetric
     assert torch.linalg.eigvalsh(0.5 * (G + G.T)).min() > 0  # positive
+
+
+def test_float32_is_solved_to_float32_accuracy_with_float64_iterations():
+    from diffeig.ncut import _sparse
+
+    W = graph()
+    diffeig.sym_eigh_ncut(W, 2, tol=7e-5)
+    its64 = _sparse.STATS["forward_products_calls"]
+    Wf = W.float().detach().requires_grad_()
+    lam, z = diffeig.sym_eigh_ncut(Wf, 2)
+    its32 = _sparse.STATS["forward_products_calls"]
+    assert abs(its32 - its64) <= max(1, 0.2 * its64)
+    assert lam.dtype == z.dtype == torch.float32
+    z[:, 1].pow(3).sum().backward()
+    assert Wf.grad.dtype == torch.float32
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_same_code_runs_on_cuda():
+    W = graph()
+    Wc = W.cuda().detach().requires_grad_()
+    lam, z = diffeig.sym_eigh_ncut(Wc, 2, tol=1e-10)
+    lam_c, z_c = diffeig.sym_eigh_ncut(W, 2, tol=1e-10)
+    torch.testing.assert_close(lam.cpu(), lam_c, atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(z.cpu(), z_c, atol=1e-6, rtol=0)
+    z[:, 1].pow(3).sum().backward()
+    assert Wc.grad.is_cuda and torch.isfinite(Wc.grad.coalesce().values()).all()
+
+
+@pytest.mark.slow
+def test_never_forms_an_n_by_n_matrix(tmp_path):
+    # 300 x 300 px: an N x N float64 matrix would be 64 GB; the process stays under 2 GB
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, torch, diffeig\n"
+        "x = torch.rand(3, 300, 300, dtype=torch.float64)\n"
+        "x[:, :, 150:] += 1\n"
+        "W = diffeig.ncut.pixel_affinity(x, radius=2).requires_grad_()\n"
+        "lam, z = diffeig.sym_eigh_ncut(W, 2)\n"
+        "z[:, 1].pow(3).sum().backward()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip().splitlines()[-1]) < 2.0

@@ -30,7 +30,8 @@ from diffeig.ncut._multigrid import Multigrid, csr
 __all__ = ["SparseGraphs", "solve_sparse"]
 
 # What the last sparse solve did (for benchmarks/sparse_ncut.py and debugging): products
-# with W (in columns) in the forward and the backward, the multigrid's level sizes.
+# with W in the forward and the backward (in columns, and in calls: one per LOBPCG or CG
+# iteration, plus the first), the multigrid's level sizes.
 STATS: dict = {}
 
 # Entries per chunk of the gradient's assembly (bounds its (chunk, k) temporaries).
@@ -110,6 +111,7 @@ def _matmul(M, B, N, counter):
     def apply(X):
         m = X.shape[-1]
         STATS[counter] = STATS.get(counter, 0) + m
+        STATS[counter + "_calls"] = STATS.get(counter + "_calls", 0) + 1
         return (M @ X.reshape(B * N, m)).reshape(B, N, m)
 
     return apply
@@ -212,16 +214,25 @@ def solve_sparse(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_f
     graphs = SparseGraphs(W)
     check_k(k, graphs.N)
     check_solver_options(tol, max_iter, on_fail)
-    cg_tol = default_tol(W.dtype) if tol is None else tol
     gap_rtol = resolved_gap_rtol(gap_rtol, tol, W.dtype)
+    tol = default_tol(W.dtype) if tol is None else tol  # W's dtype, also when upcast below
+    cg_tol = tol
     # solved at unit scale and scaled back exactly, as the dense path (sym_eigh_ncut)
     s = unit_scale(graphs.max_value, power=4)
     values = graphs.values if s == 1.0 else graphs.values * (1.0 / s)
     if s != 1.0 and not normalized:
         gap_atol = gap_atol / s
+    # float32 W is solved in float64 (to float32's tolerance) and returned in float32:
+    # float32 products on pixel graphs stall LOBPCG where l2 ~ 1e-5 (no convergence in
+    # 1000 iterations at 448 px, l2 1.6e-3 off); in float64 it takes the same iterations
+    # as a float64 W at that tolerance. The cost is a float64 copy of the values.
+    out_dtype = values.dtype
+    if out_dtype == torch.float32:
+        values = values.to(torch.float64)
     lam, Z, _ = _SparseNCut.apply(
         values, graphs, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol)
     )
+    lam, Z = lam.to(out_dtype), Z.to(out_dtype)
     if s != 1.0:
         lam, Z = (lam, Z * s**-0.5) if normalized else (lam * s, Z)
     if not graphs.batched:

@@ -353,3 +353,42 @@ def test_mask_box_and_tiny_images():
     assert mask_box(m, 16, (40, 60)).tolist() == [32, 16, 60, 32]
     with pytest.raises(ValueError, match="at least 2 patches"):
         simple(torch.randn(8, 1, 1))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
+def test_quokka_pixel_ncut_refinement(quokka_ecssd, tmp_path, capsys):
+    # the token mask refined by a sparse NCut at pixel resolution: it runs through the
+    # CLI, scores above calling everything foreground, and its options are checked
+    out = tmp_path / "sal.json"
+    argv = ["eval-saliency", "--dataset", "ecssd", "--root", str(quokka_ecssd), "--arch", "color"]
+    argv += ["--post", "pixel-ncut", "--quiet", "--output", str(out)]
+    assert cli.main(argv) == 0
+    s = json.loads(out.read_text())["summary"]
+    print(f"quokka saliency (pixel-ncut): IoU {s['iou']:.3f}, F {s['max_f_beta']:.3f}")
+    assert "| pixel-ncut |" in capsys.readouterr().out
+    assert s["images"] == 1 and s["iou"] > ALL_FOREGROUND_IOU
+    assert cli.main([*argv, "--pixel-sigma-color", "0"]) == 2
+    assert "--pixel-sigma-color" in capsys.readouterr().err
+
+
+def test_pixel_ncut_refine_is_binary_sized_and_ranks_the_object():
+    from diffeig.dncut.eval.pixel_ncut import refine
+
+    # a thin-armed object: a disc with a 3-px bar, on a textured background
+    H = W = 96
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    obj = ((yy - 48) ** 2 + (xx - 40) ** 2 < 18**2) | ((yy - 47).abs() <= 1) & (xx > 40)
+    g = torch.Generator().manual_seed(0)
+    img = 0.3 + 0.1 * torch.rand(3, H, W, generator=g, dtype=torch.float64)
+    img[:, obj] = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64)[:, None]
+    # a blocky token prior (16 px tokens) of the disc only
+    tok = torch.nn.functional.avg_pool2d(obj[None, None].double(), 16)[0, 0] > 0.5
+    prior = torch.nn.functional.interpolate(
+        tok[None, None].double(), size=(H, W), mode="bilinear", align_corners=False
+    )[0, 0]
+    soft, mask = refine(img, prior, None)
+    assert soft.shape == mask.shape == (H, W) and mask.dtype == torch.bool
+    assert float(soft[obj].mean()) > float(soft[~obj].mean()) + 0.5
+    iou = float((mask & obj).sum() / (mask | obj).sum())
+    iou_tok = float(((prior > 0.5) & obj).sum() / ((prior > 0.5) | obj).sum())
+    assert iou > iou_tok + 0.05  # the thin arm and the round border recovered

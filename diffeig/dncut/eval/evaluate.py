@@ -28,7 +28,7 @@ from diffeig.dncut.eval.features import (
     resize_to_patch,
 )
 
-POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs")
+POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs", "pixel-ncut")
 SOLVERS = ("dense", "lobpcg", "auto")
 POSTS_DISCOVERY = ("tokencut", "simple")
 
@@ -122,7 +122,7 @@ def readable(batch: list, skipped: list, bar) -> list:
 
 
 def saliency_map(
-    features, post: str, patch: int, image_size, image=None, solver: str = "dense"
+    features, post: str, patch: int, image_size, image=None, solver: str = "dense", pixel=None
 ) -> tuple[torch.Tensor, dict]:
     """The soft saliency map ``(H, W)`` in [0, 1] of one image and the post-processing's output."""
     if post == "simple":
@@ -138,6 +138,11 @@ def saliency_map(
         from diffeig.dncut.eval.bilateral import bilateral_solve
 
         soft = bilateral_solve(image, soft)
+    elif post == "pixel-ncut":
+        from diffeig.dncut.eval.pixel_ncut import refine
+
+        soft, mask = refine(image, soft.double(), features, **(pixel or {}))
+        r["pixel_mask"] = mask
     # The authors evaluate the map they saved as an 8-bit PNG.
     return metrics.to_8bit(soft), r
 
@@ -166,6 +171,12 @@ def with_features(args, data, protocol: str, desc: str, skipped: list):
                 bar.update(1)
 
 
+def pixel_options(args) -> dict:
+    """``--pixel-*`` options of ``--post pixel-ncut`` (diffeig.dncut.eval.pixel_ncut)."""
+    names = ("radius", "sigma_color", "sigma_space", "feature_weight", "prior_weight", "work_side")
+    return {n: getattr(args, f"pixel_{n}") for n in names if hasattr(args, f"pixel_{n}")}
+
+
 def eval_saliency(args) -> dict:
     from diffeig.dncut.eval.datasets import SaliencyDataset
 
@@ -173,7 +184,9 @@ def eval_saliency(args) -> dict:
     per_image, skipped = [], []
     desc = f"saliency {args.dataset}"
     for patch, (name, size, _, gt, image), f in with_features(args, data, "resize", desc, skipped):
-        soft, _ = saliency_map(f, args.post, patch, size, image, solver=args.solver)
+        soft, _ = saliency_map(
+            f, args.post, patch, size, image, solver=args.solver, pixel=pixel_options(args)
+        )
         per_image.append(dict(name=name, **metrics.saliency_scores(soft, gt)))
     summary = metrics.summarize_saliency(per_image)
     summary["skipped"] = len(skipped)
@@ -302,6 +315,8 @@ def add_commands(sub) -> None:
             "(default: none; an image whose cut would not fit in memory is refused with "
             "the value to pass)",
         )
+        if cmd == "eval-saliency":
+            _pixel_options(p)
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
     v.add_argument("images", nargs="+", help="image files")
     _common(v, POSTS_DISCOVERY, "tokencut")
@@ -322,6 +337,29 @@ def add_commands(sub) -> None:
     )
 
 
+def _pixel_options(p) -> None:
+    from diffeig.dncut.eval.pixel_ncut import DEFAULTS
+
+    g = p.add_argument_group(
+        "--post pixel-ncut", "the pixel graph of the refinement (docs/evaluation.md)"
+    )
+    helps = {
+        "radius": "neighbourhood radius in pixels",
+        "sigma_color": "colour distance (RGB in [0, 1]) at which a weight falls to 1/e",
+        "sigma_space": "pixel distance at which a weight falls to 1/e",
+        "feature_weight": "weight of the upsampled backbone features beside the colour",
+        "prior_weight": "weight of the upsampled token mask beside the colour",
+        "work_side": "longer side (px) the graph is solved at; the map is upsampled back",
+    }
+    for name, default in DEFAULTS.items():
+        g.add_argument(
+            f"--pixel-{name.replace('_', '-')}",
+            type=type(default),
+            default=default,
+            help=f"{helps[name]} (default: {default})",
+        )
+
+
 # The evaluation commands' numeric options, checked in one place (as train's).
 NUMERIC_OPTIONS = {
     "limit": dict(integer=True, lo=1, optional=True),
@@ -330,6 +368,12 @@ NUMERIC_OPTIONS = {
     "max_side": dict(integer=True, lo=1, optional=True),
     "patch_size": dict(integer=True, lo=1, hi=1024, optional=True),
     "eigenvectors": dict(integer=True, lo=1, hi=64),
+    "pixel_radius": dict(lo=1, hi=32),
+    "pixel_sigma_color": dict(lo=0, lo_open=True),
+    "pixel_sigma_space": dict(lo=0, lo_open=True),
+    "pixel_feature_weight": dict(lo=0),
+    "pixel_prior_weight": dict(lo=0),
+    "pixel_work_side": dict(integer=True, lo=8, hi=4096),
 }
 
 

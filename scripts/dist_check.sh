@@ -12,8 +12,10 @@ OUT=$(realpath dist-check)
   || { tail -30 "$OUT/sdist.log"; echo "dist-check: building the sdist failed"; exit 1; }
 SDIST=$(ls "$OUT"/diffeig-*.tar.gz)
 echo "dist-check: sdist $SDIST ($(tar tzf "$SDIST" | wc -l) files)"
+# (listed once: `tar | grep -q` under pipefail fails when grep stops reading early)
+tar tzf "$SDIST" >"$OUT/sdist-files.txt"
 for needed in docs/ncut.md docs/install.md examples/quokka_ncut.py csrc/cpu; do
-  tar tzf "$SDIST" | grep -q "/$needed" || { echo "dist-check: the sdist lacks $needed"; exit 1; }
+  grep -q "/$needed" "$OUT/sdist-files.txt" || { echo "dist-check: the sdist lacks $needed"; exit 1; }
 done
 # Without FORCE_CUDA the wheel carries CUDA kernels only where a GPU can use them.
 "$PY" -m pip wheel --quiet --no-build-isolation --no-deps -w "$OUT" "$SDIST" >"$OUT/wheel.log" 2>&1 \

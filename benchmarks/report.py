@@ -183,11 +183,33 @@ def sparse_ncut(d: dict) -> str:
     return "\n".join(lines)
 
 
+def pixel_refine(d: dict) -> str:
+    """Saliency post-processings on generated thin-object images and the quokka."""
+    a = d["args"]
+    lines = [
+        produced_by(d),
+        f"`eval-saliency` on {a['images']} generated {a['side']} px images (irregular "
+        "objects with 3 - 6 px arms) and on the quokka; IoU, accuracy and max F-beta in %, "
+        "seconds per image of the whole evaluation (features included).",
+        "",
+        "| data | backbone | post | IoU | accuracy | max F-beta | s / image |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in d["results"]:
+        lines.append(
+            f"| {r['data']} | {r['arch']} | {r['post']} | {100 * r['iou']:.1f} | "
+            f"{100 * r['accuracy']:.1f} | {100 * r['max_f_beta']:.1f} | "
+            f"{r['seconds_per_image']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 RENDER = {
     "backward_timing": lambda ds: "\n\n".join(backward_timing(d) for d in ds),
     "ncut_speed": ncut_speed,
     "scaling": lambda ds: "\n".join(scaling(d) for d in ds),
     "sparse_ncut": lambda ds: "\n\n".join(sparse_ncut(d) for d in ds),
+    "pixel_refine": lambda ds: "\n\n".join(pixel_refine(d) for d in ds),
 }
 
 

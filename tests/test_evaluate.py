@@ -392,3 +392,26 @@ def test_pixel_ncut_refine_is_binary_sized_and_ranks_the_object():
     iou = float((mask & obj).sum() / (mask | obj).sum())
     iou_tok = float(((prior > 0.5) & obj).sum() / ((prior > 0.5) | obj).sum())
     assert iou > iou_tok + 0.05  # the thin arm and the round border recovered
+
+
+def test_pixel_ncut_never_forms_a_dense_pixel_matrix(monkeypatch):
+    from diffeig.dncut.eval.pixel_ncut import refine
+
+    H = W = 64
+    n = H * W
+    img = torch.rand(3, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    prior = torch.zeros(H, W, dtype=torch.float64)
+    prior[16:48, 16:48] = 1
+    eigh = torch.linalg.eigh
+
+    def no_to_dense(self, *a, **k):
+        raise AssertionError("to_dense called in the pixel refinement")
+
+    def small_eigh(A, *a, **k):
+        assert A.shape[-1] < n, f"a dense {A.shape[-1]} x {A.shape[-1]} eigh of the pixel graph"
+        return eigh(A, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "to_dense", no_to_dense)
+    monkeypatch.setattr(torch.linalg, "eigh", small_eigh)
+    soft, mask = refine(img, prior, None)
+    assert soft.shape == (H, W) and mask.any()

@@ -31,8 +31,8 @@ DEFAULTS = {
     "sigma_color": 0.15,
     "sigma_space": 3.0,
     "feature_weight": 1.0,
-    "prior_weight": 3.0,
-    "work_side": 160,
+    "prior_weight": 6.0,
+    "work_side": 320,
 }
 SOFTNESS = 0.25
 # Token features are reduced to this many principal components before upsampling.

@@ -322,6 +322,18 @@ def test_visualize_writes_one_panel_per_image(tmp_path):
     )
 
 
+@pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
+def test_visualize_shows_the_pixel_ncut_refinement(tmp_path):
+    out = tmp_path / "fig.png"
+    img = str(DATA / "quokka.jpg")
+    argv = ["visualize", img, "--arch", "color", "--out", str(out), "--eigenvectors", "2"]
+    assert cli.main([*argv, "--max-side", "240", "--post", "pixel-ncut"]) == 0
+    fig = np.asarray(Image.open(out))
+    # image, z2, z3, token mask, pixel-ncut soft map, its mask, its box: 7 tiles
+    margin = fig.shape[1] - (7 * (240 + 4) + 4)
+    assert margin > 0 and fig.std() > 20
+
+
 def test_evaluation_errors_are_clear(tmp_path, capsys):
     argv = ["eval-saliency", "--dataset", "ecssd", "--root", str(tmp_path), "--arch", "color"]
     assert cli.main(argv) == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from diffeig.dncut.backbone import ARCHS, BASELINES, check_not_training_checkpoint
-from diffeig.dncut.eval import metrics, postprocess
+from diffeig.dncut.eval import metrics, pixel_ncut, postprocess
 from diffeig.dncut.eval.features import (
     check_memory,
     downscale,
@@ -31,6 +31,7 @@ from diffeig.dncut.eval.features import (
 POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs", "pixel-ncut")
 SOLVERS = ("dense", "lobpcg", "auto")
 POSTS_DISCOVERY = ("tokencut", "simple")
+POSTS_VISUALIZE = ("tokencut", "simple", "pixel-ncut")
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -171,12 +172,6 @@ def with_features(args, data, protocol: str, desc: str, skipped: list):
                 bar.update(1)
 
 
-def pixel_options(args) -> dict:
-    """``--pixel-*`` options of ``--post pixel-ncut`` (diffeig.dncut.eval.pixel_ncut)."""
-    names = ("radius", "sigma_color", "sigma_space", "feature_weight", "prior_weight", "work_side")
-    return {n: getattr(args, f"pixel_{n}") for n in names if hasattr(args, f"pixel_{n}")}
-
-
 def eval_saliency(args) -> dict:
     from diffeig.dncut.eval.datasets import SaliencyDataset
 
@@ -185,7 +180,7 @@ def eval_saliency(args) -> dict:
     desc = f"saliency {args.dataset}"
     for patch, (name, size, _, gt, image), f in with_features(args, data, "resize", desc, skipped):
         soft, _ = saliency_map(
-            f, args.post, patch, size, image, solver=args.solver, pixel=pixel_options(args)
+            f, args.post, patch, size, image, solver=args.solver, pixel=pixel_ncut.options(args)
         )
         per_image.append(dict(name=name, **metrics.saliency_scores(soft, gt)))
     summary = metrics.summarize_saliency(per_image)
@@ -316,10 +311,11 @@ def add_commands(sub) -> None:
             "the value to pass)",
         )
         if cmd == "eval-saliency":
-            _pixel_options(p)
+            pixel_ncut.add_options(p)
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
     v.add_argument("images", nargs="+", help="image files")
-    _common(v, POSTS_DISCOVERY, "tokencut")
+    _common(v, POSTS_VISUALIZE, "tokencut")
+    pixel_ncut.add_options(v)
     v.add_argument(
         "--out",
         required=True,
@@ -335,29 +331,6 @@ def add_commands(sub) -> None:
         default=480,
         help="downscale images whose longer side exceeds this (default: 480)",
     )
-
-
-def _pixel_options(p) -> None:
-    from diffeig.dncut.eval.pixel_ncut import DEFAULTS
-
-    g = p.add_argument_group(
-        "--post pixel-ncut", "the pixel graph of the refinement (docs/evaluation.md)"
-    )
-    helps = {
-        "radius": "neighbourhood radius in pixels",
-        "sigma_color": "colour distance (RGB in [0, 1]) at which a weight falls to 1/e",
-        "sigma_space": "pixel distance at which a weight falls to 1/e",
-        "feature_weight": "weight of the upsampled backbone features beside the colour",
-        "prior_weight": "weight of the upsampled token mask beside the colour",
-        "work_side": "longer side (px) the graph is solved at; the map is upsampled back",
-    }
-    for name, default in DEFAULTS.items():
-        g.add_argument(
-            f"--pixel-{name.replace('_', '-')}",
-            type=type(default),
-            default=default,
-            help=f"{helps[name]} (default: {default})",
-        )
 
 
 # The evaluation commands' numeric options, checked in one place (as train's).

@@ -23,7 +23,7 @@ import torch
 import diffeig
 from diffeig.ncut import pixel_affinity
 
-__all__ = ["refine", "DEFAULTS"]
+__all__ = ["refine", "DEFAULTS", "add_options", "options"]
 
 # Chosen on generated thin-object images and the quokka (tests/data), not on a benchmark.
 DEFAULTS = {
@@ -100,3 +100,32 @@ def refine(
     soft = torch.sigmoid(z2 / (SOFTNESS * z2.std().clamp_min(1e-30)))
     soft = _resize(soft[None], (H, W))[0].clamp(0, 1)
     return soft, soft > 0.5
+
+
+HELPS = {
+    "radius": "neighbourhood radius in pixels",
+    "sigma_color": "colour distance (RGB in [0, 1]) at which a weight falls to 1/e",
+    "sigma_space": "pixel distance at which a weight falls to 1/e",
+    "feature_weight": "weight of the upsampled backbone features beside the colour",
+    "prior_weight": "weight of the upsampled token mask beside the colour",
+    "work_side": "longer side (px) the graph is solved at; the map is upsampled back",
+}
+
+
+def add_options(p) -> None:
+    """The ``--pixel-*`` options of ``--post pixel-ncut`` on an argparse parser."""
+    g = p.add_argument_group(
+        "--post pixel-ncut", "the pixel graph of the refinement (docs/evaluation.md)"
+    )
+    for name, default in DEFAULTS.items():
+        g.add_argument(
+            f"--pixel-{name.replace('_', '-')}",
+            type=type(default),
+            default=default,
+            help=f"{HELPS[name]} (default: {default})",
+        )
+
+
+def options(args) -> dict:
+    """The ``--pixel-*`` values of parsed ``args`` as :func:`refine`'s keywords."""
+    return {n: getattr(args, f"pixel_{n}") for n in DEFAULTS if hasattr(args, f"pixel_{n}")}

@@ -9,29 +9,41 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from diffeig.dncut.eval import postprocess
+from diffeig.dncut.eval import pixel_ncut, postprocess
 from diffeig.dncut.eval.features import check_memory, extract, load_backbone, resize_to_patch
 from diffeig.dncut.figures import compose, heat, overlay
 from diffeig.dncut.images import read_image
 
 
-def panel(image: Image.Image, features: torch.Tensor, patch: int, post: str, count: int):
-    """One row: image | z2 ... z_{count+1} | mask | box, all at the image's display size."""
+def panel(
+    image: Image.Image, features: torch.Tensor, patch: int, post: str, count: int, pixel=None
+):
+    """One row: image | z2 ... z_{count+1} | mask | box, all at the image's display size;
+    with ``post='pixel-ncut'``: image | z... | token mask | pixel-ncut soft map | its
+    mask | its box."""
     h, w = features.shape[1:]
     grid_size = (h * patch, w * patch)
     k = count + 1
-    if post == "tokencut":
+    refined = None
+    if post in ("tokencut", "pixel-ncut"):
         r = postprocess.tokencut(features, patch_size=patch, image_size=grid_size, k=k)
         box = r["box"].tolist()
     else:
         r = postprocess.simple(features, k=k)
         box = postprocess.mask_box(r["mask"], patch, grid_size).tolist()
     shown = image.resize((w * patch, h * patch), Image.BILINEAR)
+    if post == "pixel-ncut":
+        prior = postprocess.upsample(r["mask"], (h * patch, w * patch))
+        refined = pixel_ncut.refine(shown, prior, features, **(pixel or {}))
+        box = postprocess.mask_box(refined[1], 1, (h * patch, w * patch)).tolist()
     tiles = [shown]
     Z = r["z"].numpy()
     for j in range(1, min(k, Z.shape[-1])):
         tiles.append(heat(Z[..., j], shown.size))
     tiles.append(overlay(shown, r["mask"].numpy().astype(np.float64)))
+    if refined is not None:
+        tiles.append(overlay(shown, refined[0].numpy()))
+        tiles.append(overlay(shown, refined[1].numpy().astype(np.float64)))
     boxed = shown.copy()
     ImageDraw.Draw(boxed).rectangle(box, outline=(255, 230, 0), width=max(2, shown.width // 150))
     tiles.append(boxed)
@@ -39,9 +51,13 @@ def panel(image: Image.Image, features: torch.Tensor, patch: int, post: str, cou
         ["image"]
         + [
             f"z{j + 1}: eigenvector {j + 1} (blue < 0 < red; scale: 98th percentile of |z|)"
-            for j in range(1, len(tiles) - 2)
+            for j in range(1, len(tiles) - (4 if refined is not None else 2))
         ]
-        + [f"foreground mask ({post})", f"box ({post})"]
+        + (
+            ["token mask (tokencut)", "pixel-ncut soft map", "pixel-ncut mask", "box (pixel-ncut)"]
+            if refined is not None
+            else [f"foreground mask ({post})", f"box ({post})"]
+        )
     )
     return tiles, labels
 
@@ -71,7 +87,7 @@ def visualize(args) -> list[str]:
     for image in images:
         x = resize_to_patch(image, patch, args.max_side)
         (f,) = extract(backbone, [x], args.device)
-        rows.append(panel(image, f, patch, args.post, args.eigenvectors))
+        rows.append(panel(image, f, patch, args.post, args.eigenvectors, pixel_ncut.options(args)))
     if not folder:
         out.parent.mkdir(parents=True, exist_ok=True)
         compose(rows, [Path(p).name for p in args.images]).save(out)

@@ -273,6 +273,17 @@ def test_quokka_discovery_with_the_color_backbone(quokka_boxes, tmp_path):
     assert res_dense["per_image"][0]["box"] == r["box"]
 
 
+@pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
+def test_quokka_discovery_with_pixel_ncut(quokka_boxes, tmp_path):
+    out = tmp_path / "disc.json"
+    argv = ["eval-discovery", "--dataset", "boxes", "--root", str(quokka_boxes), "--arch", "color"]
+    assert cli.main([*argv, "--post", "pixel-ncut", "--quiet", "--output", str(out)]) == 0
+    r = json.loads(out.read_text())["per_image"][0]
+    x1, y1, x2, y2 = r["box"]
+    assert 0 <= x1 < x2 <= 960 and 0 <= y1 < y2 <= 643  # a box inside the photo
+    assert r["best_iou"] > 0.3
+
+
 def test_random_backbone_smoke_on_generated_voc_and_folder(tmp_path):
     root = saliency_layout(tmp_path / "f", "folder", n=3)
     argv = [

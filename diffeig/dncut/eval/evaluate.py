@@ -30,8 +30,8 @@ from diffeig.dncut.eval.features import (
 
 POSTS_SALIENCY = ("simple", "tokencut", "tokencut+bs", "pixel-ncut")
 SOLVERS = ("dense", "lobpcg", "auto")
-POSTS_DISCOVERY = ("tokencut", "simple")
-POSTS_VISUALIZE = ("tokencut", "simple", "pixel-ncut")
+POSTS_DISCOVERY = ("tokencut", "simple", "pixel-ncut")
+POSTS_VISUALIZE = POSTS_DISCOVERY
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -193,11 +193,22 @@ def eval_saliency(args) -> dict:
 
 
 def predict_box(
-    features, post: str, patch: int, image_size, solver: str = "dense"
+    features, post: str, patch: int, image_size, solver: str = "dense", image=None, pixel=None
 ) -> tuple[torch.Tensor, dict]:
-    if post == "tokencut":
+    """The box of one image: TokenCut's, the simple cut's, or (``pixel-ncut``) that of
+    TokenCut's mask refined at pixel resolution (``image``: the PIL image, shown at
+    ``image_size``; the padded token grid is cropped to it)."""
+    if post in ("tokencut", "pixel-ncut"):
         r = postprocess.tokencut(features, patch_size=patch, image_size=image_size, solver=solver)
-        return r["box"], r
+        if post == "tokencut":
+            return r["box"], r
+        h, w = features.shape[1:]
+        H, W = image_size
+        prior = postprocess.upsample(r["mask"], (h * patch, w * patch))[:H, :W]
+        shown = image.convert("RGB").resize((W, H))
+        _, mask = pixel_ncut.refine(shown, prior, features, **(pixel or {}))
+        r["pixel_mask"] = mask
+        return postprocess.mask_box(mask, 1, image_size), r
     r = postprocess.simple(features, solver=solver)
     box = postprocess.mask_box(r["mask"], patch, image_size)
     return box, r
@@ -209,11 +220,13 @@ def eval_discovery(args) -> dict:
     data = DiscoveryDataset(args.dataset, args.root, args.limit)
     per_image, skipped = [], []
     desc = f"discovery {args.dataset}"
-    for patch, (name, size, _, gt, _), f in with_features(args, data, "pad", desc, skipped):
+    for patch, (name, size, _, gt, image), f in with_features(args, data, "pad", desc, skipped):
         # boxes are found on the (downscaled) image and scaled back to the original
         s = downscale(*size, args.max_side)
         small = (round(size[0] * s), round(size[1] * s))
-        box, _ = predict_box(f, args.post, patch, small, solver=args.solver)
+        box, _ = predict_box(
+            f, args.post, patch, small, args.solver, image, pixel_ncut.options(args)
+        )
         box = box / s if s < 1 else box
         ious = metrics.box_iou(box, gt) if gt.numel() else torch.zeros(0)
         per_image.append(
@@ -310,8 +323,7 @@ def add_commands(sub) -> None:
             "(default: none; an image whose cut would not fit in memory is refused with "
             "the value to pass)",
         )
-        if cmd == "eval-saliency":
-            pixel_ncut.add_options(p)
+        pixel_ncut.add_options(p)
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
     v.add_argument("images", nargs="+", help="image files")
     _common(v, POSTS_VISUALIZE, "tokencut")

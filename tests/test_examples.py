@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -10,14 +11,18 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def test_quokka_ncut_example(capsys):
+def example(name: str):
+    """The module examples/<name>.py, imported as a user runs it (it needs pillow)."""
     pytest.importorskip("PIL")
     sys.path.insert(0, os.path.join(ROOT, "examples"))
     try:
-        import quokka_ncut
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    iou = quokka_ncut.main([])
+
+
+def test_quokka_ncut_example(capsys):
+    iou = example("quokka_ncut").main([])
     out = capsys.readouterr().out
     assert "IoU with the mask" in out and "finite: True" in out
     # Measured 0.528 (docs/ncut.md). Calling every pixel foreground scores 0.303 (the
@@ -58,13 +63,9 @@ def test_docstring_examples(module):
 
 @pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
 def test_pixel_ncut_example_cuts_and_learns(capsys):
-    pytest.importorskip("PIL")
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    try:
-        import pixel_ncut
-    finally:
-        sys.path.pop(0)
-    score, losses = pixel_ncut.main(["--side", "64", "--steps", "4", "--learn-side", "40"])
+    score, losses = example("pixel_ncut").main(
+        ["--side", "64", "--steps", "4", "--learn-side", "40"]
+    )
     out = capsys.readouterr().out
     assert "IoU with the mask" in out and 0.0 <= score <= 1.0
     assert len(losses) == 4 and losses[-1] < losses[0]  # the gradients work at pixel scale

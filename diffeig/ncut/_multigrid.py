@@ -174,8 +174,8 @@ class Multigrid:
         B = self.batch
         counts = torch.bincount(lv.owner, minlength=B)
         m = int(counts.max())
-        # each node's slot within its graph (nodes of one graph are contiguous? not
-        # necessarily after aggregation: rank them by owner)
+        # each node's slot within its graph (aggregation need not keep a graph's nodes
+        # contiguous: rank them by owner)
         order = torch.argsort(lv.owner, stable=True)
         start = torch.zeros(B + 1, dtype=torch.int64, device=lv.d.device)
         start[1:] = counts.cumsum(0)

@@ -3,12 +3,16 @@ both, gradients on the stored entries, batches, and every bad input."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import diffeig
 from diffeig.ncut import pixel_affinity
 from diffeig.ncut._multigrid import Multigrid
+
+DATA = Path(__file__).parent / "data"
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
 
@@ -323,3 +327,73 @@ def test_never_forms_an_n_by_n_matrix(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip().splitlines()[-1]) < 2.0
+
+
+# ------------------------------------------------------------- no skipped eigenpair
+# A few pixels of a colour unlike their neighbours form an island whose pair has the
+# smallest nontrivial eigenvalue, with an eigenvector on those pixels alone: a random
+# start barely sees it, and an iterative solver that returns the next pair reports a
+# small residual (lobpcg + pyamg and torch.lobpcg do so on the quokka's 8-neighbour graph
+# at 224 px). These tests compare with solvers that cannot skip it: the dense path, and
+# scipy's shift-invert Lanczos.
+
+
+def with_island(x, offset=0.45, at=(5, 7)):
+    """``x`` with a 3-pixel island: its blue channel moved by ``offset``."""
+    x = x.clone()
+    a, b = at
+    for p, q in [(a, b), (a, b + 1), (a + 1, b)]:
+        x[2, p, q] = x[2, p, q] + offset if x[2, p, q] < 0.5 else x[2, p, q] - offset
+    return x
+
+
+def smooth_image(h, w):
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    x = torch.stack([0.3 + 0.2 * xx, 0.4 + 0.1 * yy, 0.2 + 0.1 * xx * yy]).double()
+    x[0, :, w // 2 :] += 0.3  # two halves
+    return x
+
+
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+def test_an_island_pair_is_found_like_the_dense_path(laplacian):
+    x = with_island(smooth_image(30, 32))
+    W = pixel_affinity(x, radius=1.5, sigma_color=0.1)
+    lam, z = diffeig.sym_eigh_ncut(W, 3, laplacian=laplacian, method="lobpcg")
+    lam_d, z_d = diffeig.sym_eigh_ncut(W.to_dense(), 3, laplacian=laplacian)
+    assert lam_d[1] < 0.01 * lam_d[2]  # the island's pair is z2, far below the halves'
+    torch.testing.assert_close(lam, lam_d, rtol=1e-8, atol=1e-14)
+    island = z_d[:, 1].abs() > 0.5 * z_d[:, 1].abs().max()
+    assert int(island.sum()) == 3
+    torch.testing.assert_close(z[:, 1:], z_d[:, 1:], atol=1e-5 * z_d.abs().max(), rtol=0)
+
+
+def test_an_island_in_one_graph_of_a_batch():
+    x = smooth_image(30, 32)
+    W = pixel_affinity(torch.stack([x, with_island(x), x]), radius=1.5, sigma_color=0.1)
+    lam, _ = diffeig.sym_eigh_ncut(W, 2, method="lobpcg")
+    for b in range(3):
+        lam_b, _ = diffeig.sym_eigh_ncut(W[b].to_dense(), 2)
+        torch.testing.assert_close(lam[b], lam_b, rtol=1e-8, atol=1e-14)
+    assert lam[1, 1] < 0.01 * lam[0, 1]
+
+
+@pytest.mark.parametrize("radius", [1.5, 5.0])
+def test_an_island_on_the_quokka_against_shift_invert(radius):
+    sla = pytest.importorskip("scipy.sparse.linalg")
+    import numpy as np
+    import scipy.sparse as sp
+    from PIL import Image
+
+    img = Image.open(DATA / "quokka.jpg").convert("RGB").resize((112, 112), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).double() / 255
+    x = with_island(x, at=(37, 37))
+    W = pixel_affinity(x, radius=radius)
+    i, v = W.indices().numpy(), W.values().numpy()
+    Ws = sp.csc_matrix((v, (i[0], i[1])), shape=W.shape)
+    d = np.asarray(Ws.sum(1)).ravel()
+    ref = sla.eigsh(sp.diags(d) - Ws, k=4, M=sp.diags(d), sigma=-1e-10, which="LM")[0]
+    ref = np.sort(ref)[:3]
+    assert ref[1] < 0.1 * ref[2]  # the island's pair, well below the photo's
+    lam, z = diffeig.sym_eigh_ncut(W, 3, method="lobpcg")
+    np.testing.assert_allclose(lam[1:].numpy(), ref[1:], rtol=1e-6)
+    assert int((z[:, 1].abs() > 0.5 * z[:, 1].abs().max()).sum()) <= 3

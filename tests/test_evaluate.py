@@ -390,8 +390,55 @@ def test_quokka_pixel_ncut_refinement(quokka_ecssd, tmp_path, capsys):
     print(f"quokka saliency (pixel-ncut): IoU {s['iou']:.3f}, F {s['max_f_beta']:.3f}")
     assert "| pixel-ncut |" in capsys.readouterr().out
     assert s["images"] == 1 and s["iou"] > ALL_FOREGROUND_IOU
+    # how often the pixel cut decided, in the summary and per image, and the median time
+    per_image = json.loads(out.read_text())["per_image"]
+    assert s["pixel_fallbacks"] == sum(not r["pixel_cut"] for r in per_image)
+    assert s["post_seconds_median"] > 0
     assert cli.main([*argv, "--pixel-sigma-color", "0"]) == 2
     assert "--pixel-sigma-color" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse: neither a number nor 'auto'
+        cli.main([*argv, "--pixel-sigma-color", "wide"])
+    assert e.value.code == 2 and "--pixel-sigma-color" in capsys.readouterr().err
+    assert cli.main([*argv, "--pixel-sigma-color", "0.1"]) == 0
+
+
+def test_pixel_ncut_auto_sigma_follows_the_noise():
+    from diffeig.dncut.eval.pixel_ncut import AUTO_SIGMA, MIN_SIGMA, auto_sigma
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((3, 40, 50), 0.5, dtype=torch.float64)
+    assert auto_sigma(flat) == MIN_SIGMA  # no noise: the floor
+    for std in (0.05, 0.1):
+        img = flat + std * torch.randn(3, 40, 50, generator=g, dtype=torch.float64)
+        dx = (img[:, :, 1:] - img[:, :, :-1]).square().sum(0).flatten()
+        dy = (img[:, 1:] - img[:, :-1]).square().sum(0).flatten()
+        med = float(torch.cat([dx, dy]).median().sqrt())
+        assert auto_sigma(img) == pytest.approx(AUTO_SIGMA * med)
+        # the distance of two pixels with 3 noisy channels: about std sqrt(6)
+        assert 0.6 * std * 6**0.5 < med < 1.2 * std * 6**0.5
+
+
+@pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
+def test_pixel_ncut_falls_back_where_the_cut_is_not_decisive():
+    from PIL import Image
+
+    from diffeig.dncut.eval.bilateral import bilateral_solve
+    from diffeig.dncut.eval.pixel_ncut import DECISIVE, refine
+
+    # nothing to cut: one noisy colour everywhere, and a token prior of a square; the
+    # smallest cuts are as cheap as each other (l2 ~ l3), so z2 means nothing
+    H = W = 64
+    g = torch.Generator().manual_seed(0)
+    img = 0.5 + 0.05 * torch.randn(3, H, W, generator=g, dtype=torch.float64)
+    img = img.clamp(0, 1)
+    prior = torch.zeros(H, W, dtype=torch.float64)
+    prior[16:40, 20:44] = 1
+    r = refine(img, prior, None, prior_weight=0.0)
+    assert not r.cut and r.gap_ratio > DECISIVE
+    arr = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    bs = bilateral_solve(Image.fromarray(arr), prior.float()).double()
+    torch.testing.assert_close(r.soft, bs)
+    assert torch.equal(r.mask, bs > 0.5)
 
 
 def test_pixel_ncut_refine_is_binary_sized_and_ranks_the_object():
@@ -409,7 +456,8 @@ def test_pixel_ncut_refine_is_binary_sized_and_ranks_the_object():
     prior = torch.nn.functional.interpolate(
         tok[None, None].double(), size=(H, W), mode="bilinear", align_corners=False
     )[0, 0]
-    soft, mask = refine(img, prior, None)
+    soft, mask, cut, *_ = refine(img, prior, None)
+    assert cut  # decided by the pixel cut, not the fallback
     assert soft.shape == mask.shape == (H, W) and mask.dtype == torch.bool
     assert float(soft[obj].mean()) > float(soft[~obj].mean()) + 0.5
     iou = float((mask & obj).sum() / (mask | obj).sum())
@@ -436,5 +484,5 @@ def test_pixel_ncut_never_forms_a_dense_pixel_matrix(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "to_dense", no_to_dense)
     monkeypatch.setattr(torch.linalg, "eigh", small_eigh)
-    soft, mask = refine(img, prior, None)
+    soft, mask, *_ = refine(img, prior, None)
     assert soft.shape == (H, W) and mask.any()

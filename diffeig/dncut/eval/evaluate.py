@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffeig.dncut.backbone import ARCHS, BASELINES, check_not_training_checkpoint
@@ -142,8 +143,8 @@ def saliency_map(
     elif post == "pixel-ncut":
         from diffeig.dncut.eval.pixel_ncut import refine
 
-        soft, mask = refine(image, soft.double(), features, **(pixel or {}))
-        r["pixel_mask"] = mask
+        refined = refine(image, soft.double(), features, **(pixel or {}))
+        soft, r["pixel_mask"], r["pixel_cut"] = refined.soft, refined.mask, refined.cut
     # The authors evaluate the map they saved as an 8-bit PNG.
     return metrics.to_8bit(soft), r
 
@@ -179,12 +180,21 @@ def eval_saliency(args) -> dict:
     per_image, skipped = [], []
     desc = f"saliency {args.dataset}"
     for patch, (name, size, _, gt, image), f in with_features(args, data, "resize", desc, skipped):
-        soft, _ = saliency_map(
+        t0 = time.perf_counter()
+        soft, r = saliency_map(
             f, args.post, patch, size, image, solver=args.solver, pixel=pixel_ncut.options(args)
         )
-        per_image.append(dict(name=name, **metrics.saliency_scores(soft, gt)))
+        row = dict(name=name, post_seconds=time.perf_counter() - t0)
+        row.update(metrics.saliency_scores(soft, gt))
+        if "pixel_cut" in r:  # pixel-ncut: whether the cut decided or the fallback did
+            row["pixel_cut"] = r["pixel_cut"]
+        per_image.append(row)
     summary = metrics.summarize_saliency(per_image)
     summary["skipped"] = len(skipped)
+    # the eigenvectors and post-processing of one image, features excluded
+    summary["post_seconds_median"] = float(np.median([r["post_seconds"] for r in per_image]))
+    if args.post == "pixel-ncut":
+        summary["pixel_fallbacks"] = sum(not r["pixel_cut"] for r in per_image)
     rows = [{k: v for k, v in r.items() if k != "f_curve"} for r in per_image]
     return {"summary": summary, "per_image": rows, "skipped": skipped}
 
@@ -206,7 +216,7 @@ def predict_box(
         H, W = image_size
         prior = postprocess.upsample(r["mask"], (h * patch, w * patch))[:H, :W]
         shown = image.convert("RGB").resize((W, H))
-        _, mask = pixel_ncut.refine(shown, prior, features, **(pixel or {}))
+        mask = pixel_ncut.refine(shown, prior, features, **(pixel or {})).mask
         r["pixel_mask"] = mask
         return postprocess.mask_box(mask, 1, image_size), r
     r = postprocess.simple(features, solver=solver)
@@ -367,8 +377,9 @@ def validate(args) -> None:
     from diffeig.dncut.config import check_device, check_number
 
     for name, kwargs in NUMERIC_OPTIONS.items():
-        if hasattr(args, name):
-            check_number(name, getattr(args, name), **kwargs)
+        value = getattr(args, name, None)
+        if hasattr(args, name) and not (name == "pixel_sigma_color" and value == "auto"):
+            check_number(name, value, **kwargs)
     check_device(args.device)
 
 
@@ -436,6 +447,17 @@ def print_summary(args, s: dict) -> None:
         f"| {args.dataset} | {args.arch} ({src}) | {args.post} | {s['images']} | "
         f"{s.get('skipped', 0)} | {vals} | {s['seconds_per_image']:.3f} |"
     )
+    if "post_seconds_median" in s:
+        print(
+            f"eigenvectors and post-processing ({args.post}): median "
+            f"{s['post_seconds_median']:.3f} s per image (features excluded)"
+        )
+    if "pixel_fallbacks" in s:
+        print(
+            f"pixel-ncut: the pixel cut decided on {s['images'] - s['pixel_fallbacks']} of "
+            f"{s['images']} images; on the others it was not decisive (l2 > "
+            f"{pixel_ncut.DECISIVE} l3) and TokenCut's bilateral solver refined the mask"
+        )
     if s.get("skipped"):
         print(
             f"skipped {s['skipped']} unreadable file(s) or images too small to cut; "

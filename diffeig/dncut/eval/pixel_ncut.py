@@ -7,9 +7,18 @@ reduced to their ``FEATURE_DIMS`` principal components, weighted by ``feature_we
 and the upsampled token mask (the prior, weighted by ``prior_weight``): its edges are
 weak across the token mask's border and across colour edges, so the cut follows the
 object at pixel precision near where the tokens put it.
-The Fiedler vector's side that agrees with the prior (positive correlation with the
-prior centred at 1/2) is the foreground: ``soft = sigmoid(z2 / (SOFTNESS std(z2)))``,
-``mask = soft > 1/2``.
+
+``sigma_color="auto"`` (the default) scales the colour distance to the image, as GrabCut
+does: ``AUTO_SIGMA`` times the median distance between 4-neighbours (at least
+``MIN_SIGMA``), so that noise within a region keeps its weights near 1 and a colour edge
+of a few noise levels cuts them.
+
+The cut is used only where it is decisive: the three smallest pairs are solved, and where
+``l2 > DECISIVE l3`` z2 is one of several nearly equal cuts (the object is not separated
+by its colours, or the graph splits something else as cheaply) and the refinement falls
+back to TokenCut's bilateral solver (``--post tokencut+bs``). Otherwise the Fiedler
+vector's side that agrees with the prior (positive correlation with the prior centred at
+1/2) is the foreground: ``soft = sigmoid(z2 / (SOFTNESS std(z2)))``, ``mask = soft > 1/2``.
 
 The graph is solved at most ``work_side`` pixels on the longer side (the soft map is
 upsampled bilinearly back): memory is O(nnz) = O(work_side^2 radius^2) at any image size.
@@ -17,26 +26,51 @@ upsampled bilinearly back): memory is O(nnz) = O(work_side^2 radius^2) at any im
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 import diffeig
 from diffeig.ncut import pixel_affinity
 
-__all__ = ["refine", "DEFAULTS", "add_options", "options"]
+__all__ = ["refine", "Refined", "DEFAULTS", "add_options", "options"]
 
-# Chosen on generated thin-object images and the quokka (tests/data), not on a benchmark.
+# Chosen on generated thin-object images (benchmarks/pixel_refine.py, seeds 0 and 1) and
+# the quokka (tests/data), not on a benchmark.
 DEFAULTS = {
     "radius": 3.0,
-    "sigma_color": 0.15,
+    "sigma_color": "auto",
     "sigma_space": 3.0,
     "feature_weight": 1.0,
     "prior_weight": 6.0,
     "work_side": 320,
 }
+# sigma_color="auto": this times the median colour distance of 4-neighbours, at least
+# MIN_SIGMA (a noise-free image has a median of 0).
+AUTO_SIGMA = 0.7
+MIN_SIGMA = 0.03
+# The cut is decisive where l2 <= DECISIVE * l3 (measured: 0.0 - 0.3 where z2 found the
+# object, 0.65 - 0.95 where it split something else).
+DECISIVE = 0.5
+# Relative residual of the pixel solve: a mask needs far less than float64's 1e-9
+# (24 instead of 39 iterations at 320 px).
+TOL = 1e-7
 SOFTNESS = 0.25
 # Token features are reduced to this many principal components before upsampling.
 FEATURE_DIMS = 8
+
+
+class Refined(NamedTuple):
+    """What :func:`refine` returns: the soft map and mask at the prior's size, whether the
+    pixel cut made them (False: the fallback, TokenCut's bilateral solver), ``l2 / l3``
+    and the colour scale used."""
+
+    soft: torch.Tensor
+    mask: torch.Tensor
+    cut: bool
+    gap_ratio: float
+    sigma_color: float
 
 
 def _resize(t: torch.Tensor, size) -> torch.Tensor:
@@ -45,71 +79,115 @@ def _resize(t: torch.Tensor, size) -> torch.Tensor:
     )[0]
 
 
+def auto_sigma(image: torch.Tensor) -> float:
+    """``AUTO_SIGMA`` times the median colour distance between 4-neighbours of a
+    ``(C, H, W)`` image, at least ``MIN_SIGMA``."""
+    dx = (image[:, :, 1:] - image[:, :, :-1]).square().sum(0).flatten()
+    dy = (image[:, 1:] - image[:, :-1]).square().sum(0).flatten()
+    med = float(torch.cat([dx, dy]).median().sqrt())
+    return max(AUTO_SIGMA * med, MIN_SIGMA)
+
+
+def _features(features: torch.Tensor, size) -> torch.Tensor:
+    f = torch.nn.functional.normalize(features.double(), dim=0)
+    C, fh, fw = f.shape
+    if C > FEATURE_DIMS:
+        # the principal components of the token features: the graph compares pixels on a
+        # few channels instead of hundreds (distances kept where the variance is)
+        flat = f.reshape(C, -1).T
+        flat = flat - flat.mean(0)
+        # randomized (seeded): tens of ms where a full SVD of 2400 x 1029 takes seconds
+        state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        _, _, V = torch.pca_lowrank(flat, q=FEATURE_DIMS, center=False, niter=3)
+        torch.random.set_rng_state(state)
+        f = (flat @ V).T.reshape(FEATURE_DIMS, fh, fw)
+    return _resize(f, size)
+
+
+def _fallback(image: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    from PIL import Image
+
+    from diffeig.dncut.eval.bilateral import bilateral_solve
+
+    arr = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return bilateral_solve(Image.fromarray(arr), prior.float()).double()
+
+
 def refine(
     image,
     prior: torch.Tensor,
     features: torch.Tensor | None = None,
     *,
     radius: float = DEFAULTS["radius"],
-    sigma_color: float = DEFAULTS["sigma_color"],
+    sigma_color: float | str = DEFAULTS["sigma_color"],
     sigma_space: float = DEFAULTS["sigma_space"],
     feature_weight: float = DEFAULTS["feature_weight"],
     prior_weight: float = DEFAULTS["prior_weight"],
     work_side: int = DEFAULTS["work_side"],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(soft, mask)``, both ``prior``'s size ``(H, W)``: the pixel-resolution cut.
+) -> Refined:
+    """``Refined(soft, mask, cut, gap_ratio, sigma_color)``, ``soft`` and ``mask`` of
+    ``prior``'s size ``(H, W)``: the pixel-resolution cut (module docstring).
 
     ``image``: a PIL image or ``(3, H, W)`` tensor in [0, 1]; ``prior``: the upsampled
-    token mask in [0, 1]; ``features``: the backbone's ``(C, h, w)`` map (or None)."""
+    token mask in [0, 1]; ``features``: the backbone's ``(C, h, w)`` map (or None);
+    ``sigma_color``: a number > 0 or ``"auto"``."""
+    if not (sigma_color == "auto" or isinstance(sigma_color, (int, float))):
+        raise ValueError(f"--pixel-sigma-color must be a number > 0 or 'auto', got {sigma_color!r}")
     H, W = prior.shape
     if not isinstance(image, torch.Tensor):
         arr = np.asarray(image.convert("RGB").resize((W, H)), dtype=np.float64) / 255
         image = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    image = image.double()
     s = min(1.0, work_side / max(H, W))
     h, w = max(2, round(H * s)), max(2, round(W * s))
-    chans = [_resize(image.double(), (h, w))]
-    # every channel is compared at the colour scale: weight w -> w * sigma_color
+    img = _resize(image, (h, w))
+    sigma = auto_sigma(img) if sigma_color == "auto" else float(sigma_color)
+    if not sigma > 0:
+        raise ValueError(f"--pixel-sigma-color must be > 0 or 'auto', got {sigma_color!r}")
+    # every channel is compared at the colour scale: weight w -> w * sigma
     p = _resize(prior.double()[None], (h, w))
-    chans.append(prior_weight * sigma_color * p)
+    chans = [img, prior_weight * sigma * p]
     if features is not None and feature_weight > 0:
-        f = torch.nn.functional.normalize(features.double(), dim=0)
-        C, fh, fw = f.shape
-        if C > FEATURE_DIMS:
-            # the principal components of the token features: the graph compares pixels
-            # on a few channels instead of hundreds (distances kept where the variance is)
-            flat = f.reshape(C, -1).T
-            flat = flat - flat.mean(0)
-            # randomized (seeded): tens of ms where a full SVD of 2400 x 1029 takes seconds
-            state = torch.random.get_rng_state()
-            torch.manual_seed(0)
-            _, _, V = torch.pca_lowrank(flat, q=FEATURE_DIMS, center=False, niter=3)
-            torch.random.set_rng_state(state)
-            f = (flat @ V).T.reshape(FEATURE_DIMS, fh, fw)
-        chans.append(feature_weight * sigma_color * _resize(f, (h, w)))
-    x = torch.cat(chans)
-    Wg = pixel_affinity(x, radius=radius, sigma_color=sigma_color, sigma_space=sigma_space)
+        chans.append(feature_weight * sigma * _features(features, (h, w)))
+    Wg = pixel_affinity(torch.cat(chans), radius=radius, sigma_color=sigma, sigma_space=sigma_space)
     # a floor keeps every pixel's degree positive (a lone pixel unlike all its neighbours)
     Wg = torch.sparse_coo_tensor(
         Wg.indices(), Wg.values() + 1e-8, Wg.shape, is_coalesced=True, check_invariants=False
     )
-    _, z = diffeig.sym_eigh_ncut(Wg, 2)
+    lam, z = diffeig.sym_eigh_ncut(Wg, min(3, h * w - 1), tol=TOL)
+    ratio = float(lam[1] / lam[2]) if lam.numel() > 2 and lam[2] > 0 else 1.0
+    if ratio > DECISIVE:
+        soft = _fallback(image, prior)
+        return Refined(soft, soft > 0.5, False, ratio, sigma)
     z2 = z[:, 1].reshape(h, w)
-    centred = p[0] - 0.5
-    if float((z2 * centred).sum()) < 0:
+    if float((z2 * (p[0] - 0.5)).sum()) < 0:
         z2 = -z2
     soft = torch.sigmoid(z2 / (SOFTNESS * z2.std().clamp_min(1e-30)))
     soft = _resize(soft[None], (H, W))[0].clamp(0, 1)
-    return soft, soft > 0.5
+    return Refined(soft, soft > 0.5, True, ratio, sigma)
 
 
 HELPS = {
     "radius": "neighbourhood radius in pixels",
-    "sigma_color": "colour distance (RGB in [0, 1]) at which a weight falls to 1/e",
+    "sigma_color": "colour distance (RGB in [0, 1]) at which a weight falls to 1/e, or "
+    f"'auto': {AUTO_SIGMA} x the median 4-neighbour distance, at least {MIN_SIGMA}",
     "sigma_space": "pixel distance at which a weight falls to 1/e",
     "feature_weight": "weight of the upsampled backbone features beside the colour",
     "prior_weight": "weight of the upsampled token mask beside the colour",
     "work_side": "longer side (px) the graph is solved at; the map is upsampled back",
 }
+
+
+def _sigma(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"a number or 'auto', got {text!r}") from None
 
 
 def add_options(p) -> None:
@@ -120,7 +198,7 @@ def add_options(p) -> None:
     for name, default in DEFAULTS.items():
         g.add_argument(
             f"--pixel-{name.replace('_', '-')}",
-            type=type(default),
+            type=_sigma if name == "sigma_color" else type(default),
             default=default,
             help=f"{HELPS[name]} (default: {default})",
         )

@@ -35,15 +35,15 @@ def panel(
     if post == "pixel-ncut":
         prior = postprocess.upsample(r["mask"], (h * patch, w * patch))
         refined = pixel_ncut.refine(shown, prior, features, **(pixel or {}))
-        box = postprocess.mask_box(refined[1], 1, (h * patch, w * patch)).tolist()
+        box = postprocess.mask_box(refined.mask, 1, (h * patch, w * patch)).tolist()
     tiles = [shown]
     Z = r["z"].numpy()
     for j in range(1, min(k, Z.shape[-1])):
         tiles.append(heat(Z[..., j], shown.size))
     tiles.append(overlay(shown, r["mask"].numpy().astype(np.float64)))
     if refined is not None:
-        tiles.append(overlay(shown, refined[0].numpy()))
-        tiles.append(overlay(shown, refined[1].numpy().astype(np.float64)))
+        tiles.append(overlay(shown, refined.soft.numpy()))
+        tiles.append(overlay(shown, refined.mask.numpy().astype(np.float64)))
     boxed = shown.copy()
     ImageDraw.Draw(boxed).rectangle(box, outline=(255, 230, 0), width=max(2, shown.width // 150))
     tiles.append(boxed)
@@ -54,12 +54,23 @@ def panel(
             for j in range(1, len(tiles) - (4 if refined is not None else 2))
         ]
         + (
-            ["token mask (tokencut)", "pixel-ncut soft map", "pixel-ncut mask", "box (pixel-ncut)"]
+            [
+                "token mask (tokencut)",
+                f"pixel-ncut soft map ({_how(refined)})",
+                "pixel-ncut mask",
+                "box (pixel-ncut)",
+            ]
             if refined is not None
             else [f"foreground mask ({post})", f"box ({post})"]
         )
     )
     return tiles, labels
+
+
+def _how(refined) -> str:
+    if refined.cut:
+        return f"the pixel cut: l2 / l3 = {refined.gap_ratio:.2f}"
+    return f"not decisive, l2 / l3 = {refined.gap_ratio:.2f}: bilateral solver"
 
 
 def visualize(args) -> list[str]:

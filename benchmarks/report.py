@@ -11,7 +11,7 @@ The documents hold blocks of the form
     <!-- end report -->
 
 KIND is the benchmark that wrote the JSON (``backward_timing``, ``ncut_speed``,
-``scaling``, ``sparse_ncut``). ``--update-readme`` replaces each block's body with what the
+``scaling``, ``sparse_ncut``, ``token_graph``, ``pixel_refine``). ``--update-readme`` replaces each block's body with what the
 JSON says, including the command that produced it and the machine it ran on;
 ``tests/test_readme.py`` fails when a block differs from that. To refresh a figure: rerun
 the command a block names (it writes the JSON), then ``make readme``.
@@ -230,11 +230,33 @@ def pixel_refine(d: dict) -> str:
     return "\n".join(lines)
 
 
+def token_graph(d: dict) -> str:
+    """One dense token graph at a time: diffeig's LOBPCG against ARPACK (token_graph.py)."""
+    a = d["args"]
+    lines = [
+        produced_by(d),
+        f"One token graph (batch 1), k = 2, float64, relative residual {a['tol']:g} for "
+        f"both, forward only, medians of {a['repeats']}; products with W in brackets "
+        "(LOBPCG: one per iteration).",
+        "",
+        "| N | graph | diffeig `method=\"lobpcg\"` | ARPACK | ARPACK / diffeig | l2 difference |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in d["results"]:
+        lines.append(
+            f"| {r['N']} | {r['graph']} | {1e3 * r['diffeig']:.1f} ms ({r['diffeig_products']}) "
+            f"| {1e3 * r['ARPACK']:.1f} ms ({r['arpack_products']}) | {r['ratio']:.2f}x | "
+            f"{r['l2_rel_diff']:.0e} |"
+        )
+    return "\n".join(lines)
+
+
 RENDER = {
     "backward_timing": lambda ds: "\n\n".join(backward_timing(d) for d in ds),
     "ncut_speed": ncut_speed,
     "scaling": lambda ds: "\n".join(scaling(d) for d in ds),
     "sparse_ncut": lambda ds: "\n\n".join(sparse_ncut(d) for d in ds),
+    "token_graph": lambda ds: "\n\n".join(token_graph(d) for d in ds),
     "pixel_refine": lambda ds: "\n\n".join(pixel_refine(d) for d in ds),
 }
 

@@ -486,3 +486,34 @@ def test_pixel_ncut_never_forms_a_dense_pixel_matrix(monkeypatch):
     monkeypatch.setattr(torch.linalg, "eigh", small_eigh)
     soft, mask, *_ = refine(img, prior, None)
     assert soft.shape == (H, W) and mask.any()
+
+
+def _pixel_refine_benchmark():
+    """benchmarks/pixel_refine.py (its generator of thin-armed objects), imported."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "pixel_refine.py"
+    spec = importlib.util.spec_from_file_location("pixel_refine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:Sparse (CSR tensor support|invariant checks)")
+def test_pixel_ncut_through_the_cli_on_generated_thin_objects(tmp_path, capsys):
+    # the benchmark's images (another seed, a smaller side): pixel-ncut runs end to end,
+    # reports how it decided, and does not score below the token mask it refines
+    bench = _pixel_refine_benchmark()
+    rng = np.random.default_rng(5)
+    items = [(f"g{i}", *bench.generated_image(rng, 160)) for i in range(3)]
+    root = bench.ecssd_folder(tmp_path / "gen", items)
+    scores = {}
+    for post in ("tokencut", "pixel-ncut"):
+        out = tmp_path / f"{post}.json"
+        argv = ["eval-saliency", "--dataset", "ecssd", "--root", str(root), "--arch", "color"]
+        assert cli.main([*argv, "--post", post, "--quiet", "--output", str(out)]) == 0
+        scores[post] = json.loads(out.read_text())
+    s = scores["pixel-ncut"]["summary"]
+    assert "pixel cut decided on" in capsys.readouterr().out
+    assert all(isinstance(r["pixel_cut"], bool) for r in scores["pixel-ncut"]["per_image"])
+    assert s["images"] == 3 and s["iou"] >= scores["tokencut"]["summary"]["iou"]

@@ -137,13 +137,15 @@ def _edge_rayleigh(graphs, values, lam, Z, d, normalized):
     if not bool(small.any()):
         return lam
     k = Z.shape[-1]
-    Zf = Z.reshape(-1, k)[:, 1:]
-    edge = torch.zeros(graphs.B * graphs.N, k - 1, dtype=Z.dtype, device=Z.device)
-    for s in range(0, graphs.row.numel(), ASSEMBLY_CHUNK):
-        r, c = graphs.row[s : s + ASSEMBLY_CHUNK], graphs.col[s : s + ASSEMBLY_CHUNK]
-        diff = Zf[r] - Zf[c]
-        edge.index_add_(0, r, values[s : s + ASSEMBLY_CHUNK, None] * diff * diff)
-    edge = edge.reshape(graphs.B, graphs.N, k - 1).sum(-2)
+    Zf = Z.reshape(-1, k)[:, 1:].contiguous()
+    # each graph's entries are one contiguous run of the CSR order: summed run by run
+    bounds = graphs.crow[:: graphs.N].tolist()
+    edge = Z.new_zeros(graphs.B, k - 1)
+    for b in range(graphs.B):
+        for s in range(bounds[b], bounds[b + 1], ASSEMBLY_CHUNK):
+            e = min(s + ASSEMBLY_CHUNK, bounds[b + 1])
+            diff = Zf.index_select(0, graphs.row[s:e]).sub_(Zf.index_select(0, graphs.col[s:e]))
+            edge[b] += diff.square_().mul_(values[s:e, None]).sum(0)
     weight = d.unsqueeze(-1) if normalized else 1.0
     Z3 = Z.reshape(graphs.B, graphs.N, k)[..., 1:]
     edge = 0.5 * edge / (Z3 * Z3 * weight).sum(-2)

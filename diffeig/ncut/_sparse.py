@@ -34,15 +34,6 @@ __all__ = ["SparseGraphs", "solve_sparse"]
 # iteration, plus the first), the multigrid's level sizes.
 STATS: dict = {}
 
-
-# LOBPCG's block on sparse graphs: the pairs it iterates on plus one guard vector. The
-# multigrid keeps the iteration count low, so a larger block buys little: the quokka at
-# 224 px (k = 3, 4) takes 21 - 22 iterations with either, 0.86 / 0.90 s with the default
-# block (6, 8) and 0.75 / 0.75 s with this one, eigenvectors equal to 1e-14.
-def sparse_block(iterated: int) -> int:
-    return iterated + 1
-
-
 # Entries per chunk of the gradient's assembly (bounds its (chunk, k) temporaries).
 ASSEMBLY_CHUNK = 1 << 22
 
@@ -182,16 +173,7 @@ class _SparseNCut(torch.autograd.Function):
         STATS["levels"] = mg.sizes
         prec = _preconditioner(mg, d, normalized)
         lam, U, Z = lobpcg_ncut_pairs(
-            lap,
-            d,
-            k,
-            normalized,
-            sign,
-            tol,
-            max_iter,
-            on_fail,
-            preconditioner=prec,
-            block=sparse_block(k - 1),
+            lap, d, k, normalized, sign, tol, max_iter, on_fail, preconditioner=prec
         )
         lam = _edge_rayleigh(graphs, v, lam, Z, d, normalized)
         ctx.graphs, ctx.prec = graphs, prec

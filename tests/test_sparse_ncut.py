@@ -397,3 +397,17 @@ def test_an_island_on_the_quokka_against_shift_invert(radius):
     lam, z = diffeig.sym_eigh_ncut(W, 3, method="lobpcg")
     np.testing.assert_allclose(lam[1:].numpy(), ref[1:], rtol=1e-6)
     assert int((z[:, 1].abs() > 0.5 * z[:, 1].abs().max()).sum()) <= 3
+
+
+def test_a_forward_only_block_gives_the_same_pairs():
+    # solve_sparse(block=k): the k - 1 pairs and one guard (pixel-ncut's forward)
+    from diffeig._eigh import gap_tolerances
+    from diffeig.ncut._sparse import solve_sparse
+
+    W = graph()
+    rtol, atol = gap_tolerances(None, W.shape[0], W.dtype)
+    for k in (3, 4):
+        lam, z = solve_sparse(W, k, True, "max", rtol, atol, 1e-10, 1000, "raise", block=k)
+        lam_d, z_d = diffeig.sym_eigh_ncut(W.to_dense(), k)
+        torch.testing.assert_close(lam, lam_d, atol=1e-8, rtol=1e-8)
+        torch.testing.assert_close(z, z_d, atol=1e-6, rtol=0)

@@ -92,13 +92,24 @@ class TiedSpectrum(Exception):
 
 
 def lobpcg_ncut_pairs(
-    L, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol=None, preconditioner=None
+    L,
+    d,
+    k,
+    normalized,
+    sign,
+    tol,
+    max_iter,
+    on_fail,
+    tie_rtol=None,
+    preconditioner=None,
+    block=None,
 ):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
     ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees;
     ``preconditioner``: ``R -> T R`` with ``T ~ L^+`` (default: Jacobi for ``D - W``,
-    none for the normalized Laplacian, whose diagonal is 1).
+    none for the normalized Laplacian, whose diagonal is 1); ``block``: LOBPCG's block
+    (default: :data:`NCUT_BLOCK`, else :func:`diffeig._lobpcg.default_block`).
     ``tie_rtol``: raise :class:`TiedSpectrum` where the (k+1)-th eigenvalue's bound lies
     within ``tie_rtol`` of the spectrum's bound above the k-th (the k-th vector is then not
     unique, and which one a solver returns is its rounding).
@@ -133,7 +144,7 @@ def lobpcg_ncut_pairs(
             # differ between the clusters, as z2 does (iterations per graph on the
             # recipe's graphs: 11.1 -> 7.9 at N = 784).
             start=d.unsqueeze(-1),
-            block=_block(d, k - 1, certify=tie_rtol is not None),
+            block=block or _block(d, k - 1, certify=tie_rtol is not None),
             certify=tie_rtol is not None,
             # z2 of a near-disconnected graph: l2 relative to itself, not only to the bound
             eigenvalue_rtol=True,

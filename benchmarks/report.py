@@ -95,8 +95,9 @@ def backward_timing(d: dict) -> str:
             f"total ours dense / ours LOBPCG **{q['dense_over_lobpcg_total']:.2f}x**; ours' "
             f"backward is {q['ours_backward_over_floor']:.1f}x the memory floor (read V twice, "
             f"write dL/dW once at the {d['bandwidth_GBps']:.0f} GB/s measured in the same run) "
-            f"and {q['ours_backward_over_fresh_allocation_floor']:.1f}x that floor plus the page "
-            "faults of a freshly allocated dL/dW."
+            f"and {q['ours_backward_over_fresh_allocation_floor']:.1f}x the time, measured in the "
+            "same run, to allocate and fill a new dL/dW (page faults included, unless the "
+            "allocator recycles the block) and read V once."
         )
     for r in d["results"]:
         errs = next(v for k, v in r["check"].items() if k.endswith("_rel_error_vs_float64"))

@@ -240,7 +240,7 @@ def token_graph(d: dict) -> str:
         f"both, forward only, medians of {a['repeats']}; products with W in brackets "
         "(LOBPCG: one per iteration).",
         "",
-        "| N | graph | diffeig `method=\"lobpcg\"` | ARPACK | ARPACK / diffeig | l2 difference |",
+        '| N | graph | diffeig `method="lobpcg"` | ARPACK | ARPACK / diffeig | l2 difference |',
         "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in d["results"]:

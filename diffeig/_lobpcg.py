@@ -369,6 +369,13 @@ class _Iterate:
         keep = done[..., None, None]
         X_old, AX_old, theta_old = self.X, self.AX, self.theta
         Wb = _project(R if prec is None else prec(R), self.constraints)
+        # Without its components along X (twice: one pass of classical Gram-Schmidt
+        # leaves rounding-level ones). A strong preconditioner (T ~ A^-1) amplifies the
+        # directions of the smallest converged pairs in every column of T R (an island's
+        # vector by 1e8 on a pixel graph); the Gram whitening then dropped what was left as
+        # noise and LOBPCG stalled (no convergence in 1000 iterations where 12 suffice).
+        for _ in range(2):
+            Wb = Wb - X_old @ (X_old.mT @ Wb)
         Wb = Wb / _safe_norm(Wb)
         AW = op(Wb)
         if self.P is None:

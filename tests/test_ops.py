@@ -146,6 +146,28 @@ def test_symmetry_stats_native_equals_reference(dtype):
 
 
 @needs_ext
+@pytest.mark.parametrize("n", [6, 67, 130])
+def test_symmetry_stats_sees_every_pair(n):
+    # float64 on AVX2 compares 4 x 4 blocks transposed in registers and the edges a block
+    # does not cover one pair at a time: one planted asymmetric pair, NaN or extreme
+    # value is found wherever it sits (interior, last rows / columns, diagonal tiles).
+    g = torch.Generator().manual_seed(n)
+    A = torch.rand(n, n, generator=g, dtype=torch.float64)
+    S = A + A.mT
+    for i, j in [(0, 1), (1, 0), (n - 1, 0), (0, n - 1), (n - 2, n - 1), (n - 1, n - 2),
+                 (n // 2, n // 2 + 1), (n - 1, n - 1), (3, n - 3), (n - 3, 3)]:  # fmt: skip
+        W = S.clone()
+        W[i, j] += 1.0
+        stats = torch.ops.diffeig.symmetry_stats(W)
+        assert torch.equal(stats, _reference.symmetry_stats(W)), (i, j)
+        assert stats[2] == (0.0 if i == j else (W[i, j] - W[j, i]).abs()), (i, j)
+        W[i, j] = -5.0
+        assert torch.ops.diffeig.symmetry_stats(W)[0] == -5.0, (i, j)
+        W[i, j] = float("nan")
+        assert math.isnan(torch.ops.diffeig.symmetry_stats(W)[0]), (i, j)
+
+
+@needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sym_matmul_native_equals_reference(dtype):
     g = torch.Generator().manual_seed(0)

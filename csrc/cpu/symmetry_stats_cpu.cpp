@@ -1,7 +1,8 @@
 // CPU kernel of diffeig::symmetry_stats: min, max and max |W - W^T| of a batch of
 // square matrices in one cache-blocked pass. Each pair (i, j), (j, i) is read once, in
 // two tiles that fit the cache, so W is read once from memory; the tiles of the upper
-// triangle are shared out between threads.
+// triangle are shared out between threads. float64 on AVX2 CPUs takes a register-
+// transposing, prefetching variant of the same pass (tile_double_avx2).
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,6 +15,10 @@
 
 #include "../checks.h"
 #include "cpu_features.h"
+
+#ifdef DIFFEIG_AVX2
+#include <immintrin.h>
+#endif
 
 namespace diffeig {
 namespace {
@@ -62,6 +67,28 @@ __attribute__((always_inline)) inline void tile_stats(const scalar_t* w, int64_t
   s.nan = s.nan || nan;
 }
 
+// The p-th upper-triangle tile (bi, bj), bj >= bi, of a matrix with `tiles` per side.
+inline void tile_of(int64_t p, int64_t tiles, int64_t& bi, int64_t& bj) {
+  bi = 0;
+  while (p >= tiles - bi) {  // p-th tile of row bi's tiles bj = bi ... tiles - 1
+    p -= tiles - bi;
+    ++bi;
+  }
+  bj = bi + p;
+}
+
+// The pairs (i, j), (j, i) of row i for j in [j0, j1), one at a time.
+inline void scalar_pairs(const double* w, int64_t n, int64_t i, int64_t j0, int64_t j1,
+                         Stats& s) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const double x = w[i * n + j], y = w[j * n + i];
+    s.nan = s.nan || x != x || y != y;
+    s.lo = std::min(s.lo, std::min(x, y));
+    s.hi = std::max(s.hi, std::max(x, y));
+    s.asym = std::max(s.asym, std::abs(x - y));
+  }
+}
+
 // Tiles [begin, end) of the batch's upper-triangle tiles (`pairs` per matrix).
 template <typename scalar_t>
 __attribute__((always_inline)) inline void tiles_stats(const scalar_t* base, int64_t n,
@@ -70,13 +97,9 @@ __attribute__((always_inline)) inline void tiles_stats(const scalar_t* base, int
   const int64_t pairs = tiles * (tiles + 1) / 2;
   std::vector<scalar_t> buf(kTile * kTile);
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t m = t / pairs;
-    int64_t p = t % pairs, bi = 0;
-    while (p >= tiles - bi) {  // p-th tile of row bi's tiles bj = bi ... tiles - 1
-      p -= tiles - bi;
-      ++bi;
-    }
-    tile_stats<scalar_t>(base + m * n * n, n, bi * kTile, (bi + p) * kTile, s, buf.data());
+    int64_t bi, bj;
+    tile_of(t % pairs, tiles, bi, bj);
+    tile_stats<scalar_t>(base + t / pairs * n * n, n, bi * kTile, bj * kTile, s, buf.data());
   }
 }
 
@@ -95,6 +118,81 @@ __attribute__((target("avx2,fma"))) void tiles_avx2(const scalar_t* base, int64_
                                                      Stats& s) {
   tiles_stats<scalar_t>(base, n, tiles, begin, end, s);
 }
+
+// float64 with AVX2: each 4 x 4 block of the mirror tile is transposed in registers
+// (no copy through a buffer: the copy's strided stores cost more than the comparisons),
+// and the next tile's rows are prefetched a group of 4 rows at a time while this one is
+// compared: its rows lie N * 8 bytes apart, a stride no hardware prefetcher follows, and
+// without it the pass waited on memory (N = 3,600: 21 ms, a product with W takes 2.5 ms;
+// with both: 5 ms; N = 784: 0.5 -> 0.2 ms).
+__attribute__((target("avx2,fma"))) void tile_double_avx2(const double* w, int64_t n, int64_t bi,
+                                                           int64_t bj, int64_t nbi, int64_t nbj,
+                                                           Stats& s) {
+  const int64_t i1 = std::min(bi + kTile, n), j1 = std::min(bj + kTile, n);
+  const int64_t i4 = bi + (i1 - bi) / 4 * 4, j4 = bj + (j1 - bj) / 4 * 4;
+  const bool diag = bi == bj;
+  __m256d lo = _mm256_set1_pd(s.lo), hi = _mm256_set1_pd(s.hi);
+  __m256d asym = _mm256_set1_pd(s.asym), nan = _mm256_setzero_pd();
+  const __m256d abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+  for (int64_t i = bi; i < i4; i += 4) {
+    for (int64_t r = i - bi; r < i - bi + 4 && nbi >= 0; ++r) {
+      for (int64_t c = 0; nbi + r < n && c < kTile && nbj + c < n; c += 8)
+        __builtin_prefetch(w + (nbi + r) * n + nbj + c);
+      for (int64_t c = 0; nbj + r < n && c < kTile && nbi + c < n; c += 8)
+        __builtin_prefetch(w + (nbj + r) * n + nbi + c);
+    }
+    // on a diagonal tile, blocks j >= i (the diagonal block compares both of its
+    // triangles: the same pairs twice, harmless)
+    for (int64_t j = diag ? i : bj; j < j4; j += 4) {
+      const __m256d m0 = _mm256_loadu_pd(w + j * n + i), m1 = _mm256_loadu_pd(w + (j + 1) * n + i);
+      const __m256d m2 = _mm256_loadu_pd(w + (j + 2) * n + i);
+      const __m256d m3 = _mm256_loadu_pd(w + (j + 3) * n + i);
+      const __m256d u0 = _mm256_unpacklo_pd(m0, m1), u1 = _mm256_unpackhi_pd(m0, m1);
+      const __m256d u2 = _mm256_unpacklo_pd(m2, m3), u3 = _mm256_unpackhi_pd(m2, m3);
+      const __m256d t[4] = {
+          _mm256_permute2f128_pd(u0, u2, 0x20), _mm256_permute2f128_pd(u1, u3, 0x20),
+          _mm256_permute2f128_pd(u0, u2, 0x31), _mm256_permute2f128_pd(u1, u3, 0x31)};
+      for (int r = 0; r < 4; ++r) {  // row i + r against column i + r of the mirror
+        const __m256d a = _mm256_loadu_pd(w + (i + r) * n + j);
+        nan = _mm256_or_pd(nan, _mm256_cmp_pd(a, t[r], _CMP_UNORD_Q));
+        lo = _mm256_min_pd(lo, _mm256_min_pd(a, t[r]));
+        hi = _mm256_max_pd(hi, _mm256_max_pd(a, t[r]));
+        asym = _mm256_max_pd(asym, _mm256_and_pd(_mm256_sub_pd(a, t[r]), abs_mask));
+      }
+    }
+  }
+  alignas(32) double l[4], h[4], a[4], q[4];
+  _mm256_store_pd(l, lo);
+  _mm256_store_pd(h, hi);
+  _mm256_store_pd(a, asym);
+  _mm256_store_pd(q, nan);
+  for (int r = 0; r < 4; ++r) {
+    s.lo = std::min(s.lo, l[r]);
+    s.hi = std::max(s.hi, h[r]);
+    s.asym = std::max(s.asym, a[r]);
+    s.nan = s.nan || q[r] != 0.0;  // all-ones bits: a NaN, which != 0 is true of
+  }
+  // the edges a 4 x 4 block does not cover: rows i4 .. i1, then columns j4 .. j1
+  for (int64_t i = i4; i < i1; ++i) scalar_pairs(w, n, i, diag ? std::max(i, bj) : bj, j1, s);
+  for (int64_t i = bi; i < i4; ++i) scalar_pairs(w, n, i, std::max(diag ? i : bj, j4), j1, s);
+}
+
+__attribute__((target("avx2,fma"))) void tiles_double_avx2(const double* base, int64_t n,
+                                                            int64_t tiles, int64_t begin,
+                                                            int64_t end, Stats& s) {
+  const int64_t pairs = tiles * (tiles + 1) / 2;
+  for (int64_t t = begin; t < end; ++t) {
+    int64_t bi, bj, nbi = -1, nbj = -1;
+    tile_of(t % pairs, tiles, bi, bj);
+    if (t + 1 < end && (t + 1) / pairs == t / pairs) tile_of((t + 1) % pairs, tiles, nbi, nbj);
+    tile_double_avx2(base + t / pairs * n * n, n, bi * kTile, bj * kTile,
+                     nbi < 0 ? -1 : nbi * kTile, nbj < 0 ? -1 : nbj * kTile, s);
+  }
+}
+
+// The AVX2 pass for each dtype: float64's own, the generic one's AVX2 build otherwise.
+inline auto avx2_tiles(const double*) { return &tiles_double_avx2; }
+inline auto avx2_tiles(const float*) { return &tiles_avx2<float>; }
 #endif
 
 at::Tensor symmetry_stats_cpu(const at::Tensor& W) {
@@ -112,7 +210,7 @@ at::Tensor symmetry_stats_cpu(const at::Tensor& W) {
     const scalar_t* base = w.const_data_ptr<scalar_t>();
     auto fn = &tiles_default<scalar_t>;
 #ifdef DIFFEIG_AVX2
-    if (has_avx2_fma()) fn = &tiles_avx2<scalar_t>;
+    if (has_avx2_fma()) fn = avx2_tiles(base);
 #endif
     at::parallel_for(0, batch * pairs, 1, [&](int64_t begin, int64_t end) {
       Stats s;

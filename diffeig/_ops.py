@@ -23,6 +23,7 @@ __all__ = [
     "ncut_backward",
     "cg_step",
     "sym_matmul",
+    "ncut_lanczos",
 ]
 
 
@@ -59,6 +60,14 @@ def sym_matmul(W, Y, index=None):
         return torch.ops.diffeig.sym_matmul(W, Y, index)
     # Elsewhere (CUDA) a batched matmul of the selected matrices.
     return _reference.sym_matmul(W, Y, index)
+
+
+def ncut_lanczos(W, dis, u1, v0, tol: float, max_steps: int):
+    """The Fiedler pair of one normalized cut by Lanczos (``diffeig::ncut_lanczos``):
+    the native kernel on CPU, the twin elsewhere. Returns ``(x, info)``."""
+    if _extension.native_for(W.device) and W.device.type == "cpu":
+        return torch.ops.diffeig.ncut_lanczos(W, dis, u1, v0, float(tol), int(max_steps))
+    return _reference.ncut_lanczos(W, dis, u1, v0, tol, max_steps)
 
 
 def ncut_grad_assemble(P, V, scale, diag_term):
@@ -122,6 +131,10 @@ def _fake_laplacian(W, normalized):
 def _fake_symmetry_stats(W):
     torch._check(W.dim() >= 2 and W.shape[-1] == W.shape[-2], lambda: "W must be (*, n, n)")
     return W.new_empty(3, dtype=torch.float64)
+
+
+def _fake_ncut_lanczos(W, dis, u1, v0, tol, max_steps):
+    return W.new_empty(W.shape[-1]), W.new_empty(5, dtype=torch.float64)
 
 
 def _fake_sym_matmul(W, Y, index=None):
@@ -250,6 +263,7 @@ def _register() -> None:
     torch.library.register_fake("diffeig::laplacian")(_fake_laplacian)
     torch.library.register_fake("diffeig::symmetry_stats")(_fake_symmetry_stats)
     torch.library.register_fake("diffeig::sym_matmul")(_fake_sym_matmul)
+    torch.library.register_fake("diffeig::ncut_lanczos")(_fake_ncut_lanczos)
     torch.library.register_fake("diffeig::ncut_grad_assemble")(_fake_assemble)
     torch.library.register_fake("diffeig::ncut_backward")(_fake_ncut_backward)
     torch.library.register_fake("diffeig::cg_step")(_fake_cg_step)

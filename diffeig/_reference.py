@@ -8,6 +8,8 @@ used for higher-order derivatives.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # torch's own solvers, kept before diffeig.patch_torch can replace them: every dense
@@ -27,6 +29,7 @@ __all__ = [
     "ncut_backward",
     "cg_step",
     "sym_matmul",
+    "ncut_lanczos",
 ]
 
 
@@ -251,3 +254,76 @@ def sym_matmul(W: torch.Tensor, Y: torch.Tensor, index: torch.Tensor | None = No
     if W[0].numel() * W.element_size() < 1 << 20:  # small matrices: one batched product
         return W.index_select(0, index) @ Y
     return torch.stack([W[i] @ y for i, y in zip(index.tolist(), Y)]) if len(Y) else Y.clone()
+
+
+def _lanczos_converged(theta: float, nxt: float, res: float, tol: float) -> bool:
+    """LOBPCG's test with ``eigenvalue_rtol`` on ``L / 2 = (I - M) / 2``: the residual
+    within ``tol`` of the bound, and l2 within ``tol`` of itself (``r^2 / gap``)."""
+    rel, l2 = res / 2, (1 - theta) / 2
+    gap = (1 + theta) / 2 if math.isnan(nxt) else (theta - nxt) / 2
+    return rel <= tol and (rel * rel <= tol * l2 * gap or rel <= tol ** (4 / 3))
+
+
+def _steps_to_next_check(res, last_res, spacing: int, steps: int, target: float) -> int:
+    """As the kernel's: at most an eighth of the steps taken apart, sooner where the
+    residual's decay says it reaches ``target``."""
+    cap = max(1, steps // 8)
+    if not (last_res > res > target and spacing > 0):
+        return cap
+    rate = (res / last_res) ** (1.0 / spacing)
+    need = math.log(target / res) / math.log(rate)
+    return max(1, min(cap, math.ceil(0.75 * need)))
+
+
+def _tridiagonal(alpha: list[float], beta: list[float]) -> torch.Tensor:
+    T = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if len(alpha) > 1:
+        off = torch.tensor(beta[: len(alpha) - 1], dtype=torch.float64)
+        T.diagonal(1).copy_(off)
+        T.diagonal(-1).copy_(off)
+    return T
+
+
+def ncut_lanczos(W, dis, u1, v0, tol: float, max_steps: int):
+    """Reference of ``diffeig::ncut_lanczos``: the Fiedler pair of one normalized cut by
+    Lanczos with full reorthogonalization on ``M = dis W dis`` (largest, ``u1``
+    deflated), the convergence test every step. Returns ``(x (n,), info (5,) float64)``:
+    ``[theta, next Ritz value (NaN after one step), residual, steps, converged]``."""
+    n = W.shape[-1]
+    m = min(max_steps, n - 1)
+    Q = W.new_empty(m + 1, n)
+    Q[0] = u1
+    v = v0
+    for _ in range(2):
+        v = v - u1 * (u1 @ v)
+    Q[1] = v / v.norm()
+    alpha: list[float] = []
+    beta: list[float] = []
+    eps = torch.finfo(torch.float64).eps
+    check, last_check, last_res = 1, 0, math.nan
+    for j in range(m):
+        v = dis * (W @ (dis * Q[j + 1]))
+        B = Q[: j + 2]
+        h = B @ v
+        a = float(h[j + 1])  # the second pass changes it by rounding only
+        v = v - B.mT @ h
+        v = v - B.mT @ (B @ v)
+        b = float(v.norm())
+        alpha.append(a)
+        beta.append(b)
+        steps = j + 1
+        invariant = b <= 10 * eps * max(1.0, abs(a))
+        if steps >= check or invariant or steps == m:
+            th, S = torch.linalg.eigh(_tridiagonal(alpha, beta))
+            theta, nxt = float(th[-1]), float(th[-2]) if j > 0 else math.nan
+            res = abs(b * float(S[-1, -1]))
+            done = invariant or _lanczos_converged(theta, nxt, res, tol)
+            if done or steps == m:
+                break
+            check = steps + _steps_to_next_check(res, last_res, steps - last_check, steps, 2 * tol)
+            last_res, last_check = res, steps
+        Q[j + 2] = v / b
+    steps = len(alpha)
+    x = Q[1 : steps + 1].mT @ S[:, -1].to(W.dtype).to(W.device)
+    info = torch.tensor([theta, nxt, res, steps, float(done)], dtype=torch.float64)
+    return x / x.norm(), info

@@ -6,8 +6,8 @@ live beside it, one concern a module (``docs/design.md``):
 
 - ``_dense``: one ``torch.linalg.eigh``, the backward re-using its eigenvectors (the DNCut
   paper's Eqn. 8: a few skinny products and one write of ``dL/dW``);
-- ``_iterative``: LOBPCG on the k pairs with the trivial pair deflated, backward by
-  shifted solves, and the ``auto`` rule;
+- ``_iterative``: LOBPCG on the k pairs with the trivial pair deflated (Lanczos for one
+  graph's Fiedler pair), backward by shifted solves, and the ``auto`` rule;
 - ``_operator``: the matrix-free variant (:func:`ncut_operator`);
 - ``graphs`` (:func:`affinity`) and ``_cuts`` (:func:`seed`, :func:`bipartition`).
 
@@ -104,7 +104,11 @@ def sym_eigh_ncut(
             ``'lobpcg'``: only the k pairs, by batched LOBPCG with the trivial pair
             deflated exactly; backward by shifted conjugate-gradient solves
             (:func:`diffeig.eigsh`). Needs ``l_k < l_{k+1}`` (a graph with more than k
-            connected components makes the solves singular).
+            connected components makes the solves singular). One graph (a 2-D W) with
+            k = 2 and ``laplacian='ncut'`` finds its Fiedler pair by Lanczos instead (one
+            product with W a step, the iteration native: ``diffeig::ncut_lanczos``;
+            LOBPCG takes over where it has not converged in 256 steps), with the same
+            stopping rule and backward.
             ``'auto'``: whichever of the two is faster for this device, N and k
             (:func:`diffeig.ncut._iterative.choose_method`: on CPU LOBPCG from N = 100
             for k = 2).
@@ -114,7 +118,8 @@ def sym_eigh_ncut(
             binary graph of an image whose tokens are all alike, a grid), a vector is
             any of a subspace, and ``'auto'`` returns the dense solve's.
         tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
-            limit, and ``'warn'`` or ``'raise'`` when it did not converge.
+            limit (Lanczos: at most that many steps too), and ``'warn'`` or ``'raise'``
+            when it did not converge.
 
     Returns:
         ``(eigenvalues, eigenvectors)``: ``(*, k)`` ascending and ``(*, N, k)``.

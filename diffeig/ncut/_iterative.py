@@ -1,6 +1,6 @@
 """The iterative NCut: the k smallest pairs by LOBPCG with the trivial pair deflated
-exactly, backward by shifted conjugate-gradient solves, and the ``auto`` rule that picks
-between it and the dense solve."""
+exactly (one graph's Fiedler pair by Lanczos), backward by shifted conjugate-gradient
+solves, and the ``auto`` rule that picks between it and the dense solve."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from diffeig import _ops
 from diffeig._checks import check_solver_options
 from diffeig._eigsh import auto_method
 from diffeig._lobpcg import (
+    DENSE_BELOW,
     BatchedOperator,
     Symmetric,
     default_block,
@@ -24,8 +25,10 @@ __all__ = [
     "TiedSpectrum",
     "choose_method",
     "laplacian_operator",
+    "lanczos_ncut_pairs",
     "lobpcg_ncut_factors",
     "lobpcg_ncut_pairs",
+    "uses_lanczos",
     "solve_lobpcg",
 ]
 
@@ -103,13 +106,15 @@ def lobpcg_ncut_pairs(
     tie_rtol=None,
     preconditioner=None,
     block=None,
+    start=None,
 ):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
     ``L`` is the Laplacian as a tensor or a function ``X -> L @ X``; ``d`` the degrees;
     ``preconditioner``: ``R -> T R`` with ``T ~ L^+`` (default: Jacobi for ``D - W``,
     none for the normalized Laplacian, whose diagonal is 1); ``block``: LOBPCG's block
-    (default: :data:`NCUT_BLOCK`, else :func:`diffeig._lobpcg.default_block`).
+    (default: :data:`NCUT_BLOCK`, else :func:`diffeig._lobpcg.default_block`);
+    ``start``: ``(*, N, s)`` guesses of the vectors (default: the degrees).
     ``tie_rtol``: raise :class:`TiedSpectrum` where the (k+1)-th eigenvalue's bound lies
     within ``tie_rtol`` of the spectrum's bound above the k-th (the k-th vector is then not
     unique, and which one a solver returns is its rounding).
@@ -143,7 +148,7 @@ def lobpcg_ncut_pairs(
             # The degrees start the search: on graphs with clusters of unequal size they
             # differ between the clusters, as z2 does (iterations per graph on the
             # recipe's graphs: 11.1 -> 7.9 at N = 784).
-            start=d.unsqueeze(-1),
+            start=d.unsqueeze(-1) if start is None else start,
             block=block or _block(d, k - 1, certify=tie_rtol is not None),
             certify=tie_rtol is not None,
             # z2 of a near-disconnected graph: l2 relative to itself, not only to the bound
@@ -157,10 +162,66 @@ def lobpcg_ncut_pairs(
             raise TiedSpectrum
         lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
         U = torch.cat([u1, X], -1)
+    return _signed_pairs(lam, U, d, normalized, sign)
+
+
+def _signed_pairs(lam, U, d, normalized, sign):
+    """``(lam, U, Z)`` with each vector's sign set by ``sign`` and ``Z`` the returned
+    vectors (``D^-1/2 U`` for the normalized cut)."""
     dis = d.rsqrt() if normalized else None
     U = U * _common.sign_flips(U * dis.unsqueeze(-1) if normalized else U, sign)
     Z = U * dis.unsqueeze(-1) if normalized else U.clone()
     return lam, U, Z
+
+
+# Most Lanczos steps (vectors kept) before the Fiedler pair falls back to LOBPCG: the
+# hardest token graphs measured took 50 (i.i.d. features, N = 3,600).
+LANCZOS_MAX_STEPS = 256
+# The start's random part, relative to the degrees' part (both unit vectors): enough to
+# give every eigenvector a share of the start (an island's pair that the degrees miss).
+LANCZOS_NOISE = 0.1
+
+
+def uses_lanczos(W: torch.Tensor, k: int, normalized: bool, tie_rtol) -> bool:
+    """Whether the Fiedler pair of one graph is found by Lanczos
+    (:func:`lanczos_ncut_pairs`) rather than LOBPCG: one dense graph (no batch), the
+    normalized cut, k = 2, no certified gap asked for (``method='lobpcg'``; ``'auto'``
+    certifies the gap above l2, which a single Krylov vector cannot), and N larger than
+    LOBPCG's dense cut-off (below it both solve densely)."""
+    n = W.shape[-1]
+    return (
+        W.dim() == 2
+        and k == 2
+        and normalized
+        and tie_rtol is None
+        and n - 1 > DENSE_BELOW * default_block(1, n - 1)
+    )
+
+
+def lanczos_ncut_pairs(W, d, sign, tol, max_iter, on_fail):
+    """The trivial and the Fiedler pair of one graph's normalized cut, ``(lam, U, Z)`` as
+    :func:`lobpcg_ncut_pairs`, by Lanczos on ``D^-1/2 W D^-1/2`` (largest, with the
+    trivial vector ``D^1/2 1`` deflated exactly): one product ``W @ v`` a step, the
+    whole iteration in one native call (``diffeig::ncut_lanczos``).
+
+    Started from the degrees (which differ between clusters, as z2 does) plus a seeded
+    random part; stopped by LOBPCG's rule for ``eigenvalue_rtol`` (residual within
+    ``tol`` of the bound 2, and l2 within ``tol`` of itself). Where it has not converged
+    in :data:`LANCZOS_MAX_STEPS` steps, LOBPCG takes over from its Ritz vector."""
+    tol = default_tol(d.dtype) if tol is None else tol
+    u1 = _common.trivial_vector(d, True)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    noise = torch.randn(d.shape[-1], generator=g, dtype=d.dtype).to(d.device)
+    v0 = d / d.norm() + LANCZOS_NOISE * noise / noise.norm()
+    steps = min(LANCZOS_MAX_STEPS, max_iter)
+    x, info = _ops.ncut_lanczos(W, d.rsqrt(), u1[..., 0], v0, tol, steps)
+    theta, _, _, _, converged = info.tolist()
+    if not converged:
+        lap = laplacian_operator(W, d, True)
+        start = x.unsqueeze(-1)
+        return lobpcg_ncut_pairs(lap, d, 2, True, sign, tol, max_iter, on_fail, start=start)
+    lam = torch.tensor([0.0, 1 - theta], dtype=d.dtype, device=d.device)
+    return _signed_pairs(lam, torch.cat([u1, x.unsqueeze(-1)], -1), d, True, sign)
 
 
 def lobpcg_ncut_factors(
@@ -248,8 +309,13 @@ class _NCutLobpcg(torch.autograd.Function):
         tol, max_iter, on_fail, cg_tol, tie_rtol = solver
         # W is symmetric (checked); the backward returns the symmetric gradient.
         d = W.sum(-1)
-        lap = laplacian_operator(W, d, normalized)
-        lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol)
+        if uses_lanczos(W, k, normalized, tie_rtol):
+            lam, U, Z = lanczos_ncut_pairs(W, d, sign, tol, max_iter, on_fail)
+        else:
+            lap = laplacian_operator(W, d, normalized)
+            lam, U, Z = lobpcg_ncut_pairs(
+                lap, d, k, normalized, sign, tol, max_iter, on_fail, tie_rtol
+            )
         lam = _common.refine_small_eigenvalues(lam, Z, W, d, normalized)
         return lam, Z, d, U
 

@@ -232,13 +232,13 @@ def pixel_refine(d: dict) -> str:
 
 
 def token_graph(d: dict) -> str:
-    """One dense token graph at a time: diffeig's LOBPCG against ARPACK (token_graph.py)."""
+    """One dense token graph at a time: diffeig's Lanczos against ARPACK (token_graph.py)."""
     a = d["args"]
     lines = [
         produced_by(d),
         f"One token graph (batch 1), k = 2, float64, relative residual {a['tol']:g} for "
-        f"both, forward only, medians of {a['repeats']}; products with W in brackets "
-        "(LOBPCG: one per iteration).",
+        f"both, forward only (diffeig's input checks included), medians of {a['repeats']}; "
+        "products with W in brackets (diffeig: one per Lanczos step).",
         "",
         '| N | graph | diffeig `method="lobpcg"` | ARPACK | ARPACK / diffeig | l2 difference |',
         "| ---: | --- | ---: | ---: | ---: | ---: |",

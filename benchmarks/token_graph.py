@@ -16,8 +16,11 @@ and background prototype plus smooth noise; ``benchmarks/_common.synthetic_featu
 with the training affinity (cosine, tau = 0, eps = 1e-6); "TokenCut", the same features
 with TokenCut's binary graph (1 where cos > 0.2, else 1e-5); "no clusters", i.i.d.
 Gaussian features with the training affinity. Medians of ``--repeats`` runs of each
-solver in a row (interleaved runs evict each other's W from the cache, and the timings
-then swing 3x), after one warm-up each; LOBPCG iterations (products with W), ARPACK's
+solver in a row, each after a rest (``SETTLE``) and its own warm-up (interleaved runs
+evict each other's W from the cache, and the timings then swing 3x; and NumPy's BLAS
+threads spin for a while after ARPACK's products, taking the cores from whatever runs
+next); diffeig's
+products with W (Lanczos steps for one graph, ``method='lobpcg'``, k = 2), ARPACK's
 products, and l2 against each other.
 ``--profile`` splits diffeig's forward into its products with W and the rest.
 """
@@ -35,6 +38,10 @@ import diffeig
 from diffeig.ncut import affinity
 
 GRAPHS = ("two clusters", "TokenCut", "no clusters")
+# Seconds of rest before each solver's runs: NumPy's BLAS threads spin for about 0.1 s
+# after ARPACK's products and took the cores from diffeig's next runs (3x its time at
+# N = 784), and torch's threads do the same to ARPACK.
+SETTLE = 0.5
 
 
 def token_graph(kind: str, n: int, seed: int = 0) -> torch.Tensor:
@@ -85,26 +92,34 @@ class Arpack:
         return float(1 - np.sort(mu)[0])
 
 
-def iterations(W, tol) -> int:
+def products(W, tol) -> int:
+    """diffeig's products with W: Lanczos steps (``diffeig::ncut_lanczos`` reports them)
+    plus LOBPCG's operator applications, if any ran."""
+    from diffeig import _ops
     from diffeig.ncut import _iterative
 
     calls = []
-    orig = _iterative.laplacian_operator
+    op_orig, lanczos_orig = _iterative.laplacian_operator, _ops.ncut_lanczos
 
     def counting(*a, **kw):
-        op = orig(*a, **kw)
+        op = op_orig(*a, **kw)
 
         def apply(X):
-            calls.append(X.shape[-1])
+            calls.append(1)
             return op(X)
 
         return apply
 
-    _iterative.laplacian_operator = counting
+    def lanczos(*a, **kw):
+        x, info = lanczos_orig(*a, **kw)
+        calls.extend([1] * int(info[3]))
+        return x, info
+
+    _iterative.laplacian_operator, _ops.ncut_lanczos = counting, lanczos
     try:
         ours(W, tol)
     finally:
-        _iterative.laplacian_operator = orig
+        _iterative.laplacian_operator, _ops.ncut_lanczos = op_orig, lanczos_orig
     return len(calls)
 
 
@@ -122,12 +137,15 @@ def main(argv=None):
         for kind in GRAPHS:
             W = token_graph(kind, n)
             arp = Arpack(W)
-            l_ours, l_arp = ours(W, args.tol), arp(args.tol)  # warm-up
             t_ours, t_arp = [], []
+            time.sleep(SETTLE)
+            l_ours = ours(W, args.tol)  # warm-up
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 ours(W, args.tol)
                 t_ours.append(time.perf_counter() - t0)
+            time.sleep(SETTLE)
+            l_arp = arp(args.tol)  # warm-up
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 arp(args.tol)
@@ -138,7 +156,7 @@ def main(argv=None):
                 "diffeig": float(np.median(t_ours)),
                 "ARPACK": float(np.median(t_arp)),
                 "arpack_products": arp.products,
-                "diffeig_products": iterations(W, args.tol),
+                "diffeig_products": products(W, args.tol),
                 "l2": l_ours,
                 "l2_rel_diff": abs(l_ours - l_arp) / abs(l_arp),
             }

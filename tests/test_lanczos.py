@@ -236,3 +236,18 @@ def test_op_contract():
         op(W, dis, u1, v0, 1e-9, 0)
     x, info = op(W, dis, u1, v0, 1e-30, 5)  # steps exhausted: reported, not converged
     assert info[3] == 5 and info[4] == 0 and x.shape == (40,)
+
+
+def test_under_compile_and_func_grad():
+    W = clustered(100)
+    weights = torch.arange(100.0, dtype=W.dtype)
+
+    def loss(W):
+        return (sym_eigh_ncut(W, 2, method="lobpcg")[1][:, 1] ** 2 * weights).sum()
+
+    Wr = W.clone().requires_grad_()
+    loss(Wr).backward()
+    torch.testing.assert_close(torch.func.grad(loss)(W), Wr.grad, rtol=0, atol=1e-12)
+    # torch.compile: the op traces through its fake kernel, reading its report is a
+    # graph break; the results are the eager ones
+    torch.testing.assert_close(torch.compile(loss)(W), loss(W), rtol=1e-12, atol=0)

@@ -126,7 +126,7 @@ def products(W, tol) -> int:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[784, 3600], help="N (squares)")
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=25)
     p.add_argument("--tol", type=float, default=1e-9)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--json", default=None)

@@ -57,9 +57,12 @@ cases = {
     "sym_matmul": (W, r(2, 7, 3), torch.tensor([2, 0], device=dev)),
     "cg_step": (r(3, 7, 2), r(3, 7, 2), r(3, 7, 2), r(3, 7, 2), r(3, 2).abs(),
                 torch.zeros(3, 2, **d), torch.ones(3, 2, dtype=torch.bool, device=dev)),
+    "ncut_lanczos": (W[0], W[0].sum(-1).rsqrt(), W[0].sum(-1).sqrt() / W[0].sum(-1).sqrt().norm(),
+                     r(7), 1e-9, 5),
 }
+cpu_only = ("ncut_backward", "symmetry_stats", "sym_matmul", "ncut_lanczos")
 for name, args in cases.items():
-    if name in ("ncut_backward", "symmetry_stats", "sym_matmul") and dev.type != "cpu":
+    if name in cpu_only and dev.type != "cpu":
         continue  # a CPU-only kernel: elsewhere it runs as ATen products around the others
     torch.library.opcheck(getattr(torch.ops.diffeig, name).default, args)
     print("opcheck", name, "on", dev, "ok", flush=True)

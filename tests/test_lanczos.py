@@ -251,3 +251,20 @@ def test_under_compile_and_func_grad():
     # torch.compile: the op traces through its fake kernel, reading its report is a
     # graph break; the results are the eager ones
     torch.testing.assert_close(torch.compile(loss)(W), loss(W), rtol=1e-12, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_graph_on_cuda_matches_cpu():
+    # on CUDA the twin runs (the native op is CPU-only): same pair, same gradient
+    W = clustered(300)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        Wd = W.to(dev).requires_grad_()
+        lam, Z = sym_eigh_ncut(Wd, 2, method="lobpcg")
+        (Z[:, 1] ** 3).sum().backward()
+        out[dev] = (lam.detach().cpu(), Z.detach().cpu(), Wd.grad.cpu())
+    (l1, z1, g1), (l2, z2, g2) = out["cpu"], out["cuda"]
+    torch.testing.assert_close(l2, l1, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(z2, z1, rtol=0, atol=1e-7 * z1.abs().max().item())
+    torch.testing.assert_close(g2, g1, rtol=0, atol=1e-6 * g1.abs().max().item())

@@ -299,7 +299,7 @@ def ncut_lanczos(W, dis, u1, v0, tol: float, max_steps: int):
     Q[1] = v / v.norm()
     alpha: list[float] = []
     beta: list[float] = []
-    eps = torch.finfo(torch.float64).eps
+    eps = torch.finfo(W.dtype).eps  # the breakdown test at the vectors' rounding level
     check, last_check, last_res = 1, 0, math.nan
     for j in range(m):
         v = dis * (W @ (dis * Q[j + 1]))

@@ -135,7 +135,7 @@ std::vector<double> top_vector(const std::vector<double>& alpha, const std::vect
 
 // Steps until the next convergence test: each solves the tridiagonal (O(j^2): at j = 45
 // as long as a product with a graph of 800 nodes), so tests are at most an eighth of the
-// steps taken apart (every step for the first 16), sooner where the residual's decay
+// steps taken apart (every step for the first 15), sooner where the residual's decay
 // since the last test says it reaches `target` (three quarters of that estimate: the
 // residual falls faster than geometrically).
 int64_t steps_to_next_check(double res, double last_res, int64_t spacing, int64_t steps,
@@ -235,7 +235,8 @@ void lanczos(const at::Tensor& W, const at::Tensor& dis, const at::Tensor& u1,
   T* v = vt.mutable_data_ptr<T>();
 
   std::vector<double> alpha, beta;
-  const double eps = std::numeric_limits<double>::epsilon();
+  // the breakdown test at the rounding level of T (float32 vectors: its eps, not double's)
+  const double eps = std::numeric_limits<T>::epsilon();
   double res = 0.0, last_res = std::numeric_limits<double>::quiet_NaN();
   Ritz ritz{};
   bool done = false;

@@ -57,6 +57,9 @@ TORCH_LIBRARY(diffeig, m) {
   // P = R + (rr' / rr) P; the column stays active while p . Ap > 0 and rr' > stop.
   // Inactive columns are returned unchanged. rr, stop, active: (*, k).
   // Returns (Y, R, P, rr, active).
+  m.def(
+      "cg_step(Tensor Y, Tensor R, Tensor P, Tensor AP, Tensor rr, Tensor stop, Tensor active) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The Fiedler pair of one graph's normalized cut by Lanczos with full
   // reorthogonalization on M = diag(dis) W diag(dis) (dis = d^-1/2), largest eigenvalue,
   // the unit trivial vector u1 = D^1/2 1 / |D^1/2 1| deflated, from v0, until the Ritz
@@ -67,7 +70,4 @@ TORCH_LIBRARY(diffeig, m) {
   m.def(
       "ncut_lanczos(Tensor W, Tensor dis, Tensor u1, Tensor v0, float tol, int max_steps) "
       "-> (Tensor, Tensor)");
-  m.def(
-      "cg_step(Tensor Y, Tensor R, Tensor P, Tensor AP, Tensor rr, Tensor stop, Tensor active) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -287,7 +287,7 @@ def _tridiagonal(alpha: list[float], beta: list[float]) -> torch.Tensor:
 def ncut_lanczos(W, dis, u1, v0, tol: float, max_steps: int):
     """Reference of ``diffeig::ncut_lanczos``: the Fiedler pair of one normalized cut by
     Lanczos with full reorthogonalization on ``M = dis W dis`` (largest, ``u1``
-    deflated), the convergence test every step. Returns ``(x (n,), info (5,) float64)``:
+    deflated), the convergence test at the kernel's steps. Returns ``(x (n,), info (5,) float64)``:
     ``[theta, next Ritz value (NaN after one step), residual, steps, converged]``."""
     n = W.shape[-1]
     m = min(max_steps, n - 1)

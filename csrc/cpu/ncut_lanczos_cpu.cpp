@@ -9,8 +9,9 @@
 // reorthogonalization: without it copies of the converged pair appear), and, at steps
 // spaced by the residual's decay, the convergence test on the tridiagonal T: its two
 // largest eigenvalues and the last component of the top eigenvector (implicit QL
-// tracking one row of the rotations, O(j^2) for j steps). Products and Gram-Schmidt are
-// ATen calls (MKL / the BLAS torch ships); the scalars stay on the host.
+// tracking one row of the rotations, O(j^2) for j steps). The product is an ATen call (the
+// BLAS torch ships, its threads); Gram-Schmidt and the scaling are plain loops (an ATen
+// call each cost more than their arithmetic); the scalars stay on the host.
 //
 // The stopping rule is LOBPCG's with eigenvalue_rtol on L / 2 = (I - M) / 2 (see
 // diffeig/_reference.py: ncut_lanczos, the twin this kernel matches step for step):
@@ -144,7 +145,8 @@ int64_t steps_to_next_check(double res, double last_res, int64_t spacing, int64_
   if (!(last_res > res && res > target && spacing > 0)) return cap;
   const double rate = std::pow(res / last_res, 1.0 / static_cast<double>(spacing));
   const double need = std::log(target / res) / std::log(rate);
-  return std::max<int64_t>(1, std::min<int64_t>(cap, static_cast<int64_t>(std::ceil(0.75 * need))));
+  const auto soon = static_cast<int64_t>(std::ceil(0.75 * need));
+  return std::max<int64_t>(1, std::min<int64_t>(cap, soon));
 }
 
 bool converged(double theta, double next, double res, double tol) {

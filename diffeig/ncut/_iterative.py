@@ -186,8 +186,9 @@ def uses_lanczos(W: torch.Tensor, k: int, normalized: bool, tie_rtol) -> bool:
     """Whether the Fiedler pair of one graph is found by Lanczos
     (:func:`lanczos_ncut_pairs`) rather than LOBPCG: one dense graph (no batch), the
     normalized cut, k = 2, no certified gap asked for (``method='lobpcg'``; ``'auto'``
-    certifies the gap above l2, which a single Krylov vector cannot), and N larger than
-    LOBPCG's dense cut-off (below it both solve densely)."""
+    certifies the gap above l2, which a single Krylov vector cannot), and N past five
+    times LOBPCG's default block (27 nodes and more; smaller graphs keep LOBPCG's path,
+    which solves them densely below its own cut-off)."""
     n = W.shape[-1]
     return (
         W.dim() == 2

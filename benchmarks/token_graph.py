@@ -19,9 +19,8 @@ Gaussian features with the training affinity. Medians of ``--repeats`` runs of e
 solver in a row, each after a rest (``SETTLE``) and its own warm-up (interleaved runs
 evict each other's W from the cache, and the timings then swing 3x; and NumPy's BLAS
 threads spin for a while after ARPACK's products, taking the cores from whatever runs
-next); diffeig's
-products with W (Lanczos steps for one graph, ``method='lobpcg'``, k = 2), ARPACK's
-products, and l2 against each other.
+next); diffeig's products with W (Lanczos steps for one graph, ``method='lobpcg'``,
+k = 2), ARPACK's products, and l2 against each other.
 ``--profile`` splits diffeig's forward into its products with W and the rest.
 """
 

@@ -14,6 +14,7 @@ kernels (:mod:`diffeig._ops`) and reference twins (:mod:`diffeig._reference`).
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -100,12 +101,19 @@ def check_gap_eps(gap_eps) -> None:
         raise ValueError(f"gap_eps must be None or a non-negative number, got {gap_eps!r}")
 
 
-def check_k(k, n: int) -> None:
-    """``k``: an int in ``[1, n]``."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be an int, got {type(k).__name__}")
+def check_k(k, n: int) -> int:
+    """``k``: an integer in ``[1, n]`` (a Python int, or any integer type such as NumPy's,
+    through ``operator.index``); returns it as an int."""
+    try:
+        k = operator.index(k) if not isinstance(k, bool) else None
+    except TypeError:
+        k_type = type(k).__name__
+        raise ValueError(f"k must be an int, got {k_type}") from None
+    if k is None:
+        raise ValueError("k must be an int, got bool")
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, N] = [1, {n}], got {k}")
+    return k
 
 
 def check_uplo(UPLO) -> None:
@@ -133,8 +141,42 @@ def check_solver_options(tol, max_iter, on_fail) -> None:
         raise ValueError(f"on_fail must be 'warn' or 'raise', got {on_fail!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol!r}")
+    if tol is not None and not (
+        isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf
+    ):
+        raise ValueError(f"tol must be None or a positive finite number, got {tol!r}")
+
+
+def check_out(out, count: int, fn: str, A: torch.Tensor) -> None:
+    """``out=`` of the torch.linalg drop-ins: ``count`` tensors, and (as torch) no autograd."""
+    if out is None:
+        return
+    if not (
+        isinstance(out, (tuple, list))
+        and len(out) == count
+        and all(isinstance(t, torch.Tensor) for t in out)
+    ):
+        what = "a tensor" if count == 1 else f"a tuple of {count} tensors"
+        raise ValueError(f"{fn}(): out must be {what}, got {type(out).__name__}")
+    if torch.is_grad_enabled() and (A.requires_grad or any(t.requires_grad for t in out)):
+        raise RuntimeError(
+            f"{fn}(): functions with out=... arguments don't support automatic "
+            "differentiation (as torch.linalg); call it without out="
+        )
+
+
+def write_out(out, results):
+    """Copy ``results`` into the ``out`` tensors (resized, dtype and device checked)."""
+    if out is None:
+        return results
+    for o, r in zip(out, results):
+        if o.dtype != r.dtype or o.device != r.device:
+            raise ValueError(
+                f"out tensors must have the results' dtype {r.dtype} and device {r.device}, "
+                f"got {o.dtype} on {o.device}"
+            )
+        o.resize_(r.shape).copy_(r)
+    return tuple(out)
 
 
 def one_input(A, input, fn: str):
@@ -198,17 +240,50 @@ def check_symmetric(
 # the gradients came back 86 % wrong or NaN at 1e+-250 (float64) and 1e+-30 (float32).
 # Inside it, nothing is rescaled, so ordinary inputs give bit-identical results.
 UNIT_RANGE = 20
+# Largest power of two applied in one multiplication by :func:`scale2` (2^64 and 2^-64
+# are normal numbers of every float dtype diffeig takes).
+_STEP = 64
 
 
-def unit_scale(magnitude: float | None, *, power: int = 2) -> float:
-    """The power of ``power`` (2, or 4 where its square root must be exact too) nearest
-    to ``magnitude`` when that lies outside ``[2^-UNIT_RANGE, 2^UNIT_RANGE]``, else 1.0
-    (also for ``None``, unreadable values, and 0)."""
+def unit_scale(magnitude: float | None, *, power: int = 2) -> int:
+    """The exponent ``e`` such that ``2^e``, a power of ``power`` (2, or 4 where its square
+    root must be exact too), is nearest to ``magnitude`` when that lies outside
+    ``[2^-UNIT_RANGE, 2^UNIT_RANGE]``, else 0 (also for ``None``, unreadable values, and
+    0). Scale by :func:`scale2`: ``2^e`` itself may not be a float (``1e-310`` gives
+    ``e = -1030``)."""
     if magnitude is None or not math.isfinite(magnitude) or magnitude <= 0:
-        return 1.0
+        return 0
     if 2.0**-UNIT_RANGE <= magnitude <= 2.0**UNIT_RANGE:
-        return 1.0
-    return float(power) ** round(math.log(magnitude, power))
+        return 0
+    step = 2 if power == 4 else 1
+    mantissa, exponent = math.frexp(magnitude)  # magnitude = mantissa 2^exponent, exactly
+    log2 = exponent + math.log2(mantissa)
+    return step * round(log2 / step)
+
+
+def scale2(x, e: int):
+    """``x * 2^e`` exactly (barring underflow of the result) for a tensor or a float,
+    in steps that never overflow the factor; a float result past the range is inf."""
+    if isinstance(x, torch.Tensor):
+        while e:
+            step = max(-_STEP, min(_STEP, e))
+            x, e = x * 2.0**step, e - step
+        return x
+    try:
+        return math.ldexp(x, e)
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def check_scaled_back(lam: torch.Tensor, e: int) -> None:
+    """Eigenvalues of ``D - W`` scaled back by ``2^e`` must be finite: past the dtype's
+    range (``W ~ 1e308``, whose Laplacian's spectrum exceeds it) they are refused."""
+    if e > 0 and values_readable(lam) and not bool(torch.isfinite(lam).all()):
+        raise ValueError(
+            f"W is too large for laplacian='unnormalized' in {lam.dtype}: the eigenvalues of "
+            f"D - W exceed its largest number (max W ~ 2^{e}); scale W down, or use "
+            "laplacian='ncut', whose eigenvalues do not depend on W's scale"
+        )
 
 
 def check_affinity(
@@ -229,7 +304,8 @@ def check_affinity(
         raise ValueError(f"W must be non-negative, got a minimum of {lo:.3g}")
     if normalized:
         # degrees at unit scale: W's own may overflow where W does not
-        check_degrees(W.sum(-1) if unit_scale(hi) == 1 else (W / hi).sum(-1), normalized=True)
+        e = unit_scale(hi)
+        check_degrees(scale2(W, -e).sum(-1) if e else W.sum(-1), normalized=True)
     return hi
 
 

@@ -17,13 +17,16 @@ import torch
 from diffeig import _ops
 from diffeig._checks import (
     check_gap_eps,
+    check_out,
     check_phase_invariance,
     check_square,
     check_uplo,
     needs_derivative,
     one_input,
+    scale2,
     unit_scale,
     values_readable,
+    write_out,
 )
 from diffeig._reference import torch_eigh as _torch_eigh
 from diffeig._reference import torch_eigvalsh as _torch_eigvalsh
@@ -121,6 +124,7 @@ def eigh(
     *,
     gap_eps: float | None = None,
     input: torch.Tensor | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     r"""Eigendecomposition of Hermitian matrices whose gradient survives tied eigenvalues.
 
@@ -148,9 +152,13 @@ def eigh(
             per matrix, a bound of the rounding error of the computed eigenvalues
             (:func:`gap_tolerances`). ``1e-9`` reproduces the
             DNCut paper.
+        out: ``(eigenvalues, eigenvectors)`` tensors to write the results into (resized
+            as torch's ``out=``; their dtypes must be the results'). As in torch, ``out=``
+            does not support autograd.
 
     Returns:
-        ``torch.return_types.linalg_eigh(eigenvalues, eigenvectors)``.
+        ``torch.return_types.linalg_eigh(eigenvalues, eigenvectors)`` (the ``out``
+        tensors where given).
 
     Shape:
         ``eigenvalues``: ``(*, n)`` real; ``eigenvectors``: ``(*, n, n)``.
@@ -177,18 +185,23 @@ def eigh(
     gap_rtol, gap_atol = gap_tolerances(gap_eps, A.shape[-1], A.dtype)
     # Far from unit scale the gaps underflow to subnormals (1 / gap overflows): solve at
     # unit scale, scale the eigenvalues back (exactly: s is a power of two).
-    s = unit_scale(A.detach().abs().amax().item()) if values_readable(A) else 1.0
-    if s != 1.0:
-        A, gap_atol = A * (1.0 / s), gap_atol / s
+    e = unit_scale(A.detach().abs().amax().item()) if values_readable(A) else 0
+    if e:
+        A, gap_atol = scale2(A, -e), scale2(gap_atol, -e)
+    check_out(out, 2, "eigh", A)
     fn = _Eigh if torch.compiler.is_compiling() else _EighWithJvp
     L, V = fn.apply(A, UPLO, gap_rtol, gap_atol)
-    if s != 1.0:
-        L = L * s
-    return torch.return_types.linalg_eigh((L, V))
+    if e:
+        L = scale2(L, e)
+    return torch.return_types.linalg_eigh(write_out(out, (L, V)))
 
 
 def eigvalsh(
-    A: torch.Tensor | None = None, UPLO: str = "L", *, input: torch.Tensor | None = None
+    A: torch.Tensor | None = None,
+    UPLO: str = "L",
+    *,
+    input: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eigenvalues of Hermitian matrices, ascending: a drop-in for ``torch.linalg.eigvalsh``.
 
@@ -210,9 +223,12 @@ def eigvalsh(
     A = one_input(A, input, "eigvalsh")
     check_square(A, "A", _DTYPES)
     check_uplo(UPLO)
+    check_out(None if out is None else (out,), 1, "eigvalsh", A)
     if needs_derivative(A):
-        return eigh(A, UPLO).eigenvalues
-    return _torch_eigvalsh(A, UPLO=UPLO)
+        L = eigh(A, UPLO).eigenvalues
+    else:
+        L = _torch_eigvalsh(A, UPLO=UPLO)
+    return L if out is None else write_out((out,), (L,))[0]
 
 
 _PATCH_LOCK = threading.Lock()

@@ -12,6 +12,7 @@ from diffeig._checks import (
     check_solver_options,
     check_square,
     check_symmetric,
+    scale2,
     unit_scale,
 )
 from diffeig._eigh import gap_tolerances
@@ -194,16 +195,16 @@ def eigsh(
             return_info=return_info,
         )
     n = A.shape[-1]
-    check_k(k, n)
+    k = check_k(k, n)
     check_method(method, ("lobpcg", "dense", "auto"))
     if method == "auto":
         method = auto_method(n, k, A.device)
     check_solver_options(tol, max_iter, on_fail)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, n, A.dtype)
     # Solved at unit scale, eigenvalues scaled back exactly (as diffeig.eigh).
-    s = unit_scale(None if bounds is None else max(abs(bounds[0]), abs(bounds[1])))
-    if s != 1.0:
-        A, gap_atol = A * (1.0 / s), gap_atol / s
+    e = unit_scale(None if bounds is None else max(abs(bounds[0]), abs(bounds[1])))
+    if e:
+        A, gap_atol = scale2(A, -e), scale2(gap_atol, -e)
     cg_tol = default_tol(A.dtype) if tol is None else tol
     if method == "lobpcg":
         gap_rtol = resolved_gap_rtol(gap_rtol, tol, A.dtype)
@@ -227,8 +228,8 @@ def eigsh(
         return theta.contiguous(), X.contiguous()
 
     theta, X = _PartialEigh.apply(A, solve, largest, gap_rtol, gap_atol, cg_tol, max_iter, on_fail)
-    if s != 1.0:
-        theta = theta * s
+    if e:
+        theta = scale2(theta, e)
     return (theta, X, infos[0]) if return_info else (theta, X)
 
 
@@ -236,10 +237,10 @@ def _generalized(A, k, B, **kw):
     """``A x = l B x`` by reduction to a standard problem (see :func:`eigsh`)."""
     diagonal, magnitude = check_generalized_B(A, B)
     # B at unit scale (s a power of 4): eigenvalues scale by 1 / s, vectors by 1 / sqrt(s).
-    s = unit_scale(magnitude, power=4)
-    if s != 1.0:
-        out = _generalized(A, k, B * (1.0 / s), **kw)
-        return (out[0] * (1.0 / s), out[1] * s**-0.5, *out[2:])
+    e = unit_scale(magnitude, power=4)
+    if e:
+        out = _generalized(A, k, scale2(B, -e), **kw)
+        return (scale2(out[0], -e), scale2(out[1], -e // 2), *out[2:])
     if diagonal:
         r = B.rsqrt()
         C = A * r.unsqueeze(-1) * r.unsqueeze(-2)

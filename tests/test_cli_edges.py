@@ -171,7 +171,7 @@ def test_an_image_too_large_for_memory_is_refused_with_the_flag(tmp_path, capsys
     assert evaluate("saliency", root, "--max-side", "160", output=tmp_path / "o.json") == 0
     small = Image.new("RGB", (300, 200), (200, 30, 30))
     root2 = saliency_root(tmp_path / "p", {"s": (small, Image.new("L", small.size))})
-    code = evaluate("saliency", root2, "--patch-size", "1", output=tmp_path / "o.json")
+    code = evaluate("saliency", root2, "--patch-size", "1", output=tmp_path / "o2.json")
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "GiB", "--max-side", "--patch-size")
 

@@ -54,13 +54,17 @@ def test_ncut_is_invariant_to_the_scale_of_W(dtype, s, rtol, method, laplacian):
 
 
 def test_unit_scale_is_a_power_and_leaves_ordinary_inputs_alone():
-    from diffeig._checks import unit_scale
+    from diffeig._checks import scale2, unit_scale
 
-    assert unit_scale(1.0) == unit_scale(1e5) == unit_scale(None) == unit_scale(0.0) == 1.0
-    assert unit_scale(1e300) == 2.0 ** round(math.log2(1e300))
-    s = unit_scale(1e-300, power=4)
-    e = round(math.log2(s))
-    assert e % 2 == 0 and s == 2.0**e and s**-0.5 == 2.0 ** (-e // 2)  # exact square root
+    assert unit_scale(1.0) == unit_scale(1e5) == unit_scale(None) == unit_scale(0.0) == 0
+    assert unit_scale(1e300) == round(math.log2(1e300))
+    e = unit_scale(1e-300, power=4)
+    assert e % 2 == 0 and abs(e - math.log2(1e-300)) <= 1
+    # exponents whose power of two is no float (issue 31: 1e-310 and 1.7e308 overflowed)
+    assert unit_scale(1e-310, power=4) == -1030 and unit_scale(1.7e308, power=4) == 1024
+    t = torch.tensor([1e-310, 3e-309], dtype=torch.float64)
+    assert torch.equal(scale2(scale2(t, 1030), -1030), t)  # exact both ways
+    assert scale2(1.0, 2000) == math.inf and scale2(3.0, -2) == 0.75
 
 
 @pytest.mark.parametrize("s", [1e300, 1e-300])

@@ -399,7 +399,7 @@ def test_quokka_pixel_ncut_refinement(quokka_ecssd, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse: neither a number nor 'auto'
         cli.main([*argv, "--pixel-sigma-color", "wide"])
     assert e.value.code == 2 and "--pixel-sigma-color" in capsys.readouterr().err
-    assert cli.main([*argv, "--pixel-sigma-color", "0.1"]) == 0
+    assert cli.main([*argv, "--pixel-sigma-color", "0.1", "--force"]) == 0
 
 
 def test_pixel_ncut_auto_sigma_follows_the_noise():

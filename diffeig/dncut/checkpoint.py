@@ -19,7 +19,14 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write", "load_checkpoint", "tensor_checksum", "CHECKSUM_KEY"]
+__all__ = [
+    "atomic_save",
+    "atomic_write",
+    "check_output",
+    "load_checkpoint",
+    "tensor_checksum",
+    "CHECKSUM_KEY",
+]
 
 CHECKSUM_KEY = "checksum"
 
@@ -64,6 +71,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     except BaseException:  # KeyboardInterrupt and SystemExit too: never leave a .tmp
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links too); a missing path is no file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(
+    path: str | os.PathLike, inputs, *, flag: str, force: bool, what: str = "the input"
+) -> Path:
+    """Refuse to write ``path`` where it is one of ``inputs`` (dataset files, images,
+    masks, weights: the same file also through a symbolic or hard link), even with
+    ``force``; refuse an existing ``path`` unless ``force``. ``inputs``: paths, or
+    ``(path, description)`` pairs. Raises ``ValueError`` naming ``flag``."""
+    path = Path(path)
+    for item in inputs:
+        inp, desc = item if isinstance(item, tuple) else (item, what)
+        if inp is not None and _same_file(path, Path(inp)):
+            raise ValueError(
+                f"{flag} {path} is {desc} {inp}; writing there would destroy it. Give another file"
+            )
+    if path.exists() and not force:
+        raise ValueError(f"{flag} {path} exists; pass --force to replace it, or give another file")
     return path
 
 

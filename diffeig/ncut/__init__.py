@@ -25,9 +25,12 @@ from diffeig._checks import (
     check_k,
     check_method,
     check_ncut_options,
+    check_scaled_back,
+    check_solver_options,
     check_sparse_layout,
     check_sparse_method,
     is_sparse,
+    scale2,
     unit_scale,
 )
 from diffeig._eigh import gap_tolerances
@@ -139,6 +142,7 @@ def sym_eigh_ncut(
         torch.Size([16, 16])
     """
     check_ncut_options(laplacian, sign)
+    check_solver_options(tol, max_iter, on_fail)  # also where the dense path ignores them
     normalized = laplacian == "ncut"
     if is_sparse(W):
         check_sparse_layout(W)
@@ -148,22 +152,23 @@ def sym_eigh_ncut(
         gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
         return solve_sparse(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail)
     method = "dense" if method is None else method
-    s = unit_scale(check_affinity(W, normalized=normalized), power=4)
-    check_k(k, W.shape[-1])
+    e = unit_scale(check_affinity(W, normalized=normalized), power=4)
+    k = check_k(k, W.shape[-1])
     check_method(method)
     method, tie_rtol = choose_method(method, W, k)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
-    if s != 1.0:
-        # Solved at unit scale and scaled back exactly (s is a power of 4): the NCut's
-        # eigenvalues do not change, D-orthonormal vectors scale by 1/sqrt(s), those of
-        # D - W by nothing and its eigenvalues by s.
-        W = W * (1.0 / s)
-        gap_atol = gap_atol if normalized else gap_atol / s
+    if e:
+        # Solved at unit scale and scaled back exactly (2^e, e even): the NCut's
+        # eigenvalues do not change, D-orthonormal vectors scale by 2^(-e/2), those of
+        # D - W by nothing and its eigenvalues by 2^e.
+        W = scale2(W, -e)
+        gap_atol = gap_atol if normalized else scale2(gap_atol, -e)
     lam, Z = _solve(
         W, k, normalized, sign, method, (gap_rtol, gap_atol), tol, max_iter, on_fail, tie_rtol
     )
-    if s != 1.0:
-        lam, Z = (lam, Z * s**-0.5) if normalized else (lam * s, Z)
+    if e:
+        lam, Z = (lam, scale2(Z, -e // 2)) if normalized else (scale2(lam, e), Z)
+        check_scaled_back(lam, e)
     return lam, Z
 
 

@@ -95,7 +95,7 @@ def ncut_operator(
     check_solver_options(tol, max_iter, on_fail)
     check_params(params)
     shape = tuple(int(s) for s in shape)
-    check_k(k, shape[-1])
+    k = check_k(k, shape[-1])
     dtype = params[0].dtype
     gap_rtol, gap_atol = gap_tolerances(gap_eps, shape[-1], dtype)
     gaps = (resolved_gap_rtol(gap_rtol, tol, dtype), gap_atol)

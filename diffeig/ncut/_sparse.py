@@ -16,10 +16,12 @@ import torch
 from diffeig._checks import (
     check_degrees,
     check_k,
+    check_scaled_back,
     check_solver_options,
     check_sparse_entries,
     check_sparse_layout,
     check_sparse_values,
+    scale2,
     unit_scale,
 )
 from diffeig._lobpcg import default_tol, resolved_gap_rtol
@@ -222,16 +224,16 @@ def solve_sparse(
     eigenvalues, and on small pixel graphs gradients up to 8.6e-7 off instead of 3.8e-7
     (120 graphs, k = 3 - 5, default tol)."""
     graphs = SparseGraphs(W)
-    check_k(k, graphs.N)
+    k = check_k(k, graphs.N)
     check_solver_options(tol, max_iter, on_fail)
     gap_rtol = resolved_gap_rtol(gap_rtol, tol, W.dtype)
     tol = default_tol(W.dtype) if tol is None else tol  # W's dtype, also when upcast below
     cg_tol = tol
     # solved at unit scale and scaled back exactly, as the dense path (sym_eigh_ncut)
-    s = unit_scale(graphs.max_value, power=4)
-    values = graphs.values if s == 1.0 else graphs.values * (1.0 / s)
-    if s != 1.0 and not normalized:
-        gap_atol = gap_atol / s
+    e = unit_scale(graphs.max_value, power=4)
+    values = scale2(graphs.values, -e)
+    if e and not normalized:
+        gap_atol = scale2(gap_atol, -e)
     # float32 W is solved in float64 (to float32's tolerance) and returned in float32:
     # float32 products on pixel graphs stall LOBPCG where l2 ~ 1e-5 (no convergence in
     # 1000 iterations at 448 px, l2 1.6e-3 off); in float64 it takes the same iterations
@@ -249,8 +251,9 @@ def solve_sparse(
         (tol, max_iter, on_fail, cg_tol, block),
     )
     lam, Z = lam.to(out_dtype), Z.to(out_dtype)
-    if s != 1.0:
-        lam, Z = (lam, Z * s**-0.5) if normalized else (lam * s, Z)
+    if e:
+        lam, Z = (lam, scale2(Z, -e // 2)) if normalized else (scale2(lam, e), Z)
+        check_scaled_back(lam, e)
     if not graphs.batched:
         lam, Z = lam[0], Z[0]
     return lam, Z

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import torch
 
-from diffeig._checks import check_choice, check_features, check_gaussian, check_pixel_affinity
+from diffeig._checks import (
+    check_choice,
+    check_features,
+    check_gaussian,
+    check_pixel_affinity,
+    values_readable,
+)
 
-__all__ = ["affinity", "gaussian_affinity", "pixel_affinity"]
+__all__ = ["affinity", "gaussian_affinity", "pixel_affinity", "squared_distances"]
 
 
 def affinity(
@@ -59,7 +65,11 @@ def gaussian_affinity(
     ``topk`` largest weights to other nodes, and the graph is kept symmetric by the union
     of the neighbourhoods (``W_ij`` stays where j is among i's or i among j's, as
     scikit-learn's kNN graphs are symmetrized); every other off-diagonal weight is 0.
-    Differentiable in ``features`` (the neighbourhoods are piecewise constant).
+    Differentiable in ``features`` (the neighbourhoods are piecewise constant). The
+    distances are computed in float64 from centred points, with the pairs where the
+    expansion cancels recomputed exactly (:func:`squared_distances`), so a common offset or
+    a small spread loses nothing; any finite ``sigma > 0`` works (``W`` tends to the
+    identity or to all ones at its extremes).
 
     Args:
         features: ``(*, N, C)`` points.
@@ -77,13 +87,9 @@ def gaussian_affinity(
     """
     check_features(features, tau=0.0, eps=0.0)
     check_gaussian(sigma, topk, features.shape[-2])
-    # |x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i . x_j, clamped at 0 against rounding and
-    # exactly 0 on the diagonal
-    sq = (features * features).sum(-1)
-    d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * features @ features.mT).clamp_min(0)
-    d2 = 0.5 * (d2 + d2.mT)
-    d2 = d2 - torch.diag_embed(torch.diagonal(d2, dim1=-2, dim2=-1))
-    W = torch.exp(-d2 / sigma**2)
+    d2 = squared_distances(features)
+    # divided twice: sigma^2 itself may underflow or overflow where d2 / sigma^2 does not
+    W = torch.exp(-(d2 / sigma) / sigma).to(features.dtype)
     if topk is None:
         return W
     n = W.shape[-1]
@@ -93,6 +99,50 @@ def gaussian_affinity(
     keep = torch.zeros_like(eye).expand(W.shape).clone().scatter_(-1, idx, True)
     keep = keep | keep.mT | eye
     return torch.where(keep, W, torch.zeros_like(W))
+
+
+# Pairs whose squared distance is below this share of |x_i|^2 + |x_j|^2 (after centring)
+# lose more than ~1e3 eps of it to cancellation in the expansion; they are recomputed from
+# their differences (as scikit-learn's euclidean_distances re-computes such pairs).
+CANCELLATION = 1e-3
+# Pairs recomputed per chunk (bounds the (chunk, C) temporaries of the differences).
+PAIR_CHUNK = 1 << 16
+
+
+def squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """``|x_i - x_j|^2`` of ``(*, N, C)`` points, ``(*, N, N)`` in float64 (float32 points
+    are upcast, as scikit-learn does): symmetric, exactly 0 on the diagonal,
+    differentiable. The points are centred first (a common offset, e.g. pixel coordinates
+    + 4000, cancels in every distance); the expansion ``|x_i|^2 + |x_j|^2 - 2 x_i . x_j``
+    gives the bulk in one product, and the pairs where it cancels (a distance below
+    :data:`CANCELLATION` of the norms: points close together far from the centre) are
+    recomputed from their differences."""
+    x = x.double()
+    x = x - x.mean(-2, keepdim=True)
+    sq = (x * x).sum(-1)
+    norms = sq.unsqueeze(-1) + sq.unsqueeze(-2)
+    d2 = (norms - 2 * x @ x.mT).clamp_min(0)
+    d2 = 0.5 * (d2 + d2.mT)
+    n, c = x.shape[-2:]
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    if n > 1 and values_readable(x):
+        xf, flat = x.reshape(-1, n, c), d2.reshape(-1, n, n)
+        b, i, j = ((flat <= CANCELLATION * norms.detach().reshape(-1, n, n)) & ~eye).nonzero(
+            as_tuple=True
+        )
+        if b.numel():
+            exact = torch.cat(
+                [
+                    (xf[b[s:e], i[s:e]] - xf[b[s:e], j[s:e]]).square().sum(-1)
+                    for s, e in _chunks(b.numel(), PAIR_CHUNK)
+                ]
+            )
+            d2 = flat.index_put((b, i, j), exact).reshape(d2.shape)
+    return d2.masked_fill(eye, 0.0)
+
+
+def _chunks(n: int, size: int):
+    return ((s, min(s + size, n)) for s in range(0, n, size))
 
 
 def _offsets(radius: float, width: int) -> torch.Tensor:

@@ -113,7 +113,14 @@ class SaliencyDataset:
             raise ValueError(f"--root {root} ({name}): " + "; ".join(problems))
         if not images:
             raise ValueError(f"--root {root} ({name}): no images in {img_dir}")
-        self.items = [(k, images[k], masks[k]) for k in sorted(images)][:limit]
+        self.all_items = [(k, images[k], masks[k]) for k in sorted(images)]
+        self.items = self.all_items[:limit]
+
+    def files(self) -> list[tuple[Path, str]]:
+        """Every file the evaluation reads, with what it is (an output must be none)."""
+        return [(p, "a dataset image") for _, p, _ in self.all_items] + [
+            (m, "a dataset mask") for _, _, m in self.all_items
+        ]
 
     def __len__(self):
         return len(self.items)
@@ -172,6 +179,7 @@ class DiscoveryDataset:
                     f"--root {root} ({name}): " + _mismatch("listed files are missing", missing)
                 )
             self.items = [(i, img, ("voc", xml)) for i, img, xml in items]
+            self.annotations = [split] + [xml for _, _, xml in items]
         elif name == "coco20k":
             self.items = self._coco(root)
         else:
@@ -189,9 +197,10 @@ class DiscoveryDataset:
                     + _mismatch("images in boxes.json are missing", missing)
                 )
             self.items = [(Path(k).stem, files[k], ("boxes", table[k])) for k in sorted(table)]
+            self.annotations = [ann]
         if not self.items:
             raise ValueError(f"--root {root} ({name}): no images")
-        self.items = self.items[:limit]
+        self.all_items, self.items = self.items, self.items[:limit]
 
     def _coco(self, root: Path):
         lst = root / "coco_20k_filenames.txt"
@@ -249,7 +258,14 @@ class DiscoveryDataset:
                 f"--root {root} (coco20k): "
                 + _mismatch("listed images missing from the annotations or folder", missing)
             )
+        self.annotations = [lst, ann]
         return [(Path(n).stem, img_dir / n, ("boxes", boxes.get(by_name[n], []))) for n in names]
+
+    def files(self) -> list[tuple[Path, str]]:
+        """Every file the evaluation reads, with what it is (an output must be none)."""
+        return [(p, "a dataset image") for _, p, _ in self.all_items] + [
+            (a, "a dataset annotation file") for a in self.annotations
+        ]
 
     def __len__(self):
         return len(self.items)

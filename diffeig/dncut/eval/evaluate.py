@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from diffeig.dncut.backbone import ARCHS, BASELINES, check_not_training_checkpoint
+from diffeig.dncut.checkpoint import atomic_write
 from diffeig.dncut.eval import metrics, pixel_ncut, postprocess
 from diffeig.dncut.eval.features import (
     check_memory,
@@ -173,10 +174,15 @@ def with_features(args, data, protocol: str, desc: str, skipped: list):
                 bar.update(1)
 
 
-def eval_saliency(args) -> dict:
-    from diffeig.dncut.eval.datasets import SaliencyDataset
+def dataset(args):
+    """The dataset of an evaluation command (its files listed and checked)."""
+    from diffeig.dncut.eval.datasets import DiscoveryDataset, SaliencyDataset
 
-    data = SaliencyDataset(args.dataset, args.root, args.limit)
+    kind = SaliencyDataset if args.command == "eval-saliency" else DiscoveryDataset
+    return kind(args.dataset, args.root, args.limit)
+
+
+def eval_saliency(args, data) -> dict:
     per_image, skipped = [], []
     desc = f"saliency {args.dataset}"
     for patch, (name, size, _, gt, image), f in with_features(args, data, "resize", desc, skipped):
@@ -224,10 +230,7 @@ def predict_box(
     return box, r
 
 
-def eval_discovery(args) -> dict:
-    from diffeig.dncut.eval.datasets import DiscoveryDataset
-
-    data = DiscoveryDataset(args.dataset, args.root, args.limit)
+def eval_discovery(args, data) -> dict:
     per_image, skipped = [], []
     desc = f"discovery {args.dataset}"
     for patch, (name, size, _, gt, image), f in with_features(args, data, "pad", desc, skipped):
@@ -333,6 +336,9 @@ def add_commands(sub) -> None:
             "(default: none; an image whose cut would not fit in memory is refused with "
             "the value to pass)",
         )
+        p.add_argument(
+            "--force", action="store_true", help="replace an existing --output (never an input)"
+        )
         pixel_ncut.add_options(p)
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
     v.add_argument("images", nargs="+", help="image files")
@@ -343,6 +349,9 @@ def add_commands(sub) -> None:
         required=True,
         help="a .png/.jpg file (one figure, a row per image) or a folder (one figure per "
         "image, <folder>/<stem>.png)",
+    )
+    v.add_argument(
+        "--force", action="store_true", help="replace existing figures (never an input image)"
     )
     v.add_argument(
         "--eigenvectors", type=int, default=4, help="how many to show, z2, z3, ... (default: 4)"
@@ -383,8 +392,11 @@ def validate(args) -> None:
     check_device(args.device)
 
 
-def output_path(args) -> Path:
-    """Where the JSON goes; checked writable before any work starts."""
+def output_path(args, inputs) -> Path:
+    """Where the JSON goes: not one of ``inputs`` (the dataset's files, ``--weights``), not
+    an existing file unless ``--force``; checked writable before any work starts."""
+    from diffeig.dncut.checkpoint import check_output
+
     out = Path(
         args.output or f"runs/eval/{args.command[5:]}-{args.dataset}-{args.arch}-{args.post}.json"
     )
@@ -393,8 +405,7 @@ def output_path(args) -> Path:
     if out.suffix.lower() != ".json":
         raise ValueError(f"--output {out}: the results are JSON; give a file name ending in .json")
     weights = getattr(args, "weights", None)
-    if out.exists() and weights and Path(weights).exists() and out.samefile(weights):
-        raise ValueError(f"--output {out} is the --weights file; give another file for the JSON")
+    check_output(out, [*inputs, (weights, "the --weights file")], flag="--output", force=args.force)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         existed = out.exists()
@@ -417,9 +428,10 @@ def run(args) -> int:
         for path in visualize(args):
             print(f"wrote {path}")
         return 0
-    out = output_path(args)
+    data = dataset(args)
+    out = output_path(args, data.files())
     t0 = time.perf_counter()
-    result = (eval_saliency if args.command == "eval-saliency" else eval_discovery)(args)
+    result = (eval_saliency if args.command == "eval-saliency" else eval_discovery)(args, data)
     result["config"] = {
         k: getattr(args, k)
         for k in ("dataset", "root", "arch", "weights", "post", "limit", "solver")
@@ -428,7 +440,7 @@ def run(args) -> int:
     s = result["summary"]
     s["seconds_per_image"] = result["seconds"] / max(1, s["images"] + s.get("skipped", 0))
     print_summary(args, s)
-    out.write_text(json.dumps(result, indent=1))
+    atomic_write(out, lambda f: f.write(json.dumps(result, indent=1).encode()))
     print(f"per-image results: {out}")
     return 0
 

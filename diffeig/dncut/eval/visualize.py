@@ -9,10 +9,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from diffeig.dncut.checkpoint import check_output
 from diffeig.dncut.eval import pixel_ncut, postprocess
 from diffeig.dncut.eval.features import check_memory, extract, load_backbone, resize_to_patch
 from diffeig.dncut.figures import compose, heat, overlay
 from diffeig.dncut.images import read_image
+
+# What --out may end in for one figure (any other --out is a folder of figures).
+FIGURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def panel(
@@ -76,9 +80,10 @@ def _how(refined) -> str:
 def visualize(args) -> list[str]:
     """Write the figures; returns their paths.
 
-    ``--out`` ending in an image extension (``.png``, ``.jpg``) is one figure with a row
-    per image; any other ``--out`` (an existing folder, or a new one) gets one figure per
-    image, named after it (``<folder>/<stem>.png``).
+    ``--out`` ending in ``.png``, ``.jpg`` or ``.jpeg`` is one figure with a row per image;
+    an existing folder or a name without an extension gets one figure per image, named
+    after it (``<folder>/<stem>.png``); any other extension is refused. No figure replaces
+    an input image or the weights, and an existing one is replaced only with ``--force``.
     """
     if args.eigenvectors < 1:
         raise ValueError(f"--eigenvectors must be at least 1, got {args.eigenvectors}")
@@ -86,9 +91,20 @@ def visualize(args) -> list[str]:
     if missing:
         raise FileNotFoundError(f"no such image(s): {', '.join(missing)}")
     out = Path(args.out)
-    folder = out.is_dir() or out.suffix.lower() not in (".png", ".jpg", ".jpeg")
+    folder = out.is_dir() or out.suffix == ""
+    if not folder and out.suffix.lower() not in FIGURE_EXTENSIONS:
+        raise ValueError(
+            f"--out {out}: give a file ending in {', '.join(FIGURE_EXTENSIONS)} (one figure) "
+            "or a folder (a figure per image)"
+        )
     if not folder and out.exists() and not out.is_file():
         raise ValueError(f"--out {out} exists and is not a file")
+    targets = [out] if not folder else _folder_targets(out, args.images)
+    inputs = [(p, "an input image") for p in args.images]
+    if getattr(args, "weights", None):
+        inputs.append((args.weights, "the --weights file"))
+    for target in targets:
+        check_output(target, inputs, flag="--out", force=args.force)
     images = [read_image(p) for p in args.images]  # every file is checked before any work
     backbone = load_backbone(args)
     patch = backbone.patch_size
@@ -104,13 +120,19 @@ def visualize(args) -> list[str]:
         compose(rows, [Path(p).name for p in args.images]).save(out)
         return [str(out)]
     out.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    for path, row in zip(args.images, rows):
+    for path, row, target in zip(args.images, rows, targets):
+        compose([row], [Path(path).name]).save(target)
+    return [str(t) for t in targets]
+
+
+def _folder_targets(out: Path, images) -> list[Path]:
+    """``<out>/<stem>.png`` per image, ``<stem>-1.png`` ... where stems repeat."""
+    targets: list[Path] = []
+    for path in images:
         target = out / f"{Path(path).stem}.png"
         n = 1
-        while str(target) in written:  # two inputs with one stem
+        while target in targets:  # two inputs with one stem
             target = out / f"{Path(path).stem}-{n}.png"
             n += 1
-        compose([row], [Path(path).name]).save(target)
-        written.append(str(target))
-    return written
+        targets.append(target)
+    return targets

@@ -17,6 +17,7 @@ from diffeig.dncut.backbone import build_backbone
 from diffeig.dncut.checkpoint import (
     atomic_save,
     atomic_write,
+    check_output,
     load_checkpoint,
     remove_stale_temporaries,
 )
@@ -519,17 +520,12 @@ def export(checkpoint: str, output: str, *, force: bool = False) -> dict:
     out = Path(output)
     if out.is_dir():
         out = out / "backbone.pth"
-    if out.exists():
-        if Path(checkpoint).exists() and os.path.samefile(out, checkpoint):
-            raise ValueError(
-                f"export: the output {output} is the checkpoint {checkpoint} itself; writing "
-                "the backbone there would destroy the training state. Give another file, "
-                "e.g. backbone.pth"
-            )
-        if not force:
-            raise ValueError(
-                f"export: {out} exists; pass --force to replace it, or give another file"
-            )
+    check_output(
+        out,
+        [(checkpoint, "the checkpoint (the training state)")],
+        flag="export: the output",
+        force=force,
+    )
     state = training_checkpoint(checkpoint, "export")
     prefix = "backbone.model."
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}

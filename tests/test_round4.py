@@ -1,0 +1,236 @@
+"""Reliability round 4 (issue 31): each case a reproducer from the probe, each giving the
+right answer or one clear error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffeig
+
+DATA = Path(__file__).parent / "data"
+
+
+def _rbf(x: torch.Tensor, sigma: float) -> np.ndarray:
+    """The kernel from exact pairwise differences in float64 (no expansion)."""
+    xd = x.double().numpy()
+    d2 = ((xd[..., :, None, :] - xd[..., None, :, :]) ** 2).sum(-1)
+    return np.exp(-d2 / sigma / sigma)
+
+
+# ------------------------------------------------- gaussian_affinity: no cancellation
+
+
+@pytest.mark.parametrize(
+    "make, sigma",
+    [
+        # float32 features far from the origin with a small spread (was off by 1)
+        (lambda g: torch.randn(120, 8, generator=g) * 0.01 + 100, 0.01),
+        # pixel coordinates + 4000 (was off by 0.89)
+        (lambda g: torch.rand(120, 2, generator=g, dtype=torch.float64) * 20 + 4000, 1.5),
+        # float64, offset 1e6, spread 1e-3 (was off by 1)
+        (lambda g: torch.randn(120, 3, generator=g, dtype=torch.float64) * 1e-3 + 1e6, 1e-3),
+        # two tight clusters far from their common centre: centring alone does not help
+        (
+            lambda g: torch.cat(
+                [
+                    torch.randn(40, 3, generator=g, dtype=torch.float64) * 1e-4 + 1e4,
+                    torch.randn(40, 3, generator=g, dtype=torch.float64) * 1e-4 - 1e4,
+                ]
+            ),
+            1e-4,
+        ),
+    ],
+)
+def test_gaussian_affinity_survives_cancellation(make, sigma):
+    x = make(torch.Generator().manual_seed(0))
+    W = diffeig.ncut.gaussian_affinity(x, sigma=sigma)
+    assert W.dtype == x.dtype
+    err = np.abs(W.double().numpy() - _rbf(x, sigma)).max()
+    assert err < (1e-6 if x.dtype == torch.float32 else 1e-12), err
+    assert torch.equal(W, W.mT) and bool((W.diagonal() == 1).all())
+
+
+def test_gaussian_affinity_batched_and_differentiable_far_from_the_origin():
+    x = torch.randn(2, 3, 10, 4, dtype=torch.float64) * 1e-3 + 1e3
+    W = diffeig.ncut.gaussian_affinity(x, sigma=1e-3)
+    for a in range(2):
+        for b in range(3):
+            assert np.abs(W[a, b].numpy() - _rbf(x[a, b], 1e-3)).max() < 1e-12
+    y = (torch.randn(7, 2, dtype=torch.float64) + 100).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: diffeig.ncut.gaussian_affinity(t, sigma=0.7), y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_affinity_at_extreme_sigmas(dtype):
+    x = torch.randn(12, 3, dtype=dtype).requires_grad_()
+    tiny = diffeig.ncut.gaussian_affinity(x, sigma=1e-300)  # was NaN
+    assert torch.equal(tiny, torch.eye(12, dtype=dtype))
+    tiny.sum().backward()
+    assert bool(torch.isfinite(x.grad).all())
+    huge = diffeig.ncut.gaussian_affinity(x, sigma=1e300)  # was OverflowError
+    assert torch.equal(huge, torch.ones(12, 12, dtype=dtype))
+
+
+# ----------------------------------------------- subnormal and overflowing scales of W
+
+
+def _graph(dtype=torch.float64, n=40):
+    g = torch.Generator().manual_seed(0)
+    f = torch.nn.functional.normalize(torch.randn(n, 6, generator=g, dtype=torch.float64), dim=-1)
+    return diffeig.ncut.affinity(f).to(dtype)
+
+
+@pytest.mark.parametrize("dtype, s", [(torch.float32, 1e-40), (torch.float64, 1e-310)])
+@pytest.mark.parametrize("method", ["dense", "auto", "lobpcg"])
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+def test_subnormal_affinities_are_solved_at_unit_scale(dtype, s, method, laplacian):
+    W = _graph(dtype)
+    ref, zref = diffeig.sym_eigh_ncut(W, 3, laplacian=laplacian)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either
+        lam, z = diffeig.sym_eigh_ncut(W * s, 3, method=method, laplacian=laplacian)
+    assert bool(torch.isfinite(lam).all() and torch.isfinite(z).all())  # was NaN / raised
+    # the subnormal input itself holds only ~16 (float32) / ~33 (float64) bits
+    rtol = 1e-3 if dtype == torch.float32 else 1e-9
+    expect = ref * s if laplacian == "unnormalized" else ref
+    assert torch.allclose(lam[1:].double(), expect[1:].double(), rtol=rtol, atol=0)
+    # the vectors: D-orthonormal ones scale by s^-1/2, those of D - W not at all
+    zs = z.double() * (s**0.5 if laplacian == "ncut" else 1.0)
+    cos = (zs[:, 1:] * zref[:, 1:].double()).sum(0) / zs[:, 1:].norm(dim=0)
+    assert bool((cos.abs() / zref[:, 1:].double().norm(dim=0) > 1 - rtol).all())
+
+
+def test_affinities_near_the_largest_float():
+    W = _graph()
+    big = W * (1.7e308 / W.max())  # was OverflowError from the scale
+    for method in ("dense", "lobpcg"):
+        lam, z = diffeig.sym_eigh_ncut(big, 3, method=method)
+        assert torch.allclose(lam, diffeig.sym_eigh_ncut(W, 3)[0], rtol=1e-9, atol=1e-15)
+        # D - W's own eigenvalues exceed float64: one clear line, not inf
+        with pytest.raises(ValueError, match="too large for laplacian='unnormalized'"):
+            diffeig.sym_eigh_ncut(big, 3, method=method, laplacian="unnormalized")
+
+
+# ------------------------------------------------------------------- small arguments
+
+
+def test_eigh_and_eigvalsh_take_out_as_torch_does():
+    A = torch.randn(3, 5, 5, dtype=torch.float64)
+    A = A + A.mT
+    L, V = torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.float64)
+    got = diffeig.eigh(A, out=(L, V))
+    ref = torch.linalg.eigh(A)
+    assert got.eigenvalues is L and got.eigenvectors is V
+    assert torch.allclose(L, ref.eigenvalues) and torch.allclose(V.abs(), ref.eigenvectors.abs())
+    w = torch.empty(0, dtype=torch.float64)
+    assert diffeig.eigvalsh(A, out=w) is w and torch.allclose(w, ref.eigenvalues)
+    with pytest.raises(ValueError, match="out must be a tuple of 2 tensors"):
+        diffeig.eigh(A, out=L)
+    with pytest.raises(ValueError, match="dtype"):
+        diffeig.eigh(A, out=(torch.empty(0, dtype=torch.float32), V))
+    with pytest.raises(RuntimeError, match="automatic differentiation"):
+        diffeig.eigh(A.requires_grad_(), out=(L, V))
+
+
+def test_numpy_integers_are_ints_and_options_are_checked_on_every_path():
+    W = _graph()
+    lam, _ = diffeig.sym_eigh_ncut(W, np.int64(2))
+    assert lam.shape == (2,)
+    assert diffeig.eigsh(W, np.int32(2))[0].shape == (2,)
+    for method in ("dense", "lobpcg", "auto"):
+        with pytest.raises(ValueError, match="on_fail"):
+            diffeig.sym_eigh_ncut(W, 2, method=method, on_fail="ignore")
+        with pytest.raises(ValueError, match="tol"):
+            diffeig.sym_eigh_ncut(W, 2, method=method, tol="abc")
+        with pytest.raises(ValueError, match="tol"):
+            diffeig.sym_eigh_ncut(W, 2, method=method, tol=float("nan"))
+    with pytest.raises(ValueError, match="k must be an int"):
+        diffeig.sym_eigh_ncut(W, 2.0)
+    with pytest.raises(ValueError, match="on_fail"):
+        diffeig.eigsh(W, 2, method="dense", on_fail="ignore")
+
+
+# ---------------------------------------------------------------- data loss (highest)
+
+
+def _cli():
+    """The recipe's command line (skips without the [dncut] extra)."""
+    pytest.importorskip("timm")
+    pytest.importorskip("torchvision")
+    from diffeig.dncut import cli
+
+    return cli
+
+
+def _one_line_error(err: str, *needles):
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in err and lines and lines[-1].startswith("error: "), err
+    for n in needles:
+        assert n in lines[-1], (n, err)
+
+
+def _boxes_root(tmp_path) -> Path:
+    from PIL import Image
+
+    root = tmp_path / "boxes"
+    (root / "images").mkdir(parents=True)
+    Image.open(DATA / "quokka.jpg").convert("RGB").resize((96, 64)).save(root / "images" / "q.jpg")
+    (root / "boxes.json").write_text(json.dumps({"q.jpg": [[15, 5, 55, 60]]}))
+    return root
+
+
+def test_evaluation_never_writes_over_its_inputs_or_an_existing_output(tmp_path, capsys):
+    cli = _cli()
+    root = _boxes_root(tmp_path)
+    ann = root / "boxes.json"
+    before = ann.read_bytes()
+    argv = ["eval-discovery", "--dataset", "boxes", "--root", str(root), "--arch", "color"]
+    argv += ["--quiet", "--workers", "0"]
+    link = tmp_path / "link.json"
+    os.symlink(ann, link)
+    for target in (ann, link):  # the dataset's own file, also through a link, even with --force
+        for force in ([], ["--force"]):
+            assert cli.main([*argv, "--output", str(target), *force]) == 2
+            _one_line_error(capsys.readouterr().err, "--output", "dataset annotation file")
+    assert ann.read_bytes() == before
+    out = tmp_path / "r.json"
+    out.write_text("keep me")
+    assert cli.main([*argv, "--output", str(out)]) == 2
+    _one_line_error(capsys.readouterr().err, "exists", "--force")
+    assert out.read_text() == "keep me"
+    assert cli.main([*argv, "--output", str(out), "--force"]) == 0
+    assert json.loads(out.read_text())["summary"]["images"] == 1
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # written atomically
+
+
+def test_visualize_never_writes_over_its_image(tmp_path, capsys):
+    cli = _cli()
+    from PIL import Image
+
+    img = tmp_path / "img.png"
+    Image.open(DATA / "quokka.jpg").convert("RGB").resize((64, 48)).save(img)
+    before = img.read_bytes()
+    argv = ["visualize", str(img), "--arch", "color", "--eigenvectors", "1"]
+    for force in ([], ["--force"]):
+        assert cli.main([*argv, "--out", str(img), *force]) == 2
+        _one_line_error(capsys.readouterr().err, "--out", "an input image")
+    # a folder whose figure would be the input itself (<folder>/<stem>.png)
+    assert cli.main([*argv, "--out", str(tmp_path), "--force"]) == 2
+    _one_line_error(capsys.readouterr().err, "an input image")
+    assert img.read_bytes() == before
+    # an extension that is no figure: refused, not a folder named v.gif
+    assert cli.main([*argv, "--out", str(tmp_path / "v.gif")]) == 2
+    _one_line_error(capsys.readouterr().err, "--out", ".png")
+    assert not (tmp_path / "v.gif").exists()
+    fig = tmp_path / "fig.png"
+    assert cli.main([*argv, "--out", str(fig)]) == 0
+    assert cli.main([*argv, "--out", str(fig)]) == 2
+    _one_line_error(capsys.readouterr().err, "exists", "--force")
+    assert cli.main([*argv, "--out", str(fig), "--force"]) == 0

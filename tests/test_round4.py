@@ -234,3 +234,127 @@ def test_visualize_never_writes_over_its_image(tmp_path, capsys):
     assert cli.main([*argv, "--out", str(fig)]) == 2
     _one_line_error(capsys.readouterr().err, "exists", "--force")
     assert cli.main([*argv, "--out", str(fig), "--force"]) == 0
+
+
+# ------------------------------------------------------- masks and images read right
+
+
+def _quokka_mask() -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(DATA / "quokka_mask.png").convert("L").resize((96, 64))) > 127
+
+
+@pytest.mark.parametrize("convention", ["0/1", "0/255", "16-bit", "16-bit 0/1", "1-bit", "red"])
+def test_masks_are_read_in_any_binary_convention(convention, tmp_path):
+    _cli()
+    from PIL import Image
+
+    from diffeig.dncut.eval.datasets import read_mask
+
+    m = _quokka_mask()
+    path = tmp_path / "m.png"
+    if convention == "0/1":
+        Image.fromarray(m.astype(np.uint8)).save(path)
+    elif convention == "0/255":
+        Image.fromarray(m.astype(np.uint8) * 255).save(path)
+    elif convention == "16-bit":
+        Image.fromarray(m.astype(np.uint16) * 65535).save(path)
+    elif convention == "16-bit 0/1":
+        Image.fromarray(m.astype(np.uint16)).save(path)
+    elif convention == "1-bit":
+        Image.fromarray(m).convert("1").save(path)
+    else:  # a red foreground on black
+        rgb = np.zeros((*m.shape, 3), np.uint8)
+        rgb[m] = (255, 0, 0)
+        Image.fromarray(rgb).save(path)
+    got = read_mask(path)
+    assert torch.equal(got, torch.from_numpy(m.astype(np.float32))), convention
+
+
+def test_an_ambiguous_colour_mask_is_refused_naming_the_file(tmp_path):
+    _cli()
+    from PIL import Image
+
+    from diffeig.dncut.eval.datasets import read_mask
+    from diffeig.dncut.images import UnreadableImage
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:10] = (255, 0, 0)
+    rgb[15:] = (0, 255, 0)
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    with pytest.raises(UnreadableImage, match=r"m\.png.*exactly two colours"):
+        read_mask(tmp_path / "m.png")
+
+
+def test_saliency_scores_0_1_masks_as_their_0_255_copy(tmp_path):
+    cli = _cli()
+    from PIL import Image
+
+    q = Image.open(DATA / "quokka.jpg").convert("RGB").resize((96, 64))
+    m = _quokka_mask()
+    ious = []
+    for scale in (255, 1):
+        root = tmp_path / f"s{scale}"
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        q.save(root / "images" / "q.png")
+        Image.fromarray(m.astype(np.uint8) * scale).save(root / "masks" / "q.png")
+        out = root / "r.json"
+        argv = ["eval-saliency", "--dataset", "folder", "--root", str(root), "--arch", "color"]
+        assert cli.main([*argv, "--quiet", "--workers", "0", "--output", str(out)]) == 0
+        ious.append(json.loads(out.read_text())["summary"]["iou"])
+    assert ious[0] == ious[1] and ious[0] > 0.3  # 0/1 masks scored 0.0
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    _cli()
+    from PIL import Image
+
+    from diffeig.dncut.images import read_image
+
+    grey = np.asarray(Image.open(DATA / "quokka.jpg").convert("L").resize((96, 64)))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    a16 = np.asarray(read_image(tmp_path / "g16.png"), dtype=np.int32)
+    a8 = np.asarray(read_image(tmp_path / "g8.png"), dtype=np.int32)
+    assert np.abs(a16 - a8).max() <= 1 and a16.std() > 20  # was all white
+
+
+def test_exif_rotated_jpeg_is_read_upright(tmp_path):
+    _cli()
+    from PIL import Image
+
+    from diffeig.dncut.images import read_image
+
+    img = Image.open(DATA / "quokka.jpg").convert("RGB").resize((120, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    shown = read_image(tmp_path / "r.jpg")
+    assert shown.size == (80, 120)  # as a viewer (and the mask drawn over it) has it
+
+
+def test_inverted_and_outside_boxes_are_named_in_a_warning(tmp_path):
+    _cli()
+    from diffeig.dncut.eval.datasets import BoxWarning, DiscoveryDataset
+
+    root = _boxes_root(tmp_path)
+    (root / "boxes.json").write_text(json.dumps({"q.jpg": [[55, 5, 15, 60], [500, 5, 600, 60]]}))
+    with pytest.warns(BoxWarning, match=r"q: 1 inverted .* 1 outside the 96x64 image"):
+        DiscoveryDataset("boxes", str(root))[0]
+
+
+def test_train_on_one_image_file_is_one_line_and_writes_nothing(tmp_path, capsys):
+    cli = _cli()
+    out = tmp_path / "run"
+    code = cli.main(
+        ["train", "--config", "demo", "--data", str(DATA / "quokka.jpg")] + ["--output", str(out)]
+    )
+    assert code == 2
+    _one_line_error(capsys.readouterr().err, "--data", "one image")
+    assert not out.exists()  # no stray config.yaml
+    blob = tmp_path / "list.txt"
+    blob.write_bytes(b"\xff\xfe\x00bin")
+    assert cli.main(["train", "--config", "demo", "--data", str(blob), "--output", str(out)]) == 2
+    _one_line_error(capsys.readouterr().err, "--data", "UTF-8")

@@ -35,7 +35,18 @@ def list_images(source: str | os.PathLike) -> list[str]:
             str(p) for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         )
     elif src.is_file():
-        lines = [ln.strip() for ln in src.read_text().splitlines()]
+        if src.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(
+                f"--data {source} is one image; give a folder of images or a text file "
+                "listing image paths, one a line"
+            )
+        try:
+            lines = [ln.strip() for ln in src.read_text().splitlines()]
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"--data {source} is neither a folder nor a text file listing image paths "
+                "(it is not UTF-8 text)"
+            ) from None
         paths = [str(p if Path(p).is_absolute() else src.parent / p) for p in lines if ln_ok(p)]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
@@ -55,18 +66,42 @@ class UnreadableImage(ValueError):
 
 
 def read_image(path, mode: str | None = "RGB"):
-    """The image at ``path`` decoded into memory (converted to ``mode``; ``None`` keeps
-    the file's own, e.g. a palette), or ``UnreadableImage`` naming the file. Only regular
-    files are opened: a FIFO or device named ``*.png`` would block."""
-    from PIL import Image
+    """The image at ``path`` decoded into memory, upright (its EXIF orientation applied,
+    as a viewer shows it), converted to ``mode`` (``None`` keeps the file's own, e.g. a
+    palette), or ``UnreadableImage`` naming the file. 16-bit and 32-bit grey images are
+    scaled to 8 bits by their white (Pillow's own conversion clips them to white). Only
+    regular files are opened: a FIFO or device named ``*.png`` would block."""
+    from PIL import Image, ImageOps
 
     if not os.path.isfile(path):
         raise UnreadableImage(f"{path}: not a regular file")
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if mode and im.mode in WIDE_GREY:
+                im = _to_8bit(im)
             return im.convert(mode) if mode else im.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(f"cannot read image {path}: {err}") from None
+
+
+# Grey modes wider than 8 bits, which Image.convert("RGB") clips instead of scaling.
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_8bit(im):
+    """A 16-bit / 32-bit grey image as 8-bit grey: divided by its white (255 where the
+    values fit 8 bits, 1 for floats in [0, 1], else 65535)."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(im).astype(np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if im.mode == "F" and top <= 1:
+        white = 1.0
+    else:
+        white = 255.0 if top <= 255 else 65535.0
+    return Image.fromarray(np.clip(np.round(a / white * 255), 0, 255).astype(np.uint8), "L")
 
 
 def ln_ok(line: str) -> bool:

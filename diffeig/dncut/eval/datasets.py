@@ -44,14 +44,58 @@ def _files(folder: Path) -> dict[str, Path]:
 
 
 def read_mask(path: Path) -> torch.Tensor:
-    """A ground-truth mask as ``(H, W)`` float32 in [0, 1]. Grey levels are kept (L / 255)
-    as the authors' measure.py reads them; a palette ('P') PNG is read by its indices
-    (index 0 background, any other foreground): converted to grey, its palette's colours
-    (e.g. VOC's dark red 1) fell below 0.5 and the whole mask read as background."""
+    """A ground-truth mask as ``(H, W)`` float32 in [0, 1], whatever binary convention the
+    file uses, or ``UnreadableImage`` naming the file where it is ambiguous.
+
+    - Grey (8-bit 'L', 1-bit, 16-bit 'I;16' / 'I', float 'F'): a mask whose values are only
+      0 and 1 is read as 0/1; otherwise the grey levels are scaled by the type's white
+      (255, or 65535 for 16-bit, or 1 for floats up to 1) and kept, as the authors'
+      measure.py reads the anti-aliased edges (L / 255).
+    - Palette ('P'): by its indices (index 0 background, any other foreground): converted
+      to grey, VOC's dark red 1 fell below 0.5 and the whole mask read as background.
+    - Colour (RGB / RGBA): grey where the channels agree; otherwise black (or the most
+      frequent colour where there is no black) is background and one other colour is
+      foreground; more colours than that are ambiguous and refused.
+    """
     im = read_image(path, None)
     if im.mode == "P":
         return torch.from_numpy((np.asarray(im) != 0).astype(np.float32))
-    return torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255)
+    if im.mode in ("LA", "PA"):
+        im = im.convert("L") if im.mode == "LA" else im.convert("P")
+        if im.mode == "P":
+            return torch.from_numpy((np.asarray(im) != 0).astype(np.float32))
+    if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return _colour_mask(np.asarray(im.convert("RGB")), path)
+    a = np.asarray(im)
+    if a.dtype == bool:
+        return torch.from_numpy(a.astype(np.float32))
+    values = np.unique(a)
+    if values.size and values.min() < 0:
+        raise UnreadableImage(f"{path}: mask holds negative values ({values.min()})")
+    if set(values.tolist()) <= {0, 1}:
+        return torch.from_numpy(a.astype(np.float32))
+    top = values.max()
+    white = 1.0 if a.dtype.kind == "f" and top <= 1 else 255.0 if top <= 255 else 65535.0
+    if top > white:
+        raise UnreadableImage(f"{path}: mask values up to {top} exceed 16-bit white (65535)")
+    return torch.from_numpy((a.astype(np.float64) / white).astype(np.float32))
+
+
+def _colour_mask(rgb: np.ndarray, path: Path) -> torch.Tensor:
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        grey = rgb[..., 0]
+        if set(np.unique(grey).tolist()) <= {0, 1}:
+            return torch.from_numpy(grey.astype(np.float32))
+        return torch.from_numpy(grey.astype(np.float32) / 255)
+    colours, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
+    if len(colours) != 2:
+        raise UnreadableImage(
+            f"{path}: a colour mask must hold exactly two colours (background and one "
+            f"foreground colour), got {len(colours)}; save it as a grey or palette PNG"
+        )
+    black = np.flatnonzero((colours == 0).all(-1))
+    bg = colours[black[0]] if black.size else colours[np.argmax(counts)]
+    return torch.from_numpy((rgb != bg).any(-1).astype(np.float32))
 
 
 def _need_dir(path: Path, what: str) -> None:
@@ -90,6 +134,32 @@ def _check_box_table(table, path: Path) -> None:
         raise ValueError(
             f"{path}: "
             + _mismatch("entries are not lists of [x1, y1, x2, y2] boxes of finite numbers", bad)
+        )
+
+
+class BoxWarning(UserWarning):
+    """A ground-truth box that is inverted or lies outside its image: it can never be hit."""
+
+
+def check_boxes(boxes: torch.Tensor, width: int, height: int, name: str) -> None:
+    """Warn (naming the image) about boxes with ``x1 >= x2`` or ``y1 >= y2`` and boxes
+    that lie outside the image: every prediction misses them, which lowers CorLoc
+    silently. They are kept, as the annotation gives them."""
+    import warnings
+
+    if not boxes.numel():
+        return
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    inverted = int(((x1 >= x2) | (y1 >= y2)).sum())
+    outside = int(((x2 <= 0) | (y2 <= 0) | (x1 >= width) | (y1 >= height)).sum())
+    if inverted or outside:
+        warnings.warn(
+            f"{name}: {inverted} inverted (x1 >= x2 or y1 >= y2) and {outside} outside the "
+            f"{width}x{height} image of {boxes.shape[0]} ground-truth box(es); no "
+            "prediction can hit them (check the annotation's box format: x1, y1, x2, y2 in "
+            "pixels)",
+            BoxWarning,
+            stacklevel=2,
         )
 
 
@@ -277,4 +347,5 @@ class DiscoveryDataset:
             boxes = parse_voc_xml(payload)
         else:
             boxes = torch.tensor(payload, dtype=torch.float64).reshape(-1, 4)
+        check_boxes(boxes, image.width, image.height, name)
         return name, image, boxes

@@ -274,6 +274,13 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
     out_dir = Path(cfg.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output {out_dir} exists and is not a directory")
+    if cfg.batch_size % dst.world:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} must be a multiple of the {dst.world} processes"
+        )
+    torch.manual_seed(cfg.seed)
+    # the images are listed (and --data checked) before anything is written to --output
+    source = ImageSource(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
     if dst.main:
         # a write killed mid-way (SIGKILL) leaves its temporary: the checkpoint beside it
         # is the old one, whole (atomic_write renames only a complete file)
@@ -282,13 +289,6 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
         import yaml
 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if cfg.batch_size % dst.world:
-        raise ValueError(
-            f"--batch-size {cfg.batch_size} must be a multiple of the {dst.world} processes"
-        )
-
-    torch.manual_seed(cfg.seed)
-    source = ImageSource(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
     dataset = TwoViews(
         source,
         size=cfg.image_size,

@@ -190,9 +190,14 @@ def one_input(A, input, fn: str):
 
 
 def check_square(A, name: str, dtypes=FLOAT_DTYPES) -> None:
-    """``A``: a ``(*, n, n)`` tensor of one of ``dtypes``."""
+    """``A``: a dense ``(*, n, n)`` tensor of one of ``dtypes``."""
     if not isinstance(A, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
+    if A.layout != torch.strided:
+        raise ValueError(
+            f"{name} must be a dense (strided) tensor, got layout {A.layout}: pass "
+            f"{name}.to_dense() (sym_eigh_ncut solves sparse graphs as they are)"
+        )
     if A.dim() < 2:
         raise ValueError(
             f"{name} must have at least 2 dimensions (*, n, n), got shape {tuple(A.shape)}"
@@ -310,10 +315,12 @@ def check_affinity(
 
 
 SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
+# Other sparse layouts, converted to COO by the solver.
+COMPRESSED_LAYOUTS = (torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
 
 
 def is_sparse(W) -> bool:
-    return isinstance(W, torch.Tensor) and W.layout in SPARSE_LAYOUTS
+    return isinstance(W, torch.Tensor) and W.layout in SPARSE_LAYOUTS + COMPRESSED_LAYOUTS
 
 
 def check_sparse_layout(W: torch.Tensor) -> None:
@@ -384,16 +391,22 @@ def check_sparse_method(method: str) -> None:
         )
 
 
-def check_degrees(d: torch.Tensor, *, normalized: bool, name: str = "W") -> None:
+def check_degrees(d: torch.Tensor, *, normalized: bool, name: str = "W", sparse=False) -> None:
     """The degrees ``d = W 1`` must be finite; the normalized cut needs them positive."""
     if not bool(torch.isfinite(d).all()):
         raise ValueError(f"{name} must be finite: its degrees W @ 1 are non-finite")
     zero = int((d <= 0).sum()) if normalized else 0
     if zero:
+        floor = (
+            "For pixel_affinity the colours are expected in [0, 1] (or scale sigma_color "
+            "with them: an image in [0, 255] needs 255 times the sigma); else add a small "
+            "floor to the stored weights"
+            if sparse
+            else "Add a small floor to the affinity (affinity(..., eps=1e-6))"
+        )
         raise ValueError(
             f"{name} has {zero} node(s) with zero degree: the normalized cut (D - W) z = l D z "
-            "needs D > 0. Add a small floor to the affinity (affinity(..., eps=1e-6)) "
-            "or use laplacian='unnormalized'"
+            f"needs D > 0. {floor}, or use laplacian='unnormalized'"
         )
 
 
@@ -458,6 +471,12 @@ def check_pixel_affinity(image, radius, sigma_color, sigma_space) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image must be a (C, H, W) or (B, C, H, W) tensor, got {got}")
+    if image.shape[-1] in (1, 3, 4) and image.shape[-3] > 4:
+        raise ValueError(
+            f"image must be channels-first, (C, H, W) or (B, C, H, W); got shape "
+            f"{tuple(image.shape)}, which looks like (H, W, C) as PIL and NumPy give images: "
+            "pass image.movedim(-1, -3)"
+        )
     if image.dtype not in FLOAT_DTYPES:
         raise ValueError(f"image must be float32 or float64, got {image.dtype}")
     if image.layout != torch.strided:
@@ -473,6 +492,34 @@ def check_pixel_affinity(image, radius, sigma_color, sigma_space) -> None:
             raise ValueError(f"{name} must be > 0, got {v}")
     if values_readable(image) and not bool(torch.isfinite(image).all()):
         raise ValueError("image must be finite: it holds NaN or inf")
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes (8 GiB where it cannot be read)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+# Peak bytes of the sparse path per stored weight and per node and wanted pair, measured
+# on pixel graphs (pixel_affinity, forward and backward: 79 bytes a weight at 896 px) and
+# rounded up; used only to refuse what cannot fit, before it is allocated.
+SPARSE_BYTES_PER_ENTRY = 96
+SPARSE_BYTES_PER_NODE_PAIR = 256
+
+
+def check_fits(need: int, what: str, remedy: str) -> None:
+    """Refuse, before any allocation, work whose estimate ``need`` (bytes) exceeds this
+    machine's memory, naming ``what`` it is and the ``remedy``."""
+    have = physical_memory()
+    if need > have:
+        raise ValueError(
+            f"{what} needs about {need / 2**30:.1f} GiB, more than this machine's "
+            f"{have / 2**30:.1f} GiB; {remedy}"
+        )
 
 
 def check_not_meta(like: torch.Tensor, what: str) -> None:

@@ -15,6 +15,9 @@ import torch
 import diffeig
 
 DATA = Path(__file__).parent / "data"
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Sparse (CSR|CSC|BSR|BSC) tensor support", "ignore:Sparse invariant checks"
+)
 
 
 def _rbf(x: torch.Tensor, sigma: float) -> np.ndarray:
@@ -358,3 +361,71 @@ def test_train_on_one_image_file_is_one_line_and_writes_nothing(tmp_path, capsys
     blob.write_bytes(b"\xff\xfe\x00bin")
     assert cli.main(["train", "--config", "demo", "--data", str(blob), "--output", str(out)]) == 2
     _one_line_error(capsys.readouterr().err, "--data", "UTF-8")
+
+
+# ---------------------------------------------------- pixel graphs and sparse layouts
+
+
+@pytest.mark.parametrize("shape, radius", [((3, 4, 4), 5.0), ((3, 2, 2), 5.0), ((3, 7, 9), 1e6)])
+def test_a_radius_that_covers_the_image_gives_the_complete_graph(shape, radius):
+    img = torch.rand(shape, dtype=torch.float64)
+    W = diffeig.ncut.pixel_affinity(img, radius=radius).to_dense()
+    n = shape[1] * shape[2]
+    assert W.shape == (n, n) and int((W > 0).sum()) == n * (n - 1)
+    flat = img.reshape(3, -1)
+    ys, xs = torch.meshgrid(torch.arange(shape[1]), torch.arange(shape[2]), indexing="ij")
+    pos = torch.stack([ys.reshape(-1), xs.reshape(-1)], -1).double()
+    expect = torch.exp(-(torch.cdist(flat.T, flat.T) ** 2) / 0.1**2) * torch.exp(
+        -(torch.cdist(pos, pos) ** 2) / 4.0**2
+    )
+    assert torch.allclose(W, expect.fill_diagonal_(0), rtol=1e-12, atol=1e-300)
+
+
+def test_pixel_affinity_names_the_layout_and_refuses_what_cannot_fit():
+    with pytest.raises(ValueError, match=r"channels-first.*\(H, W, C\).*movedim"):
+        diffeig.ncut.pixel_affinity(torch.rand(40, 50, 3))
+    with pytest.raises(ValueError, match=r"GiB, more than this machine's"):
+        diffeig.ncut.pixel_affinity(torch.rand(3, 4000, 3000), radius=30)
+    # colours in [0, 255]: the zero-degree message says what to change
+    W = diffeig.ncut.pixel_affinity(torch.rand(3, 8, 8, dtype=torch.float64) * 255, radius=1)
+    with pytest.raises(ValueError, match=r"colours are expected in \[0, 1\]"):
+        diffeig.sym_eigh_ncut(W, 2)
+
+
+def test_other_sparse_layouts_are_solved_as_coo():
+    img = torch.rand(3, 6, 6, dtype=torch.float64)
+    W = diffeig.ncut.pixel_affinity(img, radius=2)
+    ref, _ = diffeig.sym_eigh_ncut(W.to_dense(), 3)
+    dense = W.to_dense()
+    for layout in (dense.to_sparse_csc(), dense.to_sparse_bsr((2, 2)), dense.to_sparse_bsc((3, 3))):
+        lam, z = diffeig.sym_eigh_ncut(layout, 3)
+        assert torch.allclose(lam, ref, atol=1e-9), layout.layout
+
+
+def test_sparse_edges_are_one_clear_line():
+    empty = torch.sparse_coo_tensor(
+        torch.zeros(3, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), (0, 5, 5)
+    )
+    lam, z = diffeig.sym_eigh_ncut(empty, 2)
+    assert lam.shape == (0, 2) and z.shape == (0, 5, 2)
+    W = diffeig.ncut.pixel_affinity(torch.rand(3, 6, 6, dtype=torch.float64), radius=2)
+    with pytest.raises(ValueError, match="meta"):
+        diffeig.sym_eigh_ncut(W.to("meta"), 2)
+    for n in (2**28, 2**31):
+        huge = torch.sparse_coo_tensor(
+            torch.tensor([[0, 1], [1, 0]]), torch.ones(2, dtype=torch.float64), (n, n)
+        )
+        with pytest.raises(ValueError, match=r"GiB, more than this machine's"):
+            diffeig.sym_eigh_ncut(huge, 2, laplacian="unnormalized")
+    for A in (W, W.to_sparse_csr(), W.to("meta")):
+        with pytest.raises(ValueError, match=r"dense \(strided\).*to_dense"):
+            diffeig.eigsh(A, 2)
+
+
+def test_pixel_ncut_refuses_a_pixel_graph_that_cannot_fit():
+    _cli()
+    from diffeig.dncut.eval.pixel_ncut import refine
+
+    prior = torch.zeros(3000, 4000, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"--pixel-work-side 4096.*GiB.*smaller --pixel-work"):
+        refine(torch.zeros(3, 8, 8), prior, work_side=4096, radius=32)

@@ -14,7 +14,11 @@ from __future__ import annotations
 import torch
 
 from diffeig._checks import (
+    COMPRESSED_LAYOUTS,
+    SPARSE_BYTES_PER_ENTRY,
+    SPARSE_BYTES_PER_NODE_PAIR,
     check_degrees,
+    check_fits,
     check_k,
     check_scaled_back,
     check_solver_options,
@@ -164,7 +168,7 @@ class _SparseNCut(torch.autograd.Function):
         tol, max_iter, on_fail, cg_tol, block = solver
         v = values.detach()
         d = graphs.degrees(v)
-        check_degrees(d, normalized=normalized)
+        check_degrees(d, normalized=normalized, sparse=True)
         STATS.clear()
         M = graphs.matrix(v)
         lap = laplacian_operator(_matmul(M, graphs.B, graphs.N, "forward_products"), d, normalized)
@@ -223,8 +227,26 @@ def solve_sparse(
     (the k - 1 pairs plus one guard): 12 % faster at k = 3 on pixel graphs, the same
     eigenvalues, and on small pixel graphs gradients up to 8.6e-7 off instead of 3.8e-7
     (120 graphs, k = 3 - 5, default tol)."""
+    if W.layout in COMPRESSED_LAYOUTS:  # CSC, BSR, BSC: as COO (the entries, in order)
+        W = W.to_sparse_coo()
+    check_sparse_layout(W)
+    if W.device.type == "meta":
+        raise ValueError(
+            "the sparse NCut reads W's values (its pattern and convergence tests), so it "
+            "cannot run on meta tensors"
+        )
+    k = check_k(k, W.shape[-1])
+    batch = W.shape[0] if W.dim() == 3 else 1
+    check_fits(
+        W._nnz() * SPARSE_BYTES_PER_ENTRY
+        + batch * W.shape[-1] * (k + 2) * SPARSE_BYTES_PER_NODE_PAIR,
+        f"the sparse NCut of {batch} graph(s) of {W.shape[-1]} nodes, {W._nnz()} stored "
+        f"weights, k = {k}",
+        "solve a smaller graph (downscale the image) or fewer graphs at once",
+    )
+    if batch == 0:
+        return W.new_zeros(0, k, dtype=W.dtype), W.new_zeros(0, W.shape[-1], k, dtype=W.dtype)
     graphs = SparseGraphs(W)
-    k = check_k(k, graphs.N)
     check_solver_options(tol, max_iter, on_fail)
     gap_rtol = resolved_gap_rtol(gap_rtol, tol, W.dtype)
     tol = default_tol(W.dtype) if tol is None else tol  # W's dtype, also when upcast below

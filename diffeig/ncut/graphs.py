@@ -7,8 +7,10 @@ from __future__ import annotations
 import torch
 
 from diffeig._checks import (
+    SPARSE_BYTES_PER_ENTRY,
     check_choice,
     check_features,
+    check_fits,
     check_gaussian,
     check_pixel_affinity,
     values_readable,
@@ -145,16 +147,16 @@ def _chunks(n: int, size: int):
     return ((s, min(s + size, n)) for s in range(0, n, size))
 
 
-def _offsets(radius: float, width: int) -> torch.Tensor:
-    """``(K, 2)`` offsets ``(dy, dx)``, ``0 < dy^2 + dx^2 <= radius^2``, sorted by
+def _offsets(radius: float, height: int, width: int) -> torch.Tensor:
+    """``(K, 2)`` offsets ``(dy, dx)``, ``0 < dy^2 + dx^2 <= radius^2``, ``|dy| < height``,
+    ``|dx| < width`` (a radius that covers the image gives the complete graph), sorted by
     ``dy * width + dx`` (so that each row's neighbours come out in column order)."""
-    r = int(radius)
-    d = torch.arange(-r, r + 1)
-    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    ry, rx = min(int(radius), height - 1), min(int(radius), width - 1)
+    dy, dx = torch.meshgrid(torch.arange(-ry, ry + 1), torch.arange(-rx, rx + 1), indexing="ij")
     dy, dx = dy.reshape(-1), dx.reshape(-1)
     keep = (dy * dy + dx * dx <= radius * radius) & ((dy != 0) | (dx != 0))
     off = torch.stack([dy[keep], dx[keep]], -1)
-    return off[torch.argsort(off[:, 0] * (2 * r + 1) + off[:, 1])]
+    return off[torch.argsort(off[:, 0] * (2 * rx + 1) + off[:, 1])]
 
 
 def pixel_affinity(
@@ -197,7 +199,13 @@ def pixel_affinity(
     B, C, H, Wd = x.shape
     N = H * Wd
     dev = x.device
-    off = _offsets(float(radius), Wd).to(dev)  # (K, 2)
+    off = _offsets(float(radius), H, Wd).to(dev)  # (K, 2)
+    check_fits(
+        B * N * off.shape[0] * SPARSE_BYTES_PER_ENTRY,
+        f"pixel_affinity of {B} x {H} x {Wd} px at radius {radius} ({off.shape[0]} "
+        "neighbours a pixel)",
+        "downscale the image or use a smaller radius",
+    )
     ys = torch.arange(H, device=dev).view(1, H, 1)
     xs = torch.arange(Wd, device=dev).view(1, 1, Wd)
     qy, qx = ys + off[:, 0].view(-1, 1, 1), xs + off[:, 1].view(-1, 1, 1)  # (K, H, W)

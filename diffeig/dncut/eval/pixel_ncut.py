@@ -31,9 +31,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from diffeig._checks import SPARSE_BYTES_PER_ENTRY, check_fits
 from diffeig._eigh import gap_tolerances
 from diffeig.ncut import pixel_affinity
 from diffeig.ncut._sparse import solve_sparse
+from diffeig.ncut.graphs import _offsets
 
 __all__ = ["refine", "Refined", "DEFAULTS", "add_options", "options"]
 
@@ -136,12 +138,19 @@ def refine(
     if not (sigma_color == "auto" or isinstance(sigma_color, (int, float))):
         raise ValueError(f"--pixel-sigma-color must be a number > 0 or 'auto', got {sigma_color!r}")
     H, W = prior.shape
+    s = min(1.0, work_side / max(H, W))
+    h, w = max(2, round(H * s)), max(2, round(W * s))
+    neighbours = len(_offsets(float(radius), h, w))
+    check_fits(
+        h * w * neighbours * SPARSE_BYTES_PER_ENTRY,
+        f"--post pixel-ncut on {w} x {h} px (--pixel-work-side {work_side}, --pixel-radius "
+        f"{radius})",
+        "pass a smaller --pixel-work-side or --pixel-radius",
+    )
     if not isinstance(image, torch.Tensor):
         arr = np.asarray(image.convert("RGB").resize((W, H)), dtype=np.float64) / 255
         image = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     image = image.double()
-    s = min(1.0, work_side / max(H, W))
-    h, w = max(2, round(H * s)), max(2, round(W * s))
     img = _resize(image, (h, w))
     sigma = auto_sigma(img) if sigma_color == "auto" else float(sigma_color)
     if not sigma > 0:

@@ -4,6 +4,7 @@ right answer or one clear error line."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -429,3 +430,43 @@ def test_pixel_ncut_refuses_a_pixel_graph_that_cannot_fit():
     prior = torch.zeros(3000, 4000, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"--pixel-work-side 4096.*GiB.*smaller --pixel-work"):
         refine(torch.zeros(3, 8, 8), prior, work_side=4096, radius=32)
+
+
+# ------------------------------------------------------------ solvers at near ties
+
+
+def three_blobs(eps: float, seed: int = 0) -> torch.Tensor:
+    """A Gaussian graph of three blobs 5 apart, two of them near mirror images (``eps`` of
+    noise breaks the symmetry): l2 ~ 7e-9 and l3 ``~eps`` above it."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(50, 2, generator=g, dtype=torch.float64) * 0.3
+    parts = []
+    for j in range(3):
+        t = 2 * math.pi * j / 3
+        rot = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+        centre = 5 / math.sqrt(3) * torch.tensor([-math.sin(t), math.cos(t)])
+        parts.append(b @ rot.double().T + centre.double())
+    x = torch.cat(parts)
+    x = x + eps * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    return diffeig.ncut.gaussian_affinity(x, sigma=1.0)
+
+
+def _d_sin(z: torch.Tensor, ref: torch.Tensor, d: torch.Tensor) -> float:
+    cos = (z * d * ref).sum() / ((z * d * z).sum() * (ref * d * ref).sum()).sqrt()
+    return float((1 - cos.clamp(-1, 1) ** 2).clamp_min(0).sqrt())
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-2, 1e-1])
+def test_one_graph_lanczos_hands_a_near_tie_to_lobpcg(eps):
+    import scipy.linalg
+
+    W = three_blobs(eps)
+    d = W.sum(-1)
+    lam_ref, Z_ref = scipy.linalg.eigh((torch.diag(d) - W).numpy(), torch.diag(d).numpy())
+    assert 1e-3 < lam_ref[2] / lam_ref[1] - 1 < 0.5  # a near tie, l2 ~ 7e-9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lam, z = diffeig.sym_eigh_ncut(W, 2, method="lobpcg")
+    # Lanczos alone returned l2 1.4 % off and z2 at sin 0.95, silently
+    assert abs(lam[1].item() - lam_ref[1]) / lam_ref[1] < 1e-6
+    assert _d_sin(z[:, 1], torch.from_numpy(Z_ref[:, 1]), d) < 1e-4

@@ -823,13 +823,17 @@ def run_lobpcg(
     block=None,
     certify=False,
     eigenvalue_rtol=False,
+    fallback=True,
 ):
     """LOBPCG on ``A``: a dense ``(*, N, N)`` tensor (dense eigh instead when the block
     would not be small), or a function ``Y -> A @ Y`` with ``like`` a ``(*, N)`` tensor
     giving the batch shape, dtype and device (then ``scale`` is required). ``start``:
     ``(*, N, s)`` guesses of the wanted vectors, the first columns of the initial block;
     ``block``: the block size (default :func:`default_block`); ``certify``,
-    ``eigenvalue_rtol``: as :func:`lobpcg`."""
+    ``eigenvalue_rtol``: as :func:`lobpcg`. Matrices it does not converge on are solved
+    densely (``A`` materialized up to :data:`MAX_FALLBACK_N`) unless ``fallback=False``
+    (sparse operators, which are never formed); ``on_fail``: ``'warn'`` or ``'raise'``
+    about them, or ``'defer'`` to raise :class:`Unconverged` without solving them."""
     dense = not callable(A)
     like = A[..., 0] if dense else like
     n = like.shape[-1]
@@ -872,7 +876,9 @@ def run_lobpcg(
             f"iterations (largest relative residual {info.max_residual:.2e} > tol, or Ritz "
             "values outside the spectrum's bounds)"
         )
-        if dense or n <= MAX_FALLBACK_N:
+        if on_fail == "defer":
+            raise Unconverged(msg)
+        if fallback and (dense or n <= MAX_FALLBACK_N):
             Ad = A[failed] if dense else _materialize(A, like)[failed]
             C = None if constraints is None else constraints[failed]
             lam, V = _dense_pairs(Ad, k, largest, C)
@@ -880,10 +886,17 @@ def run_lobpcg(
             theta[failed], X[failed] = lam.to(theta.dtype), V.to(X.dtype)
             info.fallbacks = count
             msg += "; those were solved densely (torch.linalg.eigh), so the results are exact."
-        else:
+        elif fallback:
             msg += ". Raise max_iter or tol, or use method='dense'."
+        else:
+            msg += "; the returned pairs are its last iterate. Raise max_iter or tol."
         report_failure(msg, on_fail, stacklevel=4)
     return theta, X, info
+
+
+class Unconverged(RuntimeError):
+    """LOBPCG stopped short on some matrices, with ``on_fail='defer'`` (the caller
+    decides: ``method='auto'`` solves them densely instead)."""
 
 
 # Use the dense solve when N (less the deflated constraints) is at most this many times

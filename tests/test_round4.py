@@ -470,3 +470,71 @@ def test_one_graph_lanczos_hands_a_near_tie_to_lobpcg(eps):
     # Lanczos alone returned l2 1.4 % off and z2 at sin 0.95, silently
     assert abs(lam[1].item() - lam_ref[1]) / lam_ref[1] < 1e-6
     assert _d_sin(z[:, 1], torch.from_numpy(Z_ref[:, 1]), d) < 1e-4
+
+
+def four_clusters() -> torch.Tensor:
+    """A kNN Gaussian graph of four clusters joined by 1e-12 floors: l2 ~ 1.9e-11, with
+    l3 and l4 as small."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([(0, 0), (4, 0), (0, 4), (4, 4)], dtype=torch.float64)
+    x = torch.cat([torch.randn(60, 2, generator=g, dtype=torch.float64) * 0.3 + c for c in centres])
+    return diffeig.ncut.gaussian_affinity(x, sigma=0.7, topk=10) + 1e-12
+
+
+def test_auto_never_iterates_longer_than_a_dense_solve(monkeypatch):
+    import diffeig._lobpcg as lobpcg_module
+    from diffeig.ncut._iterative import auto_budget
+
+    W = four_clusters()
+    iterations = []
+    real = lobpcg_module.lobpcg
+
+    def counting(*args, **kwargs):  # a spy: the solver itself is unchanged
+        out = real(*args, **kwargs)
+        iterations.append(out[2].iterations)
+        return out
+
+    monkeypatch.setattr(lobpcg_module, "lobpcg", counting)
+    lam, z = diffeig.sym_eigh_ncut(W, 2, method="auto")
+    # it took 754 iterations (1.7 s of CPU against the dense solve's 0.01 s); now the
+    # budget, then the dense solve's answer
+    assert iterations and max(iterations) <= auto_budget(W.shape[-1]) == 40
+    ref, zref = diffeig.sym_eigh_ncut(W, 2, method="dense")
+    assert torch.equal(lam, ref) and torch.equal(z, zref)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_sparse_near_islands_find_the_dense_pairs(seed):
+    # a noisy 20 x 20 image, radius 2, sigma_color 0.1: weights 1e-47 .. 1, the graph
+    # falls apart into near-islands (l3 came back 5.8e-10 where it is 1.4e-10)
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(3, 20, 20, generator=g, dtype=torch.float64)
+    W = diffeig.ncut.pixel_affinity(img, radius=2, sigma_color=0.1)
+    ref, _ = diffeig.sym_eigh_ncut(W.to_dense(), 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lam, _ = diffeig.sym_eigh_ncut(W, 3)
+    floor = 1000 * torch.finfo(torch.float64).eps  # of the bound 2: numerically 0 below
+    assert bool(((lam - ref).abs() <= 1e-3 * ref + floor).all()), (lam, ref)
+
+
+def test_an_ill_conditioned_gradient_is_said():
+    from diffeig.ncut._common import IllConditionedGradient
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 20, 20, generator=g, dtype=torch.float64)
+    W = diffeig.ncut.pixel_affinity(img, radius=2, sigma_color=0.1)
+    for A in (W.to_dense(), W):
+        v = A.coalesce().values().clone().requires_grad_() if A.is_sparse else None
+        X = torch.sparse_coo_tensor(A.indices(), v, A.shape) if v is not None else A.clone()
+        X = X if v is not None else X.requires_grad_()
+        lam, z = diffeig.sym_eigh_ncut(X, 3)
+        with pytest.warns(IllConditionedGradient, match="ill-conditioned"):
+            (z[:, 1:] / z[:, 1:].norm(dim=0)).sum().backward()
+    # an ordinary graph: no warning
+    W = _graph().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method in ("dense", "lobpcg"):
+            lam, z = diffeig.sym_eigh_ncut(W, 3, method=method)
+            (z**2).sum().backward()

@@ -62,6 +62,7 @@ class _NCut(torch.autograd.Function):
     def backward(ctx, grad_lam, grad_Z, *_):
         lam, V, d = ctx.saved_tensors
         k, normalized, gap_rtol, gap_atol = ctx.args
+        _common.warn_ill_conditioned(lam[..., :k], d, normalized, gap_rtol)
         if grad_Z is None:
             grad_Z = V.new_zeros((*V.shape[:-1], k))
         if grad_lam is None:

@@ -13,6 +13,7 @@ from diffeig._lobpcg import (
     DENSE_BELOW,
     BatchedOperator,
     Symmetric,
+    Unconverged,
     default_block,
     default_tol,
     partial_eigh_factor,
@@ -91,7 +92,22 @@ def _block(d, iterated: int, certify: bool) -> int | None:
 
 
 class TiedSpectrum(Exception):
-    """Raised (and caught) inside ``method="auto"``: the k-th eigenvalue ties the next."""
+    """Raised (and caught) inside ``method="auto"``: the k-th eigenvalue ties the next, or
+    LOBPCG would cost more than the dense solve; auto then solves densely."""
+
+
+# auto's LOBPCG stops after this many iterations, or one per AUTO_NODES_PER_ITERATION nodes
+# if more, and hands the graphs to the dense solve: certified runs of the recipe's graphs
+# take 8 - 16, and a LOBPCG iteration costs about a dense solve's N / 8-th part or less
+# (four clusters of 60 nodes joined by 1e-11 took 754 iterations, 1.7 s, where the dense
+# solve takes 0.01 s).
+AUTO_MIN_ITERATIONS = 40
+AUTO_NODES_PER_ITERATION = 8
+
+
+def auto_budget(n: int) -> int:
+    """The iterations ``method='auto'`` gives LOBPCG on graphs of ``n`` nodes."""
+    return max(AUTO_MIN_ITERATIONS, n // AUTO_NODES_PER_ITERATION)
 
 
 def lobpcg_ncut_pairs(
@@ -107,6 +123,7 @@ def lobpcg_ncut_pairs(
     preconditioner=None,
     block=None,
     start=None,
+    fallback=True,
 ):
     """The k smallest NCut pairs by LOBPCG: ``(lam, U, Z)``, U the symmetric problem's.
 
@@ -117,7 +134,9 @@ def lobpcg_ncut_pairs(
     ``start``: ``(*, N, s)`` guesses of the vectors (default: the degrees).
     ``tie_rtol``: raise :class:`TiedSpectrum` where the (k+1)-th eigenvalue's bound lies
     within ``tie_rtol`` of the spectrum's bound above the k-th (the k-th vector is then not
-    unique, and which one a solver returns is its rounding).
+    unique, and which one a solver returns is its rounding), or where LOBPCG has not
+    converged within :func:`auto_budget` iterations (the dense solve is then cheaper).
+    ``fallback``: as :func:`diffeig._lobpcg.run_lobpcg`.
     """
     # The trivial pair is known exactly: l = 0 with u = D^1/2 1 (normalized) or 1.
     u1 = _common.trivial_vector(d, normalized)
@@ -134,26 +153,31 @@ def lobpcg_ncut_pairs(
             dmax = d.amax(-1, keepdim=True)
             dinv = torch.where(d > 0, dmax / torch.where(d > 0, d, 1), 1).unsqueeze(-1)
             precond = BatchedOperator(_scale_rows, dinv, batch_shape=d.shape[:-1])
-        theta, X, info = run_lobpcg(
-            L,
-            k - 1,
-            largest=False,
-            constraints=u1,
-            tol=tol,
-            max_iter=max_iter,
-            on_fail=on_fail,
-            scale=scale,
-            preconditioner=precond,
-            like=d,
-            # The degrees start the search: on graphs with clusters of unequal size they
-            # differ between the clusters, as z2 does (iterations per graph on the
-            # recipe's graphs: 11.1 -> 7.9 at N = 784).
-            start=d.unsqueeze(-1) if start is None else start,
-            block=block or _block(d, k - 1, certify=tie_rtol is not None),
-            certify=tie_rtol is not None,
-            # z2 of a near-disconnected graph: l2 relative to itself, not only to the bound
-            eigenvalue_rtol=True,
-        )
+        auto = tie_rtol is not None
+        try:
+            theta, X, info = run_lobpcg(
+                L,
+                k - 1,
+                largest=False,
+                constraints=u1,
+                tol=tol,
+                max_iter=min(max_iter, auto_budget(d.shape[-1])) if auto else max_iter,
+                on_fail="defer" if auto else on_fail,
+                scale=scale,
+                preconditioner=precond,
+                like=d,
+                # The degrees start the search: on graphs with clusters of unequal size they
+                # differ between the clusters, as z2 does (iterations per graph on the
+                # recipe's graphs: 11.1 -> 7.9 at N = 784).
+                start=d.unsqueeze(-1) if start is None else start,
+                block=block or _block(d, k - 1, certify=auto),
+                certify=auto,
+                # z2 of a near-disconnected graph: l2 relative to itself, not only to the bound
+                eigenvalue_rtol=True,
+                fallback=fallback,
+            )
+        except Unconverged:
+            raise TiedSpectrum from None
         if (
             tie_rtol is not None
             and info.residuals is not None
@@ -375,6 +399,7 @@ class _NCutLobpcgGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(W, d, lam, U, grad_lam, grad_Z, args):
+        _common.warn_ill_conditioned(lam, d, args[0], args[1][0])
         lap = laplacian_operator(W, d, args[0])
         P, c, g = lobpcg_ncut_factors(lap, d, lam, U, grad_lam, grad_Z, *args)
         return _ops.ncut_grad_assemble(P, U, c, g)

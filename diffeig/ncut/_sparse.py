@@ -11,6 +11,9 @@ entries only: ``O(nnz k)`` memory and time, never an ``N x N`` tensor.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 
 from diffeig._checks import (
@@ -30,6 +33,7 @@ from diffeig._checks import (
 )
 from diffeig._lobpcg import default_tol, resolved_gap_rtol
 from diffeig.ncut import _common
+from diffeig.ncut._islands import island_start, missed_pairs
 from diffeig.ncut._iterative import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
 from diffeig.ncut._multigrid import Multigrid, csr
 
@@ -151,6 +155,28 @@ def _edge_rayleigh(graphs, values, lam, Z, d, normalized):
     return out
 
 
+def _recheck(solve, lap, graphs, v, d, normalized, lam, U, Z, islands):
+    """Where the island vectors prove a skipped pair (:func:`missed_pairs`), solve again
+    from the Rayleigh-Ritz vectors of both; warn where the proof still holds."""
+    missed, ritz = missed_pairs(lap, U, lam, islands)
+    if not bool(missed.any()):
+        return lam, U, Z
+    lam, U, Z = solve(start=ritz)
+    lam = _edge_rayleigh(graphs, v, lam, Z, d, normalized)
+    missed, _ = missed_pairs(lap, U, lam, islands)
+    if bool(missed.any()):
+        warnings.warn(
+            f"sym_eigh_ncut: {int(missed.sum())} of {missed.numel()} sparse graph(s) fall "
+            "apart into near-islands whose pairs LOBPCG did not resolve: a smaller "
+            "eigenvalue than the returned ones exists (their Rayleigh-Ritz values prove it). "
+            "The spectrum is not resolved there; check with shift-invert (docs/ncut.md, "
+            "Limits), or add a floor to the weights",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    return lam, U, Z
+
+
 def _preconditioner(mg, d, normalized):
     """``R -> T R`` with ``T ~ L^+`` for the operator LOBPCG and CG iterate on:
     ``D - W`` itself, or ``L_sym = D^-1/2 (D - W) D^-1/2`` (then ``D^1/2 mg D^1/2``)."""
@@ -178,10 +204,28 @@ class _SparseNCut(torch.autograd.Function):
         mg = Multigrid(graphs.row, graphs.col, v, d)
         STATS["levels"] = mg.sizes
         prec = _preconditioner(mg, d, normalized)
-        lam, U, Z = lobpcg_ncut_pairs(
-            lap, d, k, normalized, sign, tol, max_iter, on_fail, preconditioner=prec, block=block
+        # near-islands start the search (their pairs lie near 0, a random start misses them)
+        islands = island_start(graphs, v, d, normalized, k - 1)
+        start = None if islands is None else torch.cat([islands, d.unsqueeze(-1)], -1)
+        # never formed densely: a pair LOBPCG does not converge is reported, not replaced
+        solve = functools.partial(
+            lobpcg_ncut_pairs,
+            lap,
+            d,
+            k,
+            normalized,
+            sign,
+            tol,
+            max_iter,
+            on_fail,
+            preconditioner=prec,
+            block=block,
+            fallback=False,
         )
+        lam, U, Z = solve(start=start)
         lam = _edge_rayleigh(graphs, v, lam, Z, d, normalized)
+        if islands is not None and k > 1:
+            lam, U, Z = _recheck(solve, lap, graphs, v, d, normalized, lam, U, Z, islands)
         ctx.graphs, ctx.prec = graphs, prec
         ctx.args = (normalized, gaps, cg_tol, max_iter, on_fail)
         ctx.save_for_backward(d, lam, U)
@@ -195,6 +239,7 @@ class _SparseNCut(torch.autograd.Function):
         if grad_lam is None and grad_Z is None:
             return (None,) * 7
         d, lam, U = ctx.saved_tensors
+        _common.warn_ill_conditioned(lam, d, ctx.args[0], ctx.args[1][0])
         grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
         grad_Z = torch.zeros_like(U) if grad_Z is None else grad_Z
         P, c, g = lobpcg_ncut_factors(

@@ -1,0 +1,108 @@
+"""Start vectors for sparse graphs that fall apart into near-islands.
+
+A photograph's pixel graph with a small colour scale holds weights from 1 down to 1e-47:
+pixels and small regions joined to the rest only by weights far below their degree. Each
+such near-island brings an eigenvalue near 0, and a random start has almost no part along
+the islands' indicator vectors, so LOBPCG converged to a larger pair and returned it as
+the k-th (l3 = 5.8e-10 where it is 1.4e-10; a 2-pixel island's l3 = 1.002 where it is
+2.6e-4). The quotient graph knows them: its nodes are the components of the graph's
+strong edges, its weights the sums of the weak ones between them. Its smallest pairs,
+spread back over the components, are the pairs of the near-disconnected graph to first
+order, and they start LOBPCG.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["island_start", "missed_pairs"]
+
+# An edge is weak when its weight is at most this share of the larger of its two degrees
+# (a pixel unlike all its neighbours has a tiny degree, and its edges would otherwise join
+# everything around it): the components of the other edges are the near-islands. 1e-2 rather than a
+# smaller share: the quotient's pairs only start the search, and islands joined by weights
+# of 1e-4 .. 1e-2 of their degree held the pairs missed on noisy 20 x 20 images.
+ISLAND_RTOL = 1e-2
+# The quotient graph is solved densely up to this many components per graph (beyond it,
+# no start is made: a graph that falls apart into more pieces than that is left to LOBPCG).
+MAX_COMPONENTS = 1024
+
+
+def island_start(graphs, values, d, normalized: bool, count: int):
+    """``(B, N, count)`` start vectors in the symmetric problem's basis (``D^1/2 z`` for
+    the normalized cut, ``z`` for ``D - W``): the ``count`` smallest non-trivial pairs of
+    each graph's quotient graph over the components of its strong edges, spread back; or
+    ``None`` where no graph falls apart (zero columns for a graph that does not)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n_all = graphs.B * graphs.N
+    row, col = graphs.row, graphs.col
+    dmax = torch.maximum(d.reshape(-1)[row], d.reshape(-1)[col])
+    strong = values > ISLAND_RTOL * dmax
+    if bool(strong.all()) or count < 1:
+        return None
+    r, c = row[strong].cpu().numpy(), col[strong].cpu().numpy()
+    adj = coo_matrix((np.ones(r.shape[0], dtype=np.int8), (r, c)), shape=(n_all, n_all))
+    _, labels = connected_components(adj.tocsr(), directed=False)
+    labels = torch.from_numpy(labels).to(row.device).reshape(graphs.B, graphs.N)
+    start = torch.zeros(graphs.B, graphs.N, count, dtype=d.dtype, device=d.device)
+    found = False
+    for b in range(graphs.B):
+        comp, local = torch.unique(labels[b], return_inverse=True)
+        m = comp.numel()
+        if m < 2 or m > MAX_COMPONENTS:
+            continue
+        lo, hi = b * graphs.N, (b + 1) * graphs.N
+        s, e = int(graphs.crow[lo]), int(graphs.crow[hi])
+        y = _quotient_pairs(local, row[s:e] - lo, col[s:e] - lo, values[s:e], d[b], normalized)
+        y = y[:, 1 : count + 1]  # the trivial pair is deflated exactly
+        z = y[local]
+        start[b, :, : z.shape[-1]] = z * d[b].sqrt().unsqueeze(-1) if normalized else z
+        found = True
+    return start if found else None
+
+
+def _quotient_pairs(local, row, col, values, d, normalized: bool) -> torch.Tensor:
+    """The eigenvectors (ascending) of the quotient graph's generalized problem
+    ``(D_c - W_c) y = l M y``, ``M`` the components' volumes (normalized) or sizes."""
+    m = int(local.max()) + 1
+    Wc = torch.zeros(m * m, dtype=values.dtype, device=values.device)
+    Wc.index_add_(0, local[row] * m + local[col], values)
+    Wc = Wc.reshape(m, m)
+    Lc = torch.diag(Wc.sum(-1)) - Wc
+    weight = d if normalized else torch.ones_like(d)
+    mass = torch.zeros(m, dtype=d.dtype, device=d.device).index_add_(0, local, weight)
+    r = mass.clamp_min(torch.finfo(d.dtype).tiny).rsqrt()
+    C = Lc * r.unsqueeze(-1) * r.unsqueeze(-2)
+    _, V = torch.linalg.eigh(0.5 * (C + C.mT))
+    return V * r.unsqueeze(-1)
+
+
+def missed_pairs(lap, U, lam, islands):
+    """Per graph, whether a pair was skipped: the Rayleigh-Ritz values of the returned
+    vectors and the island vectors together lie below the returned eigenvalues (by
+    Cauchy's interlacing the j-th of them bounds the j-th eigenvalue from above, so one
+    below the returned j-th proves that a pair below it was missed). Returns ``(missed
+    (B,) bool, Ritz vectors (B, N, k - 1 + count) ascending)`` in the symmetric
+    problem's basis, the trivial vector (column 0 of U) projected out."""
+    u1 = U[..., :1]
+    Y = torch.cat([U[..., 1:], islands], -1)
+    Y = Y - u1 * (u1.mT @ Y)
+    Q, R = torch.linalg.qr(Y)
+    # columns that were (nearly) dependent carry no direction: push them past the spectrum
+    keep = R.diagonal(dim1=-2, dim2=-1).abs() > 1e-8 * R.diagonal(dim1=-2, dim2=-1).abs().amax(
+        -1, keepdim=True
+    )
+    H = Q.mT @ lap(Q)
+    H = 0.5 * (H + H.mT)
+    big = 4 * H.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True) + 4
+    H = H + torch.diag_embed(torch.where(keep, 0.0, big).to(H.dtype))
+    theta, S = torch.linalg.eigh(H)
+    k1 = U.shape[-1] - 1
+    found = lam[..., 1:]
+    eps = torch.finfo(lam.dtype).eps
+    margin = torch.maximum(1e-3 * found, torch.full_like(found, 100 * eps))
+    missed = (theta[..., :k1] < found - margin).any(-1)
+    return missed, Q @ S

@@ -538,3 +538,18 @@ def test_an_ill_conditioned_gradient_is_said():
         for method in ("dense", "lobpcg"):
             lam, z = diffeig.sym_eigh_ncut(W, 3, method=method)
             (z**2).sum().backward()
+
+
+def test_a_boundary_tie_is_said_and_a_resolved_one_is_not():
+    from diffeig.ncut._iterative import UnresolvedPair
+
+    W = three_blobs(1e-5)[None]  # l2 and l3 2e-13 apart: z2 is any vector of their span
+    with pytest.warns(UnresolvedPair, match="not resolved from the"):
+        diffeig.sym_eigh_ncut(W, 2, method="lobpcg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lam, _ = diffeig.sym_eigh_ncut(W, 3, method="lobpcg")  # both returned: resolved
+        diffeig.sym_eigh_ncut(W, 2, method="auto")  # auto solves it densely
+        diffeig.sym_eigh_ncut(_graph()[None], 2, method="lobpcg")
+    ref, _ = diffeig.sym_eigh_ncut(W, 3, method="dense")
+    assert torch.allclose(lam, ref, rtol=1e-6, atol=0)

@@ -553,3 +553,40 @@ def test_a_boundary_tie_is_said_and_a_resolved_one_is_not():
         diffeig.sym_eigh_ncut(_graph()[None], 2, method="lobpcg")
     ref, _ = diffeig.sym_eigh_ncut(W, 3, method="dense")
     assert torch.allclose(lam, ref, rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- pixel-ncut's sign
+
+
+def test_pixel_ncut_side_follows_the_token_foreground():
+    _cli()
+    from diffeig.dncut.eval.pixel_ncut import orient
+
+    token = torch.zeros(40, 40, dtype=torch.bool)
+    token[5:15, 5:15] = True  # a small object
+    z2 = torch.full((40, 40), 0.01, dtype=torch.float64)
+    z2[token] = -1.0  # the cut found the object, with the solver's sign negative there
+    signed, agreement = orient(z2, token)
+    assert torch.equal(signed > 0, token) and agreement == 1.0
+    # a cut of a background region R, large on R: sum(z2 (prior - 1/2)) kept the side
+    # that holds everything but R (the object's complement, nearly), silently
+    z2 = torch.full((40, 40), 0.01, dtype=torch.float64)
+    z2[30:, :] = -3.0
+    signed, agreement = orient(z2, token)
+    assert bool((signed > 0)[token].all())  # the side holding the object
+    assert agreement < 0.5  # and it disagrees on most pixels: refine() falls back
+
+
+def test_pixel_ncut_falls_back_where_the_cut_disagrees_and_counts_it():
+    _cli()
+    from diffeig.dncut.eval.pixel_ncut import DISAGREES, refine
+
+    # the colours split the image at two thirds; the token mask holds a small square
+    # of the top's colour: the cut cannot see it, and its side of the object disagrees
+    image = torch.zeros(3, 48, 48, dtype=torch.float64)
+    image[:, 32:] = 1.0
+    prior = torch.zeros(48, 48, dtype=torch.float64)
+    prior[4:8, 4:8] = 1.0
+    r = refine(image, prior, prior_weight=0.0)
+    assert not r.cut and r.fallback == DISAGREES
+    assert r.mask.shape == (48, 48)

@@ -146,6 +146,7 @@ def saliency_map(
 
         refined = refine(image, soft.double(), features, **(pixel or {}))
         soft, r["pixel_mask"], r["pixel_cut"] = refined.soft, refined.mask, refined.cut
+        r["pixel_fallback"] = refined.fallback
     # The authors evaluate the map they saved as an 8-bit PNG.
     return metrics.to_8bit(soft), r
 
@@ -193,7 +194,7 @@ def eval_saliency(args, data) -> dict:
         row = dict(name=name, post_seconds=time.perf_counter() - t0)
         row.update(metrics.saliency_scores(soft, gt))
         if "pixel_cut" in r:  # pixel-ncut: whether the cut decided or the fallback did
-            row["pixel_cut"] = r["pixel_cut"]
+            row["pixel_cut"], row["pixel_fallback"] = r["pixel_cut"], r["pixel_fallback"]
         per_image.append(row)
     summary = metrics.summarize_saliency(per_image)
     summary["skipped"] = len(skipped)
@@ -201,6 +202,9 @@ def eval_saliency(args, data) -> dict:
     summary["post_seconds_median"] = float(np.median([r["post_seconds"] for r in per_image]))
     if args.post == "pixel-ncut":
         summary["pixel_fallbacks"] = sum(not r["pixel_cut"] for r in per_image)
+        summary["pixel_disagreements"] = sum(
+            r["pixel_fallback"] == pixel_ncut.DISAGREES for r in per_image
+        )
     rows = [{k: v for k, v in r.items() if k != "f_curve"} for r in per_image]
     return {"summary": summary, "per_image": rows, "skipped": skipped}
 
@@ -467,8 +471,10 @@ def print_summary(args, s: dict) -> None:
     if "pixel_fallbacks" in s:
         print(
             f"pixel-ncut: the pixel cut decided on {s['images'] - s['pixel_fallbacks']} of "
-            f"{s['images']} images; on the others it was not decisive (l2 > "
-            f"{pixel_ncut.DECISIVE} l3) and TokenCut's bilateral solver refined the mask"
+            f"{s['images']} images; TokenCut's bilateral solver refined the others: "
+            f"{s['pixel_fallbacks'] - s['pixel_disagreements']} where the cut was not "
+            f"decisive (l2 > {pixel_ncut.DECISIVE} l3), {s['pixel_disagreements']} where it "
+            f"disagreed with the token mask on most pixels"
         )
     if s.get("skipped"):
         print(

@@ -17,8 +17,11 @@ The cut is used only where it is decisive: the three smallest pairs are solved, 
 ``l2 > DECISIVE l3`` z2 is one of several nearly equal cuts (the object is not separated
 by its colours, or the graph splits something else as cheaply) and the refinement falls
 back to TokenCut's bilateral solver (``--post tokencut+bs``). Otherwise the Fiedler
-vector's side that agrees with the prior (positive correlation with the prior centred at
-1/2) is the foreground: ``soft = sigmoid(z2 / (SOFTNESS std(z2)))``, ``mask = soft > 1/2``.
+vector's side that follows the token mask's foreground (:func:`orient`) is the
+foreground, ``soft = sigmoid(z2 / (SOFTNESS std(z2)))``, ``mask = soft > 1/2``; where that
+side still disagrees with the token mask on most pixels (``MIN_AGREEMENT``), the cut split
+something else and the bilateral solver refines the mask instead. Both fallbacks are
+counted by the evaluation.
 
 The graph is solved at most ``work_side`` pixels on the longer side (the soft map is
 upsampled bilinearly back): memory is O(nnz) = O(work_side^2 radius^2) at any image size.
@@ -56,6 +59,12 @@ MIN_SIGMA = 0.03
 # The cut is decisive where l2 <= DECISIVE * l3 (measured: 0.0 - 0.3 where z2 found the
 # object, 0.65 - 0.95 where it split something else).
 DECISIVE = 0.5
+# The pixel cut is used only where its side agrees with the token mask on at least this
+# share of the pixels: a cut that disagrees on most of them split something else (a
+# region of the background) and is not a refinement of the token mask.
+MIN_AGREEMENT = 0.5
+NOT_DECISIVE = "not decisive"
+DISAGREES = "disagrees with the token mask"
 # Relative residual of the pixel solve: a mask needs far less than float64's 1e-9
 # (18 instead of 39 products with W on a generated 320 px image).
 TOL = 1e-7
@@ -66,14 +75,16 @@ FEATURE_DIMS = 8
 
 class Refined(NamedTuple):
     """What :func:`refine` returns: the soft map and mask at the prior's size, whether the
-    pixel cut made them (False: the fallback, TokenCut's bilateral solver), ``l2 / l3``
-    and the colour scale used."""
+    pixel cut made them (False: the fallback, TokenCut's bilateral solver), ``l2 / l3``,
+    the colour scale used, and why the fallback was taken (:data:`NOT_DECISIVE`,
+    :data:`DISAGREES`, or None)."""
 
     soft: torch.Tensor
     mask: torch.Tensor
     cut: bool
     gap_ratio: float
     sigma_color: float
+    fallback: str | None = None
 
 
 def _resize(t: torch.Tensor, size) -> torch.Tensor:
@@ -129,7 +140,7 @@ def refine(
     prior_weight: float = DEFAULTS["prior_weight"],
     work_side: int = DEFAULTS["work_side"],
 ) -> Refined:
-    """``Refined(soft, mask, cut, gap_ratio, sigma_color)``, ``soft`` and ``mask`` of
+    """``Refined(soft, mask, cut, gap_ratio, sigma_color, fallback)``, ``soft`` and ``mask`` of
     ``prior``'s size ``(H, W)``: the pixel-resolution cut (module docstring).
 
     ``image``: a PIL image or ``(3, H, W)`` tensor in [0, 1]; ``prior``: the upsampled
@@ -172,13 +183,36 @@ def refine(
     ratio = float(lam[1] / lam[2]) if lam.numel() > 2 and lam[2] > 0 else 1.0
     if ratio > DECISIVE:
         soft = _fallback(image, prior)
-        return Refined(soft, soft > 0.5, False, ratio, sigma)
-    z2 = z[:, 1].reshape(h, w)
-    if float((z2 * (p[0] - 0.5)).sum()) < 0:
-        z2 = -z2
+        return Refined(soft, soft > 0.5, False, ratio, sigma, NOT_DECISIVE)
+    z2, agreement = orient(z[:, 1].reshape(h, w), p[0] > 0.5)
+    if agreement < MIN_AGREEMENT:
+        soft = _fallback(image, prior)
+        return Refined(soft, soft > 0.5, False, ratio, sigma, DISAGREES)
     soft = torch.sigmoid(z2 / (SOFTNESS * z2.std().clamp_min(1e-30)))
     soft = _resize(soft[None], (H, W))[0].clamp(0, 1)
     return Refined(soft, soft > 0.5, True, ratio, sigma)
+
+
+def orient(z2: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``z2`` signed so that its positive side follows the token mask's foreground, and the
+    share of pixels where that side agrees with the token mask.
+
+    The side is the one with the larger ``TPR - FPR`` against the token mask (the share of
+    its foreground inside minus the share of its background inside): the foreground
+    decides, whatever its size. (The sign of ``sum z2 (prior - 1/2)`` weighed the
+    background by its size and by z2's magnitude there, and could return the complement
+    of the object.) A token mask that is all foreground or all background gives no side:
+    z2 is kept as the solver signed it."""
+    fg = token_mask.to(z2.dtype)
+    bg = 1 - fg
+    pos = (z2 > 0).to(z2.dtype)
+    n_fg, n_bg = float(fg.sum()), float(bg.sum())
+    if n_fg and n_bg:
+        youden = float((pos * fg).sum()) / n_fg - float((pos * bg).sum()) / n_bg
+        if youden < 0:
+            z2, pos = -z2, 1 - pos
+    agreement = float((pos == fg).to(z2.dtype).mean())
+    return z2, agreement
 
 
 HELPS = {

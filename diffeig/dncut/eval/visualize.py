@@ -74,6 +74,8 @@ def panel(
 def _how(refined) -> str:
     if refined.cut:
         return f"the pixel cut: l2 / l3 = {refined.gap_ratio:.2f}"
+    if refined.fallback == pixel_ncut.DISAGREES:
+        return "the cut disagreed with the token mask: bilateral solver"
     return f"not decisive, l2 / l3 = {refined.gap_ratio:.2f}: bilateral solver"
 
 

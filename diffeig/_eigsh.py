@@ -147,7 +147,8 @@ def eigsh(
     ``method='lobpcg'`` runs a batched block LOBPCG (guard vectors, per-matrix
     convergence on residual norms, no Python loop over the batch); ``method='dense'``
     takes them from ``torch.linalg.eigh``. When the block would not be much smaller
-    than N (``3 (k + guard) >= N``) LOBPCG falls back to the dense solve.
+    than N (``N <= DENSE_BELOW * block``, ``DENSE_BELOW = 5``, block = k plus its guard
+    vectors) LOBPCG falls back to the dense solve.
 
     Backward, from the k pairs alone (``docs/math.md``): masked reciprocal gaps within
     them, and for the rest of the space the shifted solves

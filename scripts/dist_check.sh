@@ -14,7 +14,8 @@ SDIST=$(ls "$OUT"/diffeig-*.tar.gz)
 echo "dist-check: sdist $SDIST ($(tar tzf "$SDIST" | wc -l) files)"
 # (listed once: `tar | grep -q` under pipefail fails when grep stops reading early)
 tar tzf "$SDIST" >"$OUT/sdist-files.txt"
-for needed in docs/ncut.md docs/install.md examples/quokka_ncut.py csrc/cpu; do
+for needed in docs/ncut.md docs/install.md examples/quokka_ncut.py tests/data/quokka.jpg \
+  tests/data/quokka_mask.png tests/data/SOURCE.md csrc/cpu; do
   grep -q "/$needed" "$OUT/sdist-files.txt" || { echo "dist-check: the sdist lacks $needed"; exit 1; }
 done
 # Without FORCE_CUDA the wheel carries CUDA kernels only where a GPU can use them.
@@ -46,3 +47,9 @@ L, V = diffeig.eigh(A + A.T)
 print(f"dist-check: ok: diffeig {diffeig.__version__} from {diffeig.__file__}, native ops, "
       f"requires {req[0]}, version {diffeig.__version__}")
 PY
+# The examples run from the unpacked sdist against the installed wheel (its photo included).
+mkdir -p "$OUT/unpacked" && tar xzf "$SDIST" -C "$OUT/unpacked"
+EXDIR=$(ls -d "$OUT"/unpacked/diffeig-*)
+(cd "$OUT" && venv/bin/python "$EXDIR/examples/quokka_ncut.py" >"$OUT/example.log" 2>&1) \
+  || { tail -20 "$OUT/example.log"; echo "dist-check: examples/quokka_ncut.py failed from the sdist"; exit 1; }
+echo "dist-check: examples/quokka_ncut.py ran from the sdist: $(head -n 1 "$OUT/example.log")"

@@ -590,3 +590,22 @@ def test_pixel_ncut_falls_back_where_the_cut_disagrees_and_counts_it():
     r = refine(image, prior, prior_weight=0.0)
     assert not r.cut and r.fallback == DISAGREES
     assert r.mask.shape == (48, 48)
+
+
+def test_colour_bar_labels_fit_and_text_scales_with_the_figure():
+    _cli()
+    from PIL import ImageDraw
+
+    from diffeig.dncut.figures import compose, font_for, heat
+
+    z = np.linspace(-1, 1, 400).reshape(20, 20) * 1234.5
+    tile = np.asarray(heat(z, (480, 360)))
+    right = tile[:, -3:]  # the labels end inside the tile, before its last columns
+    assert (right == 255).all(), "a colour-bar label reaches the tile's edge (clipped)"
+    bar = tile[:, -80:]
+    assert (bar.sum(-1) < 200).sum() > 50  # dark pixels: the labels are drawn
+    small, large = font_for(200), font_for(3000)
+    assert large.size >= 3000 // 25 > small.size
+    fig = compose([([heat(z, (900, 600))], ["z2"])], ["image.png"])
+    draw = ImageDraw.Draw(fig)
+    assert draw.textbbox((0, 0), "z2", font=font_for(900))[3] >= 30  # not 10 px text

@@ -4,9 +4,24 @@ of an eigenvector, a mask over an image, and labelled grids of tiles. Pillow onl
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["compose", "heat", "overlay"]
+
+
+def font_for(width: int):
+    """Pillow's default font at a size that reads on a tile ``width`` pixels wide (a
+    twenty-fifth of it, at least 11 px); its bitmap font where FreeType is missing."""
+    size = max(11, width // 25)
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1, or no FreeType
+        return ImageFont.load_default()
+
+
+def _line_height(font) -> int:
+    box = font.getbbox("Ag+0.(")
+    return box[3] - box[1] + max(2, (box[3] - box[1]) // 4)
 
 
 def robust_scale(z: np.ndarray, percentile: float = 98.0) -> float:
@@ -28,20 +43,28 @@ def _diverging(v: np.ndarray) -> np.ndarray:
 def heat(z: np.ndarray, size, *, colorbar: bool = True) -> Image.Image:
     """A diverging map (blue < 0 < red, white at 0) of one eigenvector at ``size``,
     scaled symmetrically by the 98th percentile of ``|z|`` (beyond it: saturated), with a
-    colour bar at its right edge labelled with the scale."""
+    colour bar at its right edge labelled with the scale (the labels fit inside it)."""
     s = robust_scale(z)
     width, height = size
-    bar = 34 if colorbar and width > 120 else 0
+    font = font_for(width)
+    labels = (f"+{s:.2g}", "0", f"-{s:.2g}")
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = int(max(scratch.textlength(t, font=font) for t in labels))
+    ramp_w = max(8, width // 60)
+    bar = ramp_w + text_w + 12 if colorbar and width > 4 * (ramp_w + text_w + 12) else 0
     tile = Image.fromarray(_diverging(z / s)).resize((width - bar, height), Image.NEAREST)
     if not bar:
         return tile
     canvas = Image.new("RGB", size, "white")
     canvas.paste(tile, (0, 0))
-    ramp = np.linspace(1.0, -1.0, max(2, height - 24))[:, None].repeat(8, 1)
-    canvas.paste(Image.fromarray(_diverging(ramp)), (width - bar + 3, 12))
+    line_h = _line_height(font)
+    top, bottom = line_h // 2, height - line_h // 2
+    ramp = np.linspace(1.0, -1.0, max(2, bottom - top))[:, None].repeat(ramp_w, 1)
+    canvas.paste(Image.fromarray(_diverging(ramp)), (width - bar + 3, top))
     draw = ImageDraw.Draw(canvas)
-    for y, text in ((0, f"+{s:.2g}"), (height // 2 - 5, "0"), (height - 11, f"-{s:.2g}")):
-        draw.text((width - bar + 12, y), text, fill=(0, 0, 0))
+    x = width - bar + ramp_w + 7
+    for y, text in zip((top, (top + bottom) // 2, bottom), labels):
+        draw.text((x, y), text, fill=(0, 0, 0), font=font, anchor="lm")
     return canvas
 
 
@@ -52,11 +75,11 @@ def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.composite(Image.blend(image, tint, 0.35), dim, m)
 
 
-def _wrap(draw, text: str, width: int) -> list[str]:
+def _wrap(draw, text: str, width: int, font=None) -> list[str]:
     """``text`` broken into lines no wider than ``width`` pixels (words kept whole)."""
     lines: list[str] = []
     for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}") <= width:
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
@@ -72,31 +95,34 @@ def compose(
     """Tiles in a grid, each under its label (wrapped to the tile's width), each row
     after its label (``row_labels``) in a left margin. ``header``: the rows share their
     column labels, drawn once above the first. ``footer``: lines of legend below."""
-    grid = _grid(rows, row_labels, header)
+    grid, font = _grid(rows, row_labels, header)
     if not footer:
         return grid
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines = [ln for text in footer for ln in _wrap(scratch, text, grid.width - 8)]
-    canvas = Image.new("RGB", (grid.width, grid.height + 12 * len(lines) + 6), "white")
+    lines = [ln for text in footer for ln in _wrap(scratch, text, grid.width - 8, font)]
+    line_h = _line_height(font)
+    canvas = Image.new("RGB", (grid.width, grid.height + line_h * len(lines) + 6), "white")
     canvas.paste(grid, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for n, line in enumerate(lines):
-        draw.text((4, grid.height + 2 + 12 * n), line, fill=(0, 0, 0))
+        draw.text((4, grid.height + 2 + line_h * n), line, fill=(0, 0, 0), font=font)
     return canvas
 
 
-def _grid(rows, row_labels, header) -> Image.Image:
+def _grid(rows, row_labels, header):
+    """The grid and the font its labels were drawn with (sized to the tiles)."""
     pad = 4
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     tile_w = max(t.width for tiles, _ in rows for t in tiles)
     tile_h = max(t.height for tiles, _ in rows for t in tiles)
     cols = max(len(tiles) for tiles, _ in rows)
-    line_h = 12
-    wrapped = [[_wrap(scratch, lab, tile_w) for lab in labels] for _, labels in rows]
+    font = font_for(tile_w)
+    line_h = _line_height(font)
+    wrapped = [[_wrap(scratch, lab, tile_w, font) for lab in labels] for _, labels in rows]
     label_h = line_h * max(len(lines) for row in wrapped for lines in row)
     margin = 0
     if row_labels:
-        margin = int(max(scratch.textlength(t) for t in row_labels)) + 2 * pad
+        margin = int(max(scratch.textlength(t, font=font) for t in row_labels)) + 2 * pad
     row_h = tile_h + (0 if header else label_h) + pad
     top = label_h if header else 0
     canvas = Image.new(
@@ -110,12 +136,13 @@ def _grid(rows, row_labels, header) -> Image.Image:
         labelled = not header or i == 0
         y_tile = y + (0 if header else label_h)
         if row_labels:
-            draw.text((pad, y_tile + tile_h // 2 - line_h // 2), row_labels[i], fill=(0, 0, 0))
+            y_row = y_tile + tile_h // 2 - line_h // 2
+            draw.text((pad, y_row), row_labels[i], fill=(0, 0, 0), font=font)
         for j, (t, lines) in enumerate(zip(tiles, wrapped[i])):
             x = margin + pad + j * (tile_w + pad)
             if labelled:
                 y_text = y - top if header else y
                 for n, line in enumerate(lines):
-                    draw.text((x, y_text + n * line_h), line, fill=(0, 0, 0))
+                    draw.text((x, y_text + n * line_h), line, fill=(0, 0, 0), font=font)
             canvas.paste(t, (x, y_tile))
-    return canvas
+    return canvas, font

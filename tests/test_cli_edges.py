@@ -264,6 +264,7 @@ def test_a_jpeg_as_weights_is_not_a_checkpoint(tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, "not a PyTorch checkpoint", "JPEG")
 
 
+@pytest.mark.slow  # fresh interpreters without the extras: about 10 s
 def test_help_needs_none_of_the_extras(tmp_path):
     import subprocess
     import sys

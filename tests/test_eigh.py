@@ -319,6 +319,7 @@ def test_jvp_finite_on_ties():
     torch.testing.assert_close(tan, fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.slow  # torch.compile warms up for 10 - 20 s
 def test_compile_fullgraph(backend):
     torch._dynamo.reset()
 

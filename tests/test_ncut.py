@@ -212,6 +212,7 @@ def test_vmap_matches_batched(backend):
     assert_close(gv, Wr.grad)
 
 
+@pytest.mark.slow  # torch.compile warms up for about 10 s
 def test_compile_fullgraph(backend):
     torch._dynamo.reset()
 

@@ -212,6 +212,7 @@ def test_sym_matmul_reads_the_lower_triangle_only():
     torch.testing.assert_close(torch.ops.diffeig.sym_matmul(poisoned, Y), W @ Y)
 
 
+@pytest.mark.slow  # about 20 s: every op through every opcheck utility
 @needs_ext
 def test_opcheck():
     torch.library.opcheck(torch.ops.diffeig.symmetry_stats.default, (torch.rand(3, 7, 7),))

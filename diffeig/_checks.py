@@ -522,6 +522,14 @@ def check_fits(need: int, what: str, remedy: str) -> None:
         )
 
 
+def check_sparse_not_meta(W: torch.Tensor) -> None:
+    if W.device.type == "meta":
+        raise ValueError(
+            "the sparse NCut reads W's values (its pattern and convergence tests), so it "
+            "cannot run on meta tensors"
+        )
+
+
 def check_not_meta(like: torch.Tensor, what: str) -> None:
     """Iterative solvers read values to test convergence."""
     if like.device.type == "meta":

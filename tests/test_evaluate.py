@@ -321,9 +321,14 @@ def test_visualize_writes_one_panel_per_image(tmp_path):
     assert cli.main([*argv, "--max-side", "240"]) == 0
     fig = np.asarray(Image.open(out))
     # 2 rows; 6 tiles per row (image, z2, z3, z4, mask, box) of 240 x 160 plus padding,
-    # labels above each tile (lines of 12 px) and each row's file name in a left margin
+    # labels above each tile (whole lines of the figure's font) and each row's file name
+    # in a left margin
+    from diffeig.dncut.figures import _line_height, font_for
+
+    line_h = _line_height(font_for(240))
     label_h = (fig.shape[0] - 4) // 2 - (160 + 4)
-    assert fig.shape[0] == 2 * (160 + label_h + 4) + 4 and label_h > 0 and label_h % 12 == 0
+    assert fig.shape[0] == 2 * (160 + label_h + 4) + 4 and label_h > 0
+    assert label_h % line_h == 0
     margin = fig.shape[1] - (6 * (240 + 4) + 4)
     assert margin > 0 and (fig[:, :margin] < 128).any()  # "quokka.jpg" is written there
     assert fig.std() > 20  # not blank

@@ -27,6 +27,7 @@ from diffeig._checks import (
     check_solver_options,
     check_sparse_entries,
     check_sparse_layout,
+    check_sparse_not_meta,
     check_sparse_values,
     scale2,
     unit_scale,
@@ -275,11 +276,7 @@ def solve_sparse(
     if W.layout in COMPRESSED_LAYOUTS:  # CSC, BSR, BSC: as COO (the entries, in order)
         W = W.to_sparse_coo()
     check_sparse_layout(W)
-    if W.device.type == "meta":
-        raise ValueError(
-            "the sparse NCut reads W's values (its pattern and convergence tests), so it "
-            "cannot run on meta tensors"
-        )
+    check_sparse_not_meta(W)
     k = check_k(k, W.shape[-1])
     batch = W.shape[0] if W.dim() == 3 else 1
     check_fits(

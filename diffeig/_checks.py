@@ -179,6 +179,22 @@ def write_out(out, results):
     return tuple(out)
 
 
+def check_same_device(op: str, **tensors) -> None:
+    """The operators' inputs on one device (``torch._check``, as their kernels'
+    ``TORCH_CHECK``: the fake / Meta kernels raise what the real ones would)."""
+    present = {k: t for k, t in tensors.items() if t is not None}
+    devices = {t.device for t in present.values()}
+    torch._check(
+        len(devices) <= 1,
+        lambda: (
+            f"diffeig::{op}: "
+            + ", ".join(present)
+            + " must be on the same device, got "
+            + ", ".join(f"{k} on {t.device}" for k, t in present.items())
+        ),
+    )
+
+
 def one_input(A, input, fn: str):
     """torch.linalg's keyword (``input=``) or ours (``A``), exactly one of them."""
     if (A is None) == (input is None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from diffeig import _extension, _reference
-from diffeig._checks import needs_derivative
+from diffeig._checks import check_same_device, needs_derivative
 
 __all__ = [
     "eigh_backward_core",
@@ -100,22 +100,8 @@ def cg_step(Y, R, P, AP, rr, stop, active):
 # csrc/checks.h) instead of returning an uninitialized result.
 
 
-def _check_devices(op: str, **tensors) -> None:
-    present = {k: t for k, t in tensors.items() if t is not None}
-    devices = {t.device for t in present.values()}
-    torch._check(
-        len(devices) <= 1,
-        lambda: (
-            f"diffeig::{op}: "
-            + ", ".join(present)
-            + " must be on the same device, got "
-            + ", ".join(f"{k} on {t.device}" for k, t in present.items())
-        ),
-    )
-
-
 def _fake_core(eigenvalues, X, grad_eigenvalues, gap_rtol, gap_atol):
-    _check_devices(
+    check_same_device(
         "eigh_backward_core", eigenvalues=eigenvalues, X=X, grad_eigenvalues=grad_eigenvalues
     )
     torch._check(X.dim() == eigenvalues.dim() + 1, lambda: "X must have shape (*, n, k)")
@@ -138,20 +124,20 @@ def _fake_ncut_lanczos(W, dis, u1, v0, tol, max_steps):
 
 
 def _fake_sym_matmul(W, Y, index=None):
-    _check_devices("sym_matmul", W=W, Y=Y, index=index)
+    check_same_device("sym_matmul", W=W, Y=Y, index=index)
     torch._check(W.dim() == 3 and W.shape[-1] == W.shape[-2], lambda: "W must be (B, n, n)")
     torch._check(Y.dim() == 3 and Y.shape[1] == W.shape[-1], lambda: "Y must be (b, n, m)")
     return Y.new_empty(Y.shape)
 
 
 def _fake_assemble(P, V, scale, diag_term):
-    _check_devices("ncut_grad_assemble", P=P, V=V, scale=scale, diag_term=diag_term)
+    check_same_device("ncut_grad_assemble", P=P, V=V, scale=scale, diag_term=diag_term)
     torch._check(P.shape == V.shape, lambda: "V must have the shape of P")
     return P.new_empty((*P.shape[:-1], P.shape[-2]))
 
 
 def _fake_ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normalized, rtol, atol):
-    _check_devices(
+    check_same_device(
         "ncut_backward",
         V=V,
         eigenvalues=eigenvalues,
@@ -164,7 +150,7 @@ def _fake_ncut_backward(V, eigenvalues, degree, grad_Z, grad_eigenvalues, normal
 
 
 def _fake_cg_step(Y, R, P, AP, rr, stop, active):
-    _check_devices("cg_step", Y=Y, R=R, P=P, AP=AP, rr=rr, stop=stop, active=active)
+    check_same_device("cg_step", Y=Y, R=R, P=P, AP=AP, rr=rr, stop=stop, active=active)
     torch._check(R.shape == Y.shape and P.shape == Y.shape, lambda: "R, P must have Y's shape")
     return (
         Y.new_empty(Y.shape),

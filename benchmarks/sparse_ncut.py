@@ -64,7 +64,6 @@ def graph(side: int, batch: int, dtype):
 def child(args) -> dict:
     """One diffeig measurement in this process: times, products, peak RSS."""
     import diffeig
-    from diffeig.ncut import _sparse
 
     dtype = getattr(torch, args.dtype)
     W0 = graph(args.child, args.child_batch, dtype)
@@ -72,7 +71,8 @@ def child(args) -> dict:
     for _ in range(args.repeats):
         W = W0.detach().requires_grad_()
         t0 = time.perf_counter()
-        lam, z = diffeig.sym_eigh_ncut(W, 2, method="lobpcg", tol=args.tol)
+        info = diffeig.ncut.SparseInfo()
+        lam, z = diffeig.sym_eigh_ncut(W, 2, method="lobpcg", tol=args.tol, info=info)
         t1 = time.perf_counter()
         z2 = z[..., 1]
         loss = (torch.sigmoid(10 * z2 / z2.abs().amax(-1, keepdim=True)) ** 2).sum()
@@ -81,15 +81,15 @@ def child(args) -> dict:
         fwd.append(t1 - t0)
         bwd.append(t2 - t1)
         out = lam.detach()
-    stats = dict(_sparse.STATS)
     return {
         "forward": float(np.median(fwd)),
         "backward": float(np.median(bwd)),
         "total": float(np.median(fwd) + np.median(bwd)),
         # one product per LOBPCG iteration (covering the batch), plus the first
-        "iterations": stats.get("forward_products_calls", 1) - 1,
-        "backward_iterations": stats.get("backward_products", 0),
-        "levels": stats.get("levels"),
+        "iterations": info.forward_calls - 1,
+        "backward_iterations": info.backward_products,
+        "levels": info.levels,
+        "operator_complexity": info.operator_complexity,
         "l2": out[..., 1].reshape(-1).tolist(),
         "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "nnz": W0._nnz(),

@@ -399,6 +399,14 @@ def check_sparse_values(values: torch.Tensor, missing: int, asym: float) -> floa
     return hi
 
 
+def check_info_for_sparse(info) -> None:
+    if info is not None:
+        raise ValueError(
+            "info is filled by the sparse solve only (a torch sparse W); a dense W's "
+            "solvers keep no statistics"
+        )
+
+
 def check_sparse_method(method: str) -> None:
     if method == "dense":
         raise ValueError(

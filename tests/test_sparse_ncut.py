@@ -265,15 +265,9 @@ def test_multigrid_is_a_symmetric_positive_preconditioner():
     W = pixel_affinity(image(24, 24), radius=2, sigma_color=0.3).coalesce()
     i, j = W.indices()
     d = torch.zeros(576, dtype=torch.float64).index_add_(0, i, W.values())
-    import diffeig.ncut._multigrid as mgmod
-
-    old = mgmod.COARSEST
-    mgmod.COARSEST = 16  # force a few levels on a small graph
-    try:
-        mg = Multigrid(i, j, W.values(), d.unsqueeze(0))
-    finally:
-        mgmod.COARSEST = old
+    mg = Multigrid(i, j, W.values(), d.unsqueeze(0), coarsest=16)  # a few levels
     assert len(mg.sizes) >= 3 and mg.sizes[0] == 576
+    assert f"levels={mg.sizes}" in repr(mg) and mg.operator_complexity > 1
     X = torch.randn(1, 576, 5, dtype=torch.float64)
     X = X - X.mean(-2, keepdim=True)
     TX = mg(X)
@@ -286,11 +280,12 @@ def test_float32_is_solved_to_float32_accuracy_with_float64_iterations():
     from diffeig.ncut import _sparse
 
     W = graph()
-    diffeig.sym_eigh_ncut(W, 2, tol=7e-5)
-    its64 = _sparse.STATS["forward_products_calls"]
+    info64, info32 = _sparse.SparseInfo(), _sparse.SparseInfo()
+    diffeig.sym_eigh_ncut(W, 2, tol=7e-5, info=info64)
+    its64 = info64.forward_calls
     Wf = W.float().detach().requires_grad_()
-    lam, z = diffeig.sym_eigh_ncut(Wf, 2)
-    its32 = _sparse.STATS["forward_products_calls"]
+    lam, z = diffeig.sym_eigh_ncut(Wf, 2, info=info32)
+    its32 = info32.forward_calls
     assert abs(its32 - its64) <= max(1, 0.2 * its64)
     assert lam.dtype == z.dtype == torch.float32
     z[:, 1].pow(3).sum().backward()
@@ -420,10 +415,11 @@ def test_an_island_converges_without_stalling(laplacian, k):
     # preconditioned residual; unless those are orthogonalized against the Ritz block the
     # Gram whitening drops the rest and LOBPCG crawls (52 iterations for ncut, k = 2) or
     # stalls (1000, after a rounding-level change of the V-cycle). Now 10 - 12.
-    from diffeig.ncut import _sparse
-
     W = pixel_affinity(with_island(smooth_image(30, 32)), radius=1.5, sigma_color=0.1)
-    lam, _ = diffeig.sym_eigh_ncut(W, k, laplacian=laplacian, method="lobpcg", on_fail="raise")
-    assert _sparse.STATS["forward_products_calls"] <= 25
+    info = diffeig.ncut.SparseInfo()
+    lam, _ = diffeig.sym_eigh_ncut(
+        W, k, laplacian=laplacian, method="lobpcg", on_fail="raise", info=info
+    )
+    assert 0 < info.forward_calls <= 25
     lam_d, _ = diffeig.sym_eigh_ncut(W.to_dense(), k, laplacian=laplacian)
     torch.testing.assert_close(lam, lam_d, rtol=1e-8, atol=1e-14)

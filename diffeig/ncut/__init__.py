@@ -22,6 +22,7 @@ from diffeig._checks import (
     LAPLACIANS,
     SIGN_RULES,
     check_affinity,
+    check_info_for_sparse,
     check_k,
     check_method,
     check_ncut_options,
@@ -39,7 +40,7 @@ from diffeig.ncut._cuts import bipartition, seed
 from diffeig.ncut._dense import solve_dense
 from diffeig.ncut._iterative import TiedSpectrum, choose_method, solve_lobpcg
 from diffeig.ncut._operator import ncut_operator
-from diffeig.ncut._sparse import solve_sparse
+from diffeig.ncut._sparse import SparseInfo, solve_sparse
 from diffeig.ncut.graphs import affinity, gaussian_affinity, pixel_affinity
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "bipartition",
     "seed",
     "check_affinity",
+    "SparseInfo",
     "max_asymmetry",
     "LAPLACIANS",
     "SIGN_RULES",
@@ -68,6 +70,7 @@ def sym_eigh_ncut(
     tol: float | None = None,
     max_iter: int = 1000,
     on_fail: str = "warn",
+    info: SparseInfo | None = None,
 ):
     r"""The k smallest eigenpairs of a graph's normalized cut, with a cheap exact backward.
 
@@ -123,6 +126,9 @@ def sym_eigh_ncut(
         tol, max_iter, on_fail: LOBPCG's stopping rule (relative residual), iteration
             limit (Lanczos: at most that many steps too), and ``'warn'`` or ``'raise'``
             when it did not converge.
+        info: a sparse W only: a :class:`diffeig.ncut.SparseInfo` to fill with what the
+            solve did (products with W forward and, once the gradient is taken,
+            backward; the multigrid's level sizes), as pyamg's ``residuals=`` list.
 
     Returns:
         ``(eigenvalues, eigenvectors)``: ``(*, k)`` ascending and ``(*, N, k)``.
@@ -150,7 +156,10 @@ def sym_eigh_ncut(
         check_method(method)
         check_sparse_method(method)
         gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
-        return solve_sparse(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail)
+        return solve_sparse(
+            W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, info=info
+        )
+    check_info_for_sparse(info)
     method = "dense" if method is None else method
     e = unit_scale(check_affinity(W, normalized=normalized), power=4)
     k = check_k(k, W.shape[-1])

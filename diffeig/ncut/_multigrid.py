@@ -87,8 +87,9 @@ def _jitter(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
     return torch.frac(a * 0.6180339887498949 + b * 0.4142135623730951)
 
 
-def _aggregate(row, col, val, d):
-    """``(agg, n_coarse)``: each node's aggregate, numbered 0 .. n_coarse - 1."""
+def _aggregate(row, col, val, d, max_depth: int = MAX_DEPTH):
+    """``(agg, n_coarse)``: each node's aggregate, numbered 0 .. n_coarse - 1; pointer
+    trees are cut every ``max_depth`` levels."""
     n = d.shape[0]
     dev = d.device
     s = val.to(torch.float64) / (d[row] * d[col]).to(torch.float64).clamp_min(1e-300).sqrt()
@@ -113,8 +114,8 @@ def _aggregate(row, col, val, d):
             break
         depth = depth + depth[up]  # distance from each node to its current `up`
         up = nxt
-    # trees cut every MAX_DEPTH levels: compact aggregates even along chains of pointers
-    ptr = torch.where((depth % MAX_DEPTH == 0), idx, ptr)
+    # trees cut every max_depth levels: compact aggregates even along chains of pointers
+    ptr = torch.where((depth % max_depth == 0), idx, ptr)
     root = ptr
     while True:
         nxt = root[root]
@@ -127,43 +128,83 @@ def _aggregate(row, col, val, d):
 
 class Multigrid:
     """``R -> T R`` with ``T ~ L^+`` for the block-diagonal Laplacian ``L = D - W`` of a
-    batch of graphs (``(B, N)`` degrees, the edges as global indices ``b N + i``).
+    batch of graphs (``(B, N)`` degrees, the edges as global indices ``b N + i``): an
+    aggregation multigrid in the manner of pyamg's ``multilevel_solver`` (Vanek, Mandel &
+    Brezina 1996 describe the smoothed variant; this one is unsmoothed, with an
+    over-corrected coarse step).
 
-    ``__call__`` takes ``(B, N, m)`` blocks and returns the same shape; ``levels`` and
-    ``sizes`` describe the hierarchy (for the benchmarks' report).
+    ``__call__`` takes ``(B, N, m)`` blocks and returns the same shape. The settings are
+    keyword arguments (the module's constants are their defaults); setup runs in two named
+    stages, :meth:`_coarsen` per level and :meth:`_coarsest_setup`; ``sizes`` and
+    ``operator_complexity`` (stored weights of all levels over the finest's) describe the
+    hierarchy, and ``repr`` shows them.
     """
 
-    def __init__(self, row, col, val, d):
+    def __init__(
+        self,
+        row,
+        col,
+        val,
+        d,
+        *,
+        coarsest: int = COARSEST,
+        max_levels: int = MAX_LEVELS,
+        max_depth: int = MAX_DEPTH,
+        omega: float = OMEGA,
+        sweeps: int = SWEEPS,
+        over_correction: float = OVER_CORRECTION,
+    ):
         B, N = d.shape
         self.batch, self.n = B, N
-        dev = d.device
-        owner = torch.arange(B, device=dev).repeat_interleave(N)
+        self.coarsest, self.max_levels, self.max_depth = coarsest, max_levels, max_depth
+        self.omega, self.sweeps, self.over_correction = omega, sweeps, over_correction
+        owner = torch.arange(B, device=d.device).repeat_interleave(N)
         self.levels = [_Level(row, col, val, d.reshape(-1), owner)]
-        while len(self.levels) < MAX_LEVELS:
-            lv = self.levels[-1]
-            counts = torch.bincount(lv.owner, minlength=B)
-            if int(counts.max()) <= COARSEST:
-                break
-            agg, nc = _aggregate(row, col, val, lv.d)
-            if nc > 0.9 * lv.n:  # no longer shrinking (e.g. nodes without edges)
-                break
-            lv.agg, lv.n_coarse = agg, nc
-            owner_c = torch.zeros(nc, dtype=torch.int64, device=dev).index_copy_(0, agg, lv.owner)
-            # the coarse edges from the upper triangle (half the sort), then mirrored
-            upper = row < col
-            r, c, w = agg[row[upper]], agg[col[upper]], val[upper]
-            keep = r != c
-            r, c, w = r[keep], c[keep], w[keep]
-            lo, hi = torch.minimum(r, c), torch.maximum(r, c)
-            key, inv = torch.unique(lo * nc + hi, return_inverse=True)
-            w = torch.zeros(key.numel(), dtype=val.dtype, device=dev).index_add_(0, inv, w)
-            lo, hi = key // nc, key % nc
-            row, col, val = torch.cat([lo, hi]), torch.cat([hi, lo]), torch.cat([w, w])
-            order = torch.argsort(row * nc + col)
-            row, col, val = row[order], col[order], val[order]
-            dc = torch.zeros(nc, dtype=d.dtype, device=dev).index_add_(0, row, val)
-            self.levels.append(_Level(row, col, val, dc, owner_c))
+        edges = (row, col, val)
+        while len(self.levels) < max_levels and edges is not None:
+            edges = self._coarsen(*edges)
         self._coarsest_setup()
+
+    def _coarsen(self, row, col, val):
+        """Aggregate the last level into the next; returns the next level's edges, or
+        None where the hierarchy ends (every graph small enough, or no longer shrinking)."""
+        lv, B, dev = self.levels[-1], self.batch, self.levels[-1].d.device
+        counts = torch.bincount(lv.owner, minlength=B)
+        if int(counts.max()) <= self.coarsest:
+            return None
+        agg, nc = _aggregate(row, col, val, lv.d, self.max_depth)
+        if nc > 0.9 * lv.n:  # no longer shrinking (e.g. nodes without edges)
+            return None
+        lv.agg, lv.n_coarse = agg, nc
+        owner_c = torch.zeros(nc, dtype=torch.int64, device=dev).index_copy_(0, agg, lv.owner)
+        # the coarse edges from the upper triangle (half the sort), then mirrored
+        upper = row < col
+        r, c, w = agg[row[upper]], agg[col[upper]], val[upper]
+        keep = r != c
+        r, c, w = r[keep], c[keep], w[keep]
+        lo, hi = torch.minimum(r, c), torch.maximum(r, c)
+        key, inv = torch.unique(lo * nc + hi, return_inverse=True)
+        w = torch.zeros(key.numel(), dtype=val.dtype, device=dev).index_add_(0, inv, w)
+        lo, hi = key // nc, key % nc
+        row, col, val = torch.cat([lo, hi]), torch.cat([hi, lo]), torch.cat([w, w])
+        order = torch.argsort(row * nc + col)
+        row, col, val = row[order], col[order], val[order]
+        dc = torch.zeros(nc, dtype=lv.d.dtype, device=dev).index_add_(0, row, val)
+        self.levels.append(_Level(row, col, val, dc, owner_c))
+        return row, col, val
+
+    @property
+    def operator_complexity(self) -> float:
+        """Stored weights of every level over the finest level's (pyamg's measure)."""
+        nnz = [lv.W.values().numel() for lv in self.levels]
+        return sum(nnz) / max(1, nnz[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"Multigrid(batch={self.batch}, levels={self.sizes}, operator_complexity="
+            f"{self.operator_complexity:.2f}, coarsest={self.coarsest}, omega={self.omega:.3g}"
+            f", sweeps={self.sweeps}, over_correction={self.over_correction})"
+        )
 
     @property
     def sizes(self) -> list[int]:
@@ -207,14 +248,15 @@ class Multigrid:
         lv = self.levels[i]
         if i == len(self.levels) - 1:
             return self._solve_coarsest(R)
-        X = OMEGA * lv.dinv * R
-        for _ in range(SWEEPS - 1):
-            X = X + OMEGA * lv.dinv * (R - lv.lap(X))
+        omega = self.omega
+        X = omega * lv.dinv * R
+        for _ in range(self.sweeps - 1):
+            X = X + omega * lv.dinv * (R - lv.lap(X))
         Rc = R - lv.lap(X)
         Rc = R.new_zeros(lv.n_coarse, R.shape[-1]).index_add_(0, lv.agg, Rc)
-        X = X + OVER_CORRECTION * self._cycle(i + 1, Rc)[lv.agg]
-        for _ in range(SWEEPS):
-            X = X + OMEGA * lv.dinv * (R - lv.lap(X))
+        X = X + self.over_correction * self._cycle(i + 1, Rc)[lv.agg]
+        for _ in range(self.sweeps):
+            X = X + omega * lv.dinv * (R - lv.lap(X))
         return X
 
     def __call__(self, R: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ entries only: ``O(nnz k)`` memory and time, never an ``N x N`` tensor.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
@@ -38,12 +39,23 @@ from diffeig.ncut._islands import island_start, missed_pairs
 from diffeig.ncut._iterative import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
 from diffeig.ncut._multigrid import Multigrid, csr
 
-__all__ = ["SparseGraphs", "solve_sparse"]
+__all__ = ["SparseGraphs", "SparseInfo", "solve_sparse"]
 
-# What the last sparse solve did (for benchmarks/sparse_ncut.py and debugging): products
-# with W in the forward and the backward (in columns, and in calls: one per LOBPCG or CG
-# iteration, plus the first), the multigrid's level sizes.
-STATS: dict = {}
+
+@dataclasses.dataclass
+class SparseInfo:
+    """What one sparse solve did, filled in when passed as ``sym_eigh_ncut(..., info=)``
+    (the backward's fields when the gradient is taken): products with W in columns and in
+    calls (one call per LOBPCG or CG iteration, plus the first), and the multigrid
+    hierarchy's level sizes and operator complexity."""
+
+    forward_products: int = 0
+    forward_calls: int = 0
+    backward_products: int = 0
+    backward_calls: int = 0
+    levels: list[int] = dataclasses.field(default_factory=list)
+    operator_complexity: float = 0.0
+
 
 # Entries per chunk of the gradient's assembly (bounds its (chunk, k) temporaries).
 ASSEMBLY_CHUNK = 1 << 22
@@ -118,11 +130,13 @@ class SparseGraphs:
         return d.index_add_(0, self.row, values).reshape(self.B, self.N)
 
 
-def _matmul(M, B, N, counter):
+def _matmul(M, B, N, info: SparseInfo, phase: str):
+    """``X -> W X`` for ``(B, N, m)`` blocks, counted in ``info``'s ``phase`` fields."""
+
     def apply(X):
         m = X.shape[-1]
-        STATS[counter] = STATS.get(counter, 0) + m
-        STATS[counter + "_calls"] = STATS.get(counter + "_calls", 0) + 1
+        setattr(info, f"{phase}_products", getattr(info, f"{phase}_products") + m)
+        setattr(info, f"{phase}_calls", getattr(info, f"{phase}_calls") + 1)
         return (M @ X.reshape(B * N, m)).reshape(B, N, m)
 
     return apply
@@ -191,19 +205,18 @@ class _SparseNCut(torch.autograd.Function):
     """The k smallest NCut pairs of a batch of sparse graphs; gradient on the values."""
 
     @staticmethod
-    def forward(ctx, values, graphs, k, normalized, sign, gaps, solver):
+    def forward(ctx, values, graphs, k, normalized, sign, gaps, solver, info):
         tol, max_iter, on_fail, cg_tol, block = solver
         v = values.detach()
         d = graphs.degrees(v)
         check_degrees(d, normalized=normalized, sparse=True)
-        STATS.clear()
         M = graphs.matrix(v)
-        lap = laplacian_operator(_matmul(M, graphs.B, graphs.N, "forward_products"), d, normalized)
+        lap = laplacian_operator(_matmul(M, graphs.B, graphs.N, info, "forward"), d, normalized)
         ctx.lap_backward = laplacian_operator(
-            _matmul(M, graphs.B, graphs.N, "backward_products"), d, normalized
+            _matmul(M, graphs.B, graphs.N, info, "backward"), d, normalized
         )
         mg = Multigrid(graphs.row, graphs.col, v, d)
-        STATS["levels"] = mg.sizes
+        info.levels, info.operator_complexity = mg.sizes, mg.operator_complexity
         prec = _preconditioner(mg, d, normalized)
         # near-islands start the search (their pairs lie near 0, a random start misses them)
         islands = island_start(graphs, v, d, normalized, k - 1)
@@ -238,7 +251,7 @@ class _SparseNCut(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lam, grad_Z, _):
         if grad_lam is None and grad_Z is None:
-            return (None,) * 7
+            return (None,) * 8
         d, lam, U = ctx.saved_tensors
         _common.warn_ill_conditioned(lam, d, ctx.args[0], ctx.args[1][0])
         grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
@@ -246,7 +259,7 @@ class _SparseNCut(torch.autograd.Function):
         P, c, g = lobpcg_ncut_factors(
             ctx.lap_backward, d, lam, U, grad_lam, grad_Z, *ctx.args, preconditioner=ctx.prec
         )
-        return (_assemble(ctx.graphs, P, U, c, g),) + (None,) * 6
+        return (_assemble(ctx.graphs, P, U, c, g),) + (None,) * 7
 
 
 def _assemble(graphs, P, U, c, g):
@@ -263,7 +276,17 @@ def _assemble(graphs, P, U, c, g):
 
 
 def solve_sparse(
-    W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, block: int | None = None
+    W,
+    k,
+    normalized,
+    sign,
+    gap_rtol,
+    gap_atol,
+    tol,
+    max_iter,
+    on_fail,
+    block: int | None = None,
+    info: SparseInfo | None = None,
 ):
     """``(eigenvalues, eigenvectors)`` of a sparse ``W`` (validated here), dense outputs
     ``(*, k)`` and ``(*, N, k)``, by preconditioned LOBPCG.
@@ -313,6 +336,7 @@ def solve_sparse(
         sign,
         (gap_rtol, gap_atol),
         (tol, max_iter, on_fail, cg_tol, block),
+        SparseInfo() if info is None else info,
     )
     lam, Z = lam.to(out_dtype), Z.to(out_dtype)
     if e:

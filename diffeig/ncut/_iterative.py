@@ -277,7 +277,7 @@ def uses_lanczos(W: torch.Tensor, k: int, normalized: bool, tie_rtol) -> bool:
     )
 
 
-def lanczos_ncut_pairs(W, d, sign, tol, max_iter, on_fail):
+def lanczos_ncut_pairs(W, d, sign, tol, max_iter, on_fail, max_steps=LANCZOS_MAX_STEPS):
     """The trivial and the Fiedler pair of one graph's normalized cut, ``(lam, U, Z)`` as
     :func:`lobpcg_ncut_pairs`, by Lanczos on ``D^-1/2 W D^-1/2`` (largest, with the
     trivial vector ``D^1/2 1`` deflated exactly): one product ``W @ v`` a step, the
@@ -286,7 +286,7 @@ def lanczos_ncut_pairs(W, d, sign, tol, max_iter, on_fail):
     Started from the degrees (which differ between clusters, as z2 does) plus a seeded
     random part; stopped by LOBPCG's rule for ``eigenvalue_rtol`` (residual within
     ``tol`` of the bound 2, and l2 within ``tol`` of itself). Where it has not converged
-    in :data:`LANCZOS_MAX_STEPS` steps, or where its l2 is so small that a near-tied pair
+    in ``max_steps`` steps (and ``max_iter``), or where its l2 is so small that a near-tied pair
     could hide in its residual (:func:`fiedler_resolved`), LOBPCG takes over from its
     Ritz vector."""
     tol = default_tol(d.dtype) if tol is None else tol
@@ -294,7 +294,7 @@ def lanczos_ncut_pairs(W, d, sign, tol, max_iter, on_fail):
     g = torch.Generator(device="cpu").manual_seed(0)
     noise = torch.randn(d.shape[-1], generator=g, dtype=d.dtype).to(d.device)
     v0 = d / d.norm() + LANCZOS_NOISE * noise / noise.norm()
-    steps = min(LANCZOS_MAX_STEPS, max_iter)
+    steps = min(max_steps, max_iter)
     x, info = _ops.ncut_lanczos(W, d.rsqrt(), u1[..., 0], v0, tol, steps)
     theta, _, res, _, converged = info.tolist()
     if not converged:

@@ -269,8 +269,62 @@ def train(
 
 
 def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
+    """The run, in named steps: prepare the data and the output folder, build the model
+    and optimizer (restored where resuming), open the logs, then the steps."""
     from tqdm import tqdm
 
+    out_dir, dataset, iters = _prepare(cfg, dst)
+    schedule = lr_schedule(cfg, iters)
+    model, optimizer, step = _build(cfg, dst, resume, iters)
+    last_epoch = cfg.stop_epoch if cfg.stop_epoch else cfg.epochs
+    total = min(last_epoch, cfg.epochs) * iters
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    log = _Log(cfg, dst, out_dir, step if resume else 0)
+    last_good = resume
+    record: dict = {}
+    quiet = not (progress and dst.main)
+    bar = tqdm(total=total, initial=step, disable=quiet, desc="dncut", dynamic_ncols=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    while step < total:
+        epoch = step // iters
+        dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), cfg, dst, epoch)[step - epoch * iters :]
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=cfg.workers,
+            pin_memory=dst.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for batch in loader:
+            if step >= total:
+                break
+            batch = _to(batch, dst.device)
+            lr = float(schedule[step])
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            out, terms = _step(model, optimizer, batch, trainable, dst, (step, iters, last_good))
+            step += 1
+            bar.update(1)
+            record = {"step": step, "epoch": step / iters, "lr": lr}
+            record.update({k: float(v) for k, v in dst.mean(terms).items()})
+            record["kept"] = 0.5 * (record["kept_12"] + record["kept_21"])
+            record["iou"] = 0.5 * (record["iou_12"] + record["iou_21"])
+            if dst.main:
+                log.write(record, batch, out, bar, last=step == total)
+            # checkpoints: every half epoch (last.pth) and every epoch (also epochN.pth)
+            if step % iters == 0 or step % max(iters // 2, 1) == 0 or step == total:
+                last_good = _checkpoint(cfg, dst, out_dir, model, optimizer, step, iters)
+    bar.close()
+    log.close()
+    return record
+
+
+def _prepare(cfg: TrainConfig, dst: Dist):
+    """Check the options, list the images (before anything is written to ``--output``),
+    then write the run's config.yaml: ``(out_dir, dataset, iterations per epoch)``."""
     out_dir = Path(cfg.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output {out_dir} exists and is not a directory")
@@ -279,7 +333,6 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
             f"--batch-size {cfg.batch_size} must be a multiple of the {dst.world} processes"
         )
     torch.manual_seed(cfg.seed)
-    # the images are listed (and --data checked) before anything is written to --output
     source = ImageSource(cfg.data, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
     if dst.main:
         # a write killed mid-way (SIGKILL) leaves its temporary: the checkpoint beside it
@@ -301,8 +354,12 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
         raise ValueError(
             f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} images of --data"
         )
-    schedule = lr_schedule(cfg, iters)
+    return out_dir, dataset, iters
 
+
+def _build(cfg: TrainConfig, dst: Dist, resume, iters: int):
+    """``(model, optimizer, step)``: restored from ``resume`` where given, wrapped for
+    DistributedDataParallel over several processes."""
     model = build_model(cfg).to(dst.device)
     optimizer = build_optimizer(model, cfg)
     step = 0
@@ -316,119 +373,94 @@ def _train(cfg: TrainConfig, dst: Dist, resume, progress) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dst.device.index] if dst.device.type == "cuda" else None
         )
+    return model, optimizer, step
 
-    last_epoch = cfg.stop_epoch if cfg.stop_epoch else cfg.epochs
-    total = min(last_epoch, cfg.epochs) * iters
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    log_path = out_dir / "log.jsonl"
+
+def _step(model, optimizer, batch, trainable, dst: Dist, where):
+    """One update, every value checked finite on every process before it is used (the
+    forward's features, the loss, the gradients, the parameters after the update):
+    ``(model output, scalar terms)``."""
+    out = model(batch)
+    if not dst.all_true(bool(out["features_finite"])):
+        raise non_finite("features", *where, " (weights or input images)")
+    loss = out["loss"]
+    terms = {k: v.detach() for k, v in out.items() if not k.startswith("masks") and v.dim() == 0}
+    terms.pop("features_finite")
+    if not dst.all_true(bool(torch.isfinite(loss))):
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        raise non_finite("loss", *where, detail=f": {values}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if not dst.all_true(all_finite(p.grad for p in trainable if p.grad is not None)):
+        raise non_finite("gradients", *where)
+    optimizer.step()
+    if not dst.all_true(all_finite(trainable)):
+        raise non_finite("parameters after the update", *where, " (lr too high?)")
+    return out, terms
+
+
+def _checkpoint(cfg: TrainConfig, dst: Dist, out_dir: Path, model, optimizer, step, iters):
+    """Write last.pth (and epochN.pth at an epoch's end with ``save_epochs``) atomically
+    on the main process; returns the checkpoint every process can resume from."""
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": step / iters,
+        "config": cfg.to_dict(),
+    }
     if dst.main:
-        # A fresh run starts a fresh log; a resumed one keeps the records up to its step
-        # (a run killed after logging but before saving would otherwise log steps twice).
-        trim_log(log_path, step if resume else 0)
-    writer = None
-    if dst.main and cfg.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ValueError(
-                "--tensorboard needs the tensorboard package (pip install tensorboard)"
-            ) from err
+        atomic_save(state, out_dir / "last.pth")
+        if step % iters == 0 and cfg.save_epochs:
+            atomic_save(state, out_dir / f"epoch{step // iters}.pth")
+    dst.barrier()
+    return str(out_dir / "last.pth")
 
-        writer = SummaryWriter(str(out_dir / "tb"))
-    last_good = resume
-    record: dict = {}
-    bar = tqdm(
-        total=total,
-        initial=step,
-        disable=not (progress and dst.main),
-        desc="dncut",
-        dynamic_ncols=True,
-    )
-    t_last = time.perf_counter()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    while step < total:
-        epoch = step // iters
-        dataset.set_epoch(epoch)
-        batches = epoch_batches(len(dataset), cfg, dst, epoch)[step - epoch * iters :]
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=batches,
-            num_workers=cfg.workers,
-            pin_memory=dst.device.type == "cuda",
-            persistent_workers=False,
+
+class _Log:
+    """log.jsonl (every ``log_every`` steps), TensorBoard (``--tensorboard``), the
+    progress bar's figures and the figures (every ``vis_every`` steps), main process
+    only. A fresh run starts a fresh log; a resumed one keeps the records up to its step
+    (a run killed after logging but before saving would otherwise log steps twice)."""
+
+    def __init__(self, cfg: TrainConfig, dst: Dist, out_dir: Path, keep_to: int):
+        self.cfg, self.out_dir = cfg, out_dir
+        self.path = out_dir / "log.jsonl"
+        self.writer = None
+        self.t_last = time.perf_counter()
+        if not dst.main:
+            return
+        trim_log(self.path, keep_to)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ValueError(
+                    "--tensorboard needs the tensorboard package (pip install tensorboard)"
+                ) from err
+            self.writer = SummaryWriter(str(out_dir / "tb"))
+
+    def write(self, record: dict, batch, out, bar, last: bool) -> None:
+        now = time.perf_counter()
+        record["seconds"] = now - self.t_last
+        self.t_last = now
+        step = record["step"]
+        bar.set_postfix(
+            loss=f"{record['loss']:.4f}", kept=f"{record['kept']:.2f}", lr=f"{record['lr']:.2e}"
         )
-        for batch in loader:
-            if step >= total:
-                break
-            batch = _to(batch, dst.device)
-            lr = float(schedule[step])
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            where = (step, iters, last_good)
-            out = model(batch)
-            if not dst.all_true(bool(out["features_finite"])):
-                raise non_finite("features", *where, " (weights or input images)")
-            loss = out["loss"]
-            terms = {
-                k: v.detach() for k, v in out.items() if not k.startswith("masks") and v.dim() == 0
-            }
-            terms.pop("features_finite")
-            if not dst.all_true(bool(torch.isfinite(loss))):
-                values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-                raise non_finite("loss", *where, detail=f": {values}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not dst.all_true(all_finite(p.grad for p in trainable if p.grad is not None)):
-                raise non_finite("gradients", *where)
-            optimizer.step()
-            if not dst.all_true(all_finite(trainable)):
-                raise non_finite("parameters after the update", *where, " (lr too high?)")
-            step += 1
-            bar.update(1)
-            terms = dst.mean(terms)
-            record = {"step": step, "epoch": step / iters, "lr": lr}
-            record.update({k: float(v) for k, v in terms.items()})
-            record["kept"] = 0.5 * (record["kept_12"] + record["kept_21"])
-            record["iou"] = 0.5 * (record["iou_12"] + record["iou_21"])
-            if dst.main:
-                now = time.perf_counter()
-                record["seconds"] = now - t_last
-                t_last = now
-                bar.set_postfix(
-                    loss=f"{record['loss']:.4f}", kept=f"{record['kept']:.2f}", lr=f"{lr:.2e}"
-                )
-                if step % cfg.log_every == 0 or step == total:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    if writer:
-                        for k, v in record.items():
-                            writer.add_scalar(k, v, step)
-                if step % cfg.vis_every == 0 or step == total:
-                    record["figure"] = str(out_dir / "vis" / f"step{step:07d}.png")
-                    save_visual(batch, out, Path(record["figure"]))
-            # checkpoints: every half epoch (last.pth) and every epoch (also epochN.pth)
-            half = max(iters // 2, 1)
-            end_of_epoch = step % iters == 0
-            if end_of_epoch or step % half == 0 or step == total:
-                state = {
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "epoch": step / iters,
-                    "config": cfg.to_dict(),
-                }
-                if dst.main:
-                    atomic_save(state, out_dir / "last.pth")
-                    if end_of_epoch and cfg.save_epochs:
-                        atomic_save(state, out_dir / f"epoch{step // iters}.pth")
-                last_good = str(out_dir / "last.pth")
-                dst.barrier()
-    bar.close()
-    if writer:
-        writer.close()
-    return record
+        if step % self.cfg.log_every == 0 or last:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.writer:
+                for k, v in record.items():
+                    self.writer.add_scalar(k, v, step)
+        if step % self.cfg.vis_every == 0 or last:
+            record["figure"] = str(self.out_dir / "vis" / f"step{step:07d}.png")
+            save_visual(batch, out, Path(record["figure"]))
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
 
 
 def all_finite(tensors) -> bool:

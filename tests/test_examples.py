@@ -67,5 +67,6 @@ def test_pixel_ncut_example_cuts_and_learns(capsys):
         ["--side", "64", "--steps", "4", "--learn-side", "40"]
     )
     out = capsys.readouterr().out
-    assert "IoU with the mask" in out and 0.0 <= score <= 1.0
+    # at 64 px the cut scores 0.48; calling everything foreground scores 0.30
+    assert "IoU with the mask" in out and 0.4 < score <= 1.0
     assert len(losses) == 4 and losses[-1] < losses[0]  # the gradients work at pixel scale

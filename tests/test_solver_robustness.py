@@ -185,7 +185,9 @@ def test_exact_ties_from_rotated_diagonals(n, dtype):
             C = torch.randn(n, n, dtype=dtype, generator=g)
             _, V = diffeig.eigh(0.5 * (A + A.mT))
             (V @ V.mT * C).sum().backward()
-            assert A.grad.abs().max().item() <= 1e-3 * C.abs().max().item(), (seed, c)
+            # every gap is masked, so the gradient is 0 up to rounding (it is exactly 0)
+            eps = torch.finfo(dtype).eps
+            assert A.grad.abs().max().item() <= 10 * eps * C.abs().max().item(), (seed, c)
 
 
 def test_the_default_tie_threshold():

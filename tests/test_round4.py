@@ -609,3 +609,48 @@ def test_colour_bar_labels_fit_and_text_scales_with_the_figure():
     fig = compose([([heat(z, (900, 600))], ["z2"])], ["image.png"])
     draw = ImageDraw.Draw(fig)
     assert draw.textbbox((0, 0), "z2", font=font_for(900))[3] >= 30  # not 10 px text
+
+
+def test_a_sparse_solve_that_does_not_converge_never_forms_n_by_n(monkeypatch):
+    import diffeig._lobpcg as lobpcg_module
+
+    def refuse(*args, **kwargs):  # the dense fallback's first step
+        raise AssertionError("a sparse W was materialized densely")
+
+    monkeypatch.setattr(lobpcg_module, "_materialize", refuse)
+    img = torch.rand(3, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    W = diffeig.ncut.pixel_affinity(img, radius=2, sigma_color=0.5)
+    with pytest.warns(RuntimeWarning, match="last iterate") as record:
+        lam, z = diffeig.sym_eigh_ncut(W, 3, max_iter=2)
+    assert not any("method='dense'" in str(w.message) for w in record)
+    assert lam.shape == (3,) and bool(torch.isfinite(lam).all())
+
+
+def test_a_numerically_disconnected_island_against_shift_invert():
+    import scipy.sparse
+    import scipy.sparse.linalg
+    from PIL import Image
+
+    photo = Image.open(DATA / "quokka.jpg").convert("RGB").resize((120, 120))
+    img = torch.from_numpy(np.asarray(photo, dtype=np.float64) / 255).permute(2, 0, 1)
+    img = img.contiguous()
+    img[:, 60, 60:62] = torch.tensor([0.0, 1.0, 0.0])[:, None]  # a green 2-pixel island
+    W = diffeig.ncut.pixel_affinity(img, radius=5)
+    lam, _ = diffeig.sym_eigh_ncut(W, 3)
+    i, j = W.indices().numpy()
+    A = scipy.sparse.csr_matrix((W.values().numpy(), (i, j)), shape=W.shape)
+    d = np.asarray(A.sum(1)).ravel()
+    ref = scipy.sparse.linalg.eigsh(
+        scipy.sparse.diags(d) - A, k=3, M=scipy.sparse.diags(d), sigma=-1e-6, which="LM"
+    )[0]
+    ref = np.sort(ref)
+    assert lam[1] < 1e-12  # the island's pair, numerically 0
+    assert abs(lam[2].item() - ref[2]) <= 1e-6 * ref[2]  # then the photo's Fiedler pair
+
+
+def test_pixel_ncut_with_a_radius_larger_than_its_work_side(tmp_path):
+    cli = _cli()
+    out = tmp_path / "v.png"
+    argv = ["visualize", str(DATA / "quokka.jpg"), "--arch", "color", "--post", "pixel-ncut"]
+    argv += ["--pixel-work-side", "8", "--pixel-radius", "32", "--max-side", "96"]
+    assert cli.main([*argv, "--out", str(out)]) == 0 and out.stat().st_size > 0

@@ -184,8 +184,8 @@ def lobpcg_ncut_pairs(
             and not _certified(theta, info, tie_rtol * scale)
         ):
             raise TiedSpectrum
-        if not auto and info.fallbacks == 0:
-            warn_unresolved_boundary(theta, info)
+        if not auto and info.converged:  # an unconverged solve has said so already
+            warn_unresolved_boundary(theta, info, dense=fallback)
         lam = torch.cat([torch.zeros_like(theta[..., :1]), theta], -1)
         U = torch.cat([u1, X], -1)
     return _signed_pairs(lam, U, d, normalized, sign)
@@ -202,13 +202,14 @@ class UnresolvedPair(RuntimeWarning):
 UNRESOLVED = 0.1
 
 
-def warn_unresolved_boundary(theta: torch.Tensor, info) -> None:
+def warn_unresolved_boundary(theta: torch.Tensor, info, dense: bool = True) -> None:
     """Warn (:class:`UnresolvedPair`) where the k-th returned vector's error bound
     ``r_k / (theta_{k+1} - theta_k)`` (residual over the gap to the first guard's Ritz
     value) exceeds :data:`UNRESOLVED`. The guard's Ritz value lies above the (k+1)-th
     eigenvalue, so the gap is an upper bound and a large ratio proves the k-th and (k+1)-th
     pairs (near) tied at the solver's tolerance: the vector is then any of their span and,
-    where they are not exactly tied, its eigenvalue too."""
+    where they are not exactly tied, its eigenvalue too. ``dense``: whether the dense
+    solve is a way out (not for a sparse W)."""
     import warnings
 
     nxt, res = info.next_eigenvalue, info.residuals
@@ -222,8 +223,11 @@ def warn_unresolved_boundary(theta: torch.Tensor, info) -> None:
         warnings.warn(
             f"sym_eigh_ncut: the k-th eigenpair is not resolved from the (k+1)-th at this "
             f"tolerance (residual over gap {worst:.1e}): its vector is any of their span. Pass "
-            "a smaller tol, method='dense', or method='auto' (which solves such graphs "
-            "densely)",
+            + (
+                "a smaller tol, method='dense', or method='auto' (which solves such graphs densely)"
+                if dense
+                else "a smaller tol, or ask for k + 1 pairs"
+            ),
             UnresolvedPair,
             stacklevel=5,
         )

@@ -16,11 +16,11 @@ from diffeig._checks import (
     unit_scale,
 )
 from diffeig._eigh import gap_tolerances
+from diffeig._implicit import partial_eigh_backward
 from diffeig._lobpcg import (
     LobpcgInfo,
     _dense,
     default_tol,
-    partial_eigh_backward,
     resolved_gap_rtol,
     run_lobpcg,
     spectral_bound,

@@ -14,7 +14,8 @@ from test_eigsh import spectrum_matrix
 
 import diffeig
 import diffeig._lobpcg
-from diffeig._lobpcg import BatchedOperator, Symmetric, batched_cg, lobpcg, partial_eigh_factor
+from diffeig._implicit import batched_cg, partial_eigh_factor
+from diffeig._lobpcg import BatchedOperator, Symmetric, lobpcg
 
 
 def mixed_batch(n=60, batch=(2, 3)):

@@ -9,6 +9,7 @@ import torch
 from diffeig import _ops
 from diffeig._checks import check_solver_options, values_readable
 from diffeig._eigsh import auto_method
+from diffeig._implicit import partial_eigh_factor
 from diffeig._lobpcg import (
     DENSE_BELOW,
     BatchedOperator,
@@ -16,7 +17,6 @@ from diffeig._lobpcg import (
     Unconverged,
     default_block,
     default_tol,
-    partial_eigh_factor,
     resolved_gap_rtol,
     run_lobpcg,
 )

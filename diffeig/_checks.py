@@ -105,12 +105,11 @@ def check_k(k, n: int) -> int:
     """``k``: an integer in ``[1, n]`` (a Python int, or any integer type such as NumPy's,
     through ``operator.index``); returns it as an int."""
     try:
-        k = operator.index(k) if not isinstance(k, bool) else None
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)
     except TypeError:
-        k_type = type(k).__name__
-        raise ValueError(f"k must be an int, got {k_type}") from None
-    if k is None:
-        raise ValueError("k must be an int, got bool")
+        raise ValueError(f"k must be an int, got {type(k).__name__}") from None
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, N] = [1, {n}], got {k}")
     return k
@@ -546,20 +545,14 @@ def check_fits(need: int, what: str, remedy: str) -> None:
         )
 
 
-def check_sparse_not_meta(W: torch.Tensor) -> None:
-    if W.device.type == "meta":
-        raise ValueError(
-            "the sparse NCut reads W's values (its pattern and convergence tests), so it "
-            "cannot run on meta tensors"
-        )
-
-
-def check_not_meta(like: torch.Tensor, what: str) -> None:
-    """Iterative solvers read values to test convergence."""
+def check_not_meta(
+    like: torch.Tensor, what: str, hint: str | None = "method='dense' infers shapes there"
+) -> None:
+    """Iterative solvers read values to test convergence (``hint``: the way out, if any)."""
     if like.device.type == "meta":
         raise ValueError(
-            f"{what} reads values to test convergence, so it cannot run on meta tensors; "
-            "method='dense' infers shapes there"
+            f"{what} reads values to test convergence, so it cannot run on meta tensors"
+            + (f"; {hint}" if hint else "")
         )
 
 

@@ -26,7 +26,6 @@ from diffeig._checks import (
     check_k,
     check_method,
     check_ncut_options,
-    check_scaled_back,
     check_solver_options,
     check_sparse_layout,
     check_sparse_method,
@@ -36,6 +35,7 @@ from diffeig._checks import (
 )
 from diffeig._eigh import gap_tolerances
 from diffeig._reference import max_asymmetry
+from diffeig.ncut._common import unscaled_pairs
 from diffeig.ncut._cuts import bipartition, seed
 from diffeig.ncut._dense import solve_dense
 from diffeig.ncut._iterative import TiedSpectrum, choose_method, solve_lobpcg
@@ -167,18 +167,13 @@ def sym_eigh_ncut(
     method, tie_rtol = choose_method(method, W, k)
     gap_rtol, gap_atol = gap_tolerances(gap_eps, W.shape[-1], W.dtype)
     if e:
-        # Solved at unit scale and scaled back exactly (2^e, e even): the NCut's
-        # eigenvalues do not change, D-orthonormal vectors scale by 2^(-e/2), those of
-        # D - W by nothing and its eigenvalues by 2^e.
+        # solved at unit scale, scaled back exactly by unscaled_pairs (2^e, e even)
         W = scale2(W, -e)
         gap_atol = gap_atol if normalized else scale2(gap_atol, -e)
     lam, Z = _solve(
         W, k, normalized, sign, method, (gap_rtol, gap_atol), tol, max_iter, on_fail, tie_rtol
     )
-    if e:
-        lam, Z = (lam, scale2(Z, -e // 2)) if normalized else (scale2(lam, e), Z)
-        check_scaled_back(lam, e)
-    return lam, Z
+    return unscaled_pairs(lam, Z, e, normalized)
 
 
 def _solve(W, k, normalized, sign, method, gaps, tol, max_iter, on_fail, tie_rtol):

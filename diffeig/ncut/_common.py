@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from diffeig._checks import values_readable
+from diffeig._checks import check_scaled_back, scale2, values_readable
 
 __all__ = [
     "far_trivial",
@@ -16,6 +16,7 @@ __all__ = [
     "sym_outer_sum",
     "trivial_pair_cotangents",
     "trivial_vector",
+    "unscaled_pairs",
 ]
 
 
@@ -108,6 +109,20 @@ def trivial_pair_cotangents(grad_lam, grad_Z, U, d, normalized: bool):
     # cotangents it is given, belongs to the original ones.
     gd = gd - 0.5 * dis**3 * ((grad_Z - new_Z) * U).sum(-1)
     return grad_lam, new_Z, gd
+
+
+def unscaled_pairs(lam, Z, e: int, normalized: bool):
+    """The pairs of ``2^e W`` from those of the unit-scale ``W`` they were solved at
+    (``e`` even): the NCut's eigenvalues do not change and its D-orthonormal vectors scale
+    by ``2^(-e/2)``; ``D - W``'s eigenvalues scale by ``2^e`` (refused past the dtype's
+    range) and its orthonormal vectors not at all."""
+    if not e:
+        return lam, Z
+    if normalized:
+        return lam, scale2(Z, -e // 2)
+    lam = scale2(lam, e)
+    check_scaled_back(lam, e)
+    return lam, Z
 
 
 def far_trivial(lam: torch.Tensor) -> torch.Tensor:

@@ -24,11 +24,10 @@ from diffeig._checks import (
     check_degrees,
     check_fits,
     check_k,
-    check_scaled_back,
+    check_not_meta,
     check_solver_options,
     check_sparse_entries,
     check_sparse_layout,
-    check_sparse_not_meta,
     check_sparse_values,
     scale2,
     unit_scale,
@@ -299,7 +298,7 @@ def solve_sparse(
     if W.layout in COMPRESSED_LAYOUTS:  # CSC, BSR, BSC: as COO (the entries, in order)
         W = W.to_sparse_coo()
     check_sparse_layout(W)
-    check_sparse_not_meta(W)
+    check_not_meta(W, "the sparse NCut", hint=None)  # a sparse W has no dense way out
     k = check_k(k, W.shape[-1])
     batch = W.shape[0] if W.dim() == 3 else 1
     check_fits(
@@ -339,9 +338,7 @@ def solve_sparse(
         SparseInfo() if info is None else info,
     )
     lam, Z = lam.to(out_dtype), Z.to(out_dtype)
-    if e:
-        lam, Z = (lam, scale2(Z, -e // 2)) if normalized else (scale2(lam, e), Z)
-        check_scaled_back(lam, e)
+    lam, Z = _common.unscaled_pairs(lam, Z, e, normalized)
     if not graphs.batched:
         lam, Z = lam[0], Z[0]
     return lam, Z

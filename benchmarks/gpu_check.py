@@ -58,7 +58,7 @@ cases = {
     "cg_step": (r(3, 7, 2), r(3, 7, 2), r(3, 7, 2), r(3, 7, 2), r(3, 2).abs(),
                 torch.zeros(3, 2, **d), torch.ones(3, 2, dtype=torch.bool, device=dev)),
     "ncut_lanczos": (W[0], W[0].sum(-1).rsqrt(), W[0].sum(-1).sqrt() / W[0].sum(-1).sqrt().norm(),
-                     r(7), 1e-9, 5),
+                     r(7), 1e-9, 1e-12, 5),
 }
 cpu_only = ("ncut_backward", "symmetry_stats", "sym_matmul", "ncut_lanczos")
 for name, args in cases.items():

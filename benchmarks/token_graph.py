@@ -95,10 +95,12 @@ def products(W, tol) -> int:
     """diffeig's products with W: Lanczos steps (``diffeig::ncut_lanczos`` reports them)
     plus LOBPCG's operator applications, if any ran."""
     from diffeig import _ops
-    from diffeig.ncut import _iterative
+    from diffeig.ncut import _iterative, _lanczos
 
     calls = []
     op_orig, lanczos_orig = _iterative.laplacian_operator, _ops.ncut_lanczos
+    # the modules that build the Laplacian operator of a dense W's solve
+    users = (_iterative, _lanczos)
 
     def counting(*a, **kw):
         op = op_orig(*a, **kw)
@@ -114,11 +116,15 @@ def products(W, tol) -> int:
         calls.extend([1] * int(info[3]))
         return x, info
 
-    _iterative.laplacian_operator, _ops.ncut_lanczos = counting, lanczos
+    _ops.ncut_lanczos = lanczos
+    for m in users:
+        m.laplacian_operator = counting
     try:
         ours(W, tol)
     finally:
-        _iterative.laplacian_operator, _ops.ncut_lanczos = op_orig, lanczos_orig
+        _ops.ncut_lanczos = lanczos_orig
+        for m in users:
+            m.laplacian_operator = op_orig
     return len(calls)
 
 

@@ -63,11 +63,11 @@ TORCH_LIBRARY(diffeig, m) {
   // The Fiedler pair of one graph's normalized cut by Lanczos with full
   // reorthogonalization on M = diag(dis) W diag(dis) (dis = d^-1/2), largest eigenvalue,
   // the unit trivial vector u1 = D^1/2 1 / |D^1/2 1| deflated, from v0, until the Ritz
-  // pair passes LOBPCG's eigenvalue_rtol test at tol on L / 2 or after max_steps steps
+  // pair passes LOBPCG's eigenvalue_rtol test at (tol, floor) on L / 2 or after max_steps steps
   // (at most n - 1). Returns (x, info): the unit Ritz vector (n,) and, as float64,
   // [theta, next Ritz value (NaN after one step), residual |M x - theta x|, steps,
   // converged (1 or 0)]. CPU kernel; elsewhere its twin diffeig._reference.ncut_lanczos.
   m.def(
-      "ncut_lanczos(Tensor W, Tensor dis, Tensor u1, Tensor v0, float tol, int max_steps) "
+      "ncut_lanczos(Tensor W, Tensor dis, Tensor u1, Tensor v0, float tol, float floor, int max_steps) "
       "-> (Tensor, Tensor)");
 }

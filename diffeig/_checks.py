@@ -5,6 +5,8 @@ itself would). Checks that read values (finite, symmetric, non-negative, degrees
 skipped where values cannot be read: empty tensors, the meta device, and tensors traced by
 ``torch.compile`` or a ``torch.func`` transform.
 
+The sparse affinity's checks are its other half, :mod:`diffeig._sparse_checks`.
+
 The floor under everything else: it imports torch and, for the one pass over a matrix that
 the symmetry check makes, the native ``diffeig::symmetry_stats`` kernel or its twin. The
 operators' own contracts (``TORCH_CHECK`` in ``csrc/checks.h``) are mirrored by their fake
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 
 import torch
 
 from diffeig import _extension, _reference
+from diffeig._scaling import scale2, unit_scale
 
 __all__ = [
+    "report_failure",
     "LAPLACIANS",
     "SIGN_RULES",
     "check_affinity",
@@ -254,47 +259,6 @@ def check_symmetric(
     return lo, hi
 
 
-# Inputs whose largest magnitude lies outside [2^-UNIT_RANGE, 2^UNIT_RANGE] are scaled by
-# a power of two into it before solving (and the results scaled back, exactly): far from
-# 1, eigen-gaps underflow to subnormals, degrees^-3/2 and squared residuals overflow, and
-# the gradients came back 86 % wrong or NaN at 1e+-250 (float64) and 1e+-30 (float32).
-# Inside it, nothing is rescaled, so ordinary inputs give bit-identical results.
-UNIT_RANGE = 20
-# Largest power of two applied in one multiplication by :func:`scale2` (2^64 and 2^-64
-# are normal numbers of every float dtype diffeig takes).
-_STEP = 64
-
-
-def unit_scale(magnitude: float | None, *, power: int = 2) -> int:
-    """The exponent ``e`` such that ``2^e``, a power of ``power`` (2, or 4 where its square
-    root must be exact too), is nearest to ``magnitude`` when that lies outside
-    ``[2^-UNIT_RANGE, 2^UNIT_RANGE]``, else 0 (also for ``None``, unreadable values, and
-    0). Scale by :func:`scale2`: ``2^e`` itself may not be a float (``1e-310`` gives
-    ``e = -1030``)."""
-    if magnitude is None or not math.isfinite(magnitude) or magnitude <= 0:
-        return 0
-    if 2.0**-UNIT_RANGE <= magnitude <= 2.0**UNIT_RANGE:
-        return 0
-    step = 2 if power == 4 else 1
-    mantissa, exponent = math.frexp(magnitude)  # magnitude = mantissa 2^exponent, exactly
-    log2 = exponent + math.log2(mantissa)
-    return step * round(log2 / step)
-
-
-def scale2(x, e: int):
-    """``x * 2^e`` exactly (barring underflow of the result) for a tensor or a float,
-    in steps that never overflow the factor; a float result past the range is inf."""
-    if isinstance(x, torch.Tensor):
-        while e:
-            step = max(-_STEP, min(_STEP, e))
-            x, e = x * 2.0**step, e - step
-        return x
-    try:
-        return math.ldexp(x, e)
-    except OverflowError:
-        return math.copysign(math.inf, x)
-
-
 def check_scaled_back(lam: torch.Tensor, e: int) -> None:
     """Eigenvalues of ``D - W`` scaled back by ``2^e`` must be finite: past the dtype's
     range (``W ~ 1e308``, whose Laplacian's spectrum exceeds it) they are refused."""
@@ -327,91 +291,6 @@ def check_affinity(
         e = unit_scale(hi)
         check_degrees(scale2(W, -e).sum(-1) if e else W.sum(-1), normalized=True)
     return hi
-
-
-SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
-# Other sparse layouts, converted to COO by the solver.
-COMPRESSED_LAYOUTS = (torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
-
-
-def is_sparse(W) -> bool:
-    return isinstance(W, torch.Tensor) and W.layout in SPARSE_LAYOUTS + COMPRESSED_LAYOUTS
-
-
-def check_sparse_layout(W: torch.Tensor) -> None:
-    """A sparse affinity: COO ``(N, N)`` or ``(B, N, N)``, or CSR ``(N, N)``; float;
-    no dense dimensions."""
-    shape = tuple(W.shape)
-    if W.dim() not in (2, 3) or shape[-1] != shape[-2]:
-        raise ValueError(
-            f"a sparse W must be (N, N), or (B, N, N) for a batch of graphs, got shape {shape}"
-        )
-    if W.layout == torch.sparse_csr and W.dim() != 2:
-        raise ValueError(
-            "a batch of sparse graphs must be a 3-D sparse COO tensor (B, N, N); got a 3-D "
-            "sparse CSR tensor: convert it with W.to_sparse_coo()"
-        )
-    if W.dense_dim() != 0:
-        raise ValueError(f"a sparse W must hold scalar values, got {W.dense_dim()} dense dim(s)")
-    if W.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"W must have dtype float32, float64; got {W.dtype}")
-    if shape[-1] == 0:
-        raise ValueError(f"W must have at least one node, got shape {shape}")
-
-
-def check_sparse_entries(duplicates: int, order_ok: bool) -> None:
-    if duplicates:
-        raise ValueError(
-            f"W holds {duplicates} duplicate (uncoalesced) entr{'y' if duplicates == 1 else 'ies'}:"
-            " an entry stored twice is ambiguous; sum the duplicates with W.coalesce() or "
-            "remove them"
-        )
-    if not order_ok:
-        raise ValueError(
-            "W (sparse CSR) must have sorted, unique column indices in each row: convert it "
-            "with W.to_sparse_coo().coalesce()"
-        )
-
-
-def check_sparse_values(values: torch.Tensor, missing: int, asym: float) -> float:
-    """Finite, non-negative values on a symmetric pattern, symmetric to ``sqrt(eps)`` of
-    ``max W``; returns ``max W`` (0 without entries)."""
-    if values.numel() and not bool(torch.isfinite(values).all()):
-        bad = int((~torch.isfinite(values)).sum())
-        raise ValueError(f"W must be finite, got {bad} NaN or inf stored value(s)")
-    lo = float(values.min()) if values.numel() else 0.0
-    hi = float(values.max()) if values.numel() else 0.0
-    if lo < 0:
-        raise ValueError(f"W must be non-negative, got a minimum stored value of {lo:.3g}")
-    if missing:
-        raise ValueError(
-            f"W's sparsity pattern must be symmetric: {missing} stored entr"
-            f"{'y' if missing == 1 else 'ies'} (i, j) without (j, i); symmetrize it, e.g. "
-            "(W + W.transpose(-2, -1)).coalesce() / 2"
-        )
-    tol = torch.finfo(values.dtype).eps ** 0.5 * max(hi, torch.finfo(values.dtype).tiny)
-    if asym > tol:
-        raise ValueError(
-            f"W must be symmetric: max |W_ij - W_ji| = {asym:.3g} over the stored entries "
-            f"exceeds {tol:.3g}; symmetrize it, e.g. (W + W.transpose(-2, -1)).coalesce() / 2"
-        )
-    return hi
-
-
-def check_info_for_sparse(info) -> None:
-    if info is not None:
-        raise ValueError(
-            "info is filled by the sparse solve only (a torch sparse W); a dense W's "
-            "solvers keep no statistics"
-        )
-
-
-def check_sparse_method(method: str) -> None:
-    if method == "dense":
-        raise ValueError(
-            "method='dense' needs a dense W (N x N memory): pass W.to_dense(), or use "
-            "method='lobpcg' or 'auto', which solve a sparse W without forming it"
-        )
 
 
 def check_degrees(d: torch.Tensor, *, normalized: bool, name: str = "W", sparse=False) -> None:
@@ -517,34 +396,6 @@ def check_pixel_affinity(image, radius, sigma_color, sigma_space) -> None:
         raise ValueError("image must be finite: it holds NaN or inf")
 
 
-def physical_memory() -> int:
-    """This machine's memory in bytes (8 GiB where it cannot be read)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
-# Peak bytes of the sparse path per stored weight and per node and wanted pair, measured
-# on pixel graphs (pixel_affinity, forward and backward: 79 bytes a weight at 896 px) and
-# rounded up; used only to refuse what cannot fit, before it is allocated.
-SPARSE_BYTES_PER_ENTRY = 96
-SPARSE_BYTES_PER_NODE_PAIR = 256
-
-
-def check_fits(need: int, what: str, remedy: str) -> None:
-    """Refuse, before any allocation, work whose estimate ``need`` (bytes) exceeds this
-    machine's memory, naming ``what`` it is and the ``remedy``."""
-    have = physical_memory()
-    if need > have:
-        raise ValueError(
-            f"{what} needs about {need / 2**30:.1f} GiB, more than this machine's "
-            f"{have / 2**30:.1f} GiB; {remedy}"
-        )
-
-
 def check_not_meta(
     like: torch.Tensor, what: str, hint: str | None = "method='dense' infers shapes there"
 ) -> None:
@@ -593,3 +444,11 @@ def check_phase_invariance(X: torch.Tensor) -> None:
             "multiplication by e^{i phi}. The specified loss function depends on this "
             "quantity, so it is ill-defined."
         )
+
+
+def report_failure(msg: str, on_fail: str, stacklevel: int = 3) -> None:
+    """Raise ``RuntimeError`` (``on_fail='raise'``) or warn (``'warn'``) about a solver
+    that stopped short of its tolerance: one rule for the forward and the backward."""
+    if on_fail == "raise":
+        raise RuntimeError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)

@@ -1,15 +1,14 @@
 """``diffeig.eigh`` and ``diffeig.eigvalsh``: drop-ins for ``torch.linalg``'s.
 
 The forward is ``torch.linalg.eigh`` (LAPACK / cuSOLVER through ATen). The backward
-is Giles' formula with masked reciprocal eigen-gaps (``docs/math.md``), so that it
-stays finite when eigenvalues tie.
+is Giles' formula (Giles 2008; the eigenvector derivative of Magnus 1985) with masked
+reciprocal eigen-gaps (``docs/math.md``), so that it stays finite when eigenvalues tie.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import threading
 
 import torch
@@ -23,13 +22,13 @@ from diffeig._checks import (
     check_uplo,
     needs_derivative,
     one_input,
-    scale2,
-    unit_scale,
     values_readable,
     write_out,
 )
 from diffeig._reference import torch_eigh as _torch_eigh
 from diffeig._reference import torch_eigvalsh as _torch_eigvalsh
+from diffeig._scaling import scale2, unit_scale
+from diffeig._tolerances import default_gap_rtol
 
 __all__ = ["eigh", "eigvalsh", "patch_torch", "gap_tolerances"]
 
@@ -41,28 +40,12 @@ def gap_tolerances(gap_eps: float | None, n: int, dtype: torch.dtype) -> tuple[f
 
     ``gap_eps=None`` (the default) treats two eigenvalues of an n x n matrix as tied
     when ``|l_i - l_j| < max(c(n) eps, eps^(3/4)) * max|l|`` (``eps`` of the dtype,
-    ``c(n) = max(n, 16 sqrt(n))``). Two measured bounds, the larger wins:
-
-    - ``c(n) eps``: the spread LAPACK leaves between exactly tied eigenvalues. Over
-      rotated tied spectra (``Q diag(l) Q^T``, n = 2 ... 64, float32 and float64, 40
-      random Q each) it reaches ``2.8 n eps max|l|`` at n = 4 and ``5.5 sqrt(n) eps
-      max|l|`` overall; ``16 sqrt(n)`` leaves a factor of about 3.
-    - ``eps^(3/4)`` (1.8e-12 in float64, 6.4e-6 in float32): below it the unmasked term
-      is mostly rounding. A gap g (relative to ``max|l|``) enters as ``X_ij / g`` where
-      ``X_ij`` carries an error of about ``eps`` (and the eigenvectors one of
-      ``eps / g``), so the term's relative error is ``eps / g``: ``eps^(1/4)`` (1e-4) at
-      the threshold. Clusters spread by 1e-14 gave gradients 1e-3 away from the exact
-      tie's unmasked (exact once masked: masking is exact for losses invariant within a
-      cluster); gaps of 1e-10 stay unmasked, their term accurate to 2e-6.
-
-    Relative, so the rule is the same at every scale of A (xitorch's absolute
-    ``eps^0.6`` = 4e-10 masks true gaps of 1e-10 at unit scale, and every gap of a matrix
-    scaled by 1e-10). A number is an absolute threshold (the paper uses ``1e-9``).
+    ``c(n) = max(n, 16 sqrt(n))``; :func:`diffeig._tolerances.default_gap_rtol` has where
+    both bounds come from). A number is an absolute threshold (the paper uses ``1e-9``).
     """
     check_gap_eps(gap_eps)
     if gap_eps is None:
-        eps = torch.finfo(dtype).eps
-        return max(max(n, 16 * math.sqrt(n), 1) * eps, eps**0.75), 0.0
+        return default_gap_rtol(n, dtype), 0.0
     return 0.0, float(gap_eps)
 
 

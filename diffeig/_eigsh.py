@@ -12,20 +12,18 @@ from diffeig._checks import (
     check_solver_options,
     check_square,
     check_symmetric,
-    scale2,
-    unit_scale,
 )
 from diffeig._eigh import gap_tolerances
-from diffeig._implicit import partial_eigh_backward
-from diffeig._lobpcg import (
-    LobpcgInfo,
-    _dense,
-    default_tol,
-    resolved_gap_rtol,
-    run_lobpcg,
-    spectral_bound,
-)
+from diffeig._implicit import ImplicitGrad, partial_eigh_backward
+from diffeig._lobpcg import LobpcgInfo, run_lobpcg
+from diffeig._operators import dense_pairs, spectral_bound
 from diffeig._ops import _batched_first
+from diffeig._scaling import scale2, unit_scale
+from diffeig._tolerances import (
+    AUTO_CROSSOVER_CPU,
+    SolverOptions,
+    resolved_gap_rtol,
+)
 
 __all__ = ["eigsh", "LobpcgInfo"]
 
@@ -33,79 +31,55 @@ __all__ = ["eigsh", "LobpcgInfo"]
 class _PartialEigh(torch.autograd.Function):
     """k eigenpairs of a dense symmetric ``A`` from any solver; backward by shifted solves.
 
-    forward / setup_context / vmap (and a backward that is itself a function with a vmap
-    rule), so that torch.func.vmap, grad and vmap(grad) run the batched solver.
+    forward / setup_context / vmap (and a backward that is itself a Function with a vmap
+    rule, :class:`diffeig._implicit.ImplicitGrad`), so that torch.func.vmap, grad and
+    vmap(grad) run the batched solver.
     """
 
     @staticmethod
-    def forward(A, solve, largest, gap_rtol, gap_atol, cg_tol, cg_max_iter, on_fail):
+    def forward(A, solve, largest, options):
         return solve(A.detach())
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        A, _, *args = inputs
+        A, _, largest, options = inputs
         theta, X = output
         ctx.save_for_backward(A, theta, X)
-        ctx.args = tuple(args)
+        ctx.args = (largest, options)
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad_theta, grad_X):
         A, theta, X = ctx.saved_tensors
         if grad_theta is None and grad_X is None:
-            return (None,) * 8
+            return (None,) * 4
         grad_theta = torch.zeros_like(theta) if grad_theta is None else grad_theta
         grad_X = torch.zeros_like(X) if grad_X is None else grad_X
-        gA = _PartialEighGrad.apply(A.detach(), theta, X, grad_theta, grad_X, ctx.args)
-        return (gA,) + (None,) * 7
+        tensors = (A.detach(), theta, X, grad_theta, grad_X)
+        return ImplicitGrad.apply(_eigsh_grad, ctx.args, *tensors), None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, A, solve, *args):
+    def vmap(info, in_dims, A, solve, largest, options):
         (A,) = _batched_first(info, in_dims[:1], (A,))
-        return _PartialEigh.apply(A, solve, *args), (0, 0)
+        return _PartialEigh.apply(A, solve, largest, options), (0, 0)
 
 
-class _PartialEighGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(A, theta, X, grad_theta, grad_X, args):
-        largest, gap_rtol, gap_atol, cg_tol, cg_max_iter, on_fail = args
-        return partial_eigh_backward(
-            A,
-            theta,
-            X,
-            grad_theta,
-            grad_X,
-            gap_rtol,
-            gap_atol,
-            largest=largest,
-            cg_tol=cg_tol,
-            cg_max_iter=cg_max_iter,
-            # ties are judged against the whole spectrum's magnitude, as the dense path does
-            gap_scale=spectral_bound(A),
-            on_fail=on_fail,
-        )
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise RuntimeError("diffeig.eigsh does not support double backward")
-
-    @staticmethod
-    def vmap(info, in_dims, A, theta, X, grad_theta, grad_X, args):
-        tensors = _batched_first(info, in_dims[:5], (A, theta, X, grad_theta, grad_X))
-        return _PartialEighGrad.apply(*tensors, args), 0
-
-
-# method="auto": the N from which LOBPCG (forward + backward) beats the dense solve, by
-# the number of pairs LOBPCG iterates on (the NCut's trivial pair is deflated, not
-# iterated). Measured on a 2-core CPU in float64 (benchmarks/README.md, "method='auto'"):
-# training-like unnormalized graphs, batches of 2-64, the loss on every returned vector.
-# Between the points N* is interpolated linearly in the number of pairs; beyond, it grows
-# as the last segment does.
-AUTO_CROSSOVER_CPU = ((1, 100), (2, 500), (4, 650), (7, 2000))
+def _eigsh_grad(A, theta, X, grad_theta, grad_X, args):
+    largest, options = args
+    return partial_eigh_backward(
+        A,
+        theta,
+        X,
+        grad_theta,
+        grad_X,
+        *options.gaps,
+        largest=largest,
+        cg_tol=options.cg_tol(A.dtype),
+        cg_max_iter=options.max_iter,
+        # ties are judged against the whole spectrum's magnitude, as the dense path does
+        gap_scale=spectral_bound(A),
+        on_fail=options.on_fail,
+    )
 
 
 def auto_method(n: int, iterated: int, device: torch.device) -> str:
@@ -206,14 +180,16 @@ def eigsh(
     e = unit_scale(None if bounds is None else max(abs(bounds[0]), abs(bounds[1])))
     if e:
         A, gap_atol = scale2(A, -e), scale2(gap_atol, -e)
-    cg_tol = default_tol(A.dtype) if tol is None else tol
     if method == "lobpcg":
         gap_rtol = resolved_gap_rtol(gap_rtol, tol, A.dtype)
+    options = SolverOptions(
+        tol=tol, max_iter=max_iter, on_fail=on_fail, gap_rtol=gap_rtol, gap_atol=gap_atol
+    )
     infos = []
 
     def solve(A_):
         if method == "dense":
-            theta, X = _dense(A_, k, largest)
+            theta, X = dense_pairs(A_, k, largest, None)
             info = LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
         else:
             theta, X, info = run_lobpcg(
@@ -228,7 +204,7 @@ def eigsh(
         infos.append(info)
         return theta.contiguous(), X.contiguous()
 
-    theta, X = _PartialEigh.apply(A, solve, largest, gap_rtol, gap_atol, cg_tol, max_iter, on_fail)
+    theta, X = _PartialEigh.apply(A, solve, largest, options)
     if e:
         theta = scale2(theta, e)
     return (theta, X, infos[0]) if return_info else (theta, X)

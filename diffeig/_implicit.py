@@ -1,8 +1,9 @@
 """The implicit backward of the partial eigensolvers: from the k pairs a solver returned,
 ``dL/dA = sym(P X^T)`` with ``P`` from masked reciprocal gaps within the k pairs and
-shifted solves ``(A - theta_j) y_j = (I - X X^T) g_j`` for the rest of the space, by
-batched conjugate gradients (Hestenes & Stiefel 1952; preconditioned where a multigrid
-cycle is given). ``eigsh``, the dense, matrix-free and sparse NCut paths all call
+shifted solves ``(A - theta_j) y_j = (I - X X^T) g_j`` for the rest of the space (the
+eigenvector derivative of Magnus 1985, Theorem 1, with the pseudo-inverse applied by
+solves), by batched conjugate gradients (Hestenes & Stiefel 1952; preconditioned where a
+multigrid cycle is given). ``eigsh``, the dense, matrix-free and sparse NCut paths all call
 :func:`partial_eigh_factor` (docs/math.md, "Iterative")."""
 
 from __future__ import annotations
@@ -12,30 +13,32 @@ import math
 import torch
 
 from diffeig import _ops, _reference
-from diffeig._lobpcg import (
-    COMPACT_BELOW,
-    BatchedOperator,
-    Symmetric,
-    _matmul,
-    _project,
-    report_failure,
-)
+from diffeig._checks import report_failure
+from diffeig._operators import BatchedOperator, Symmetric, matrix_times, project
+from diffeig._tolerances import COMPACT_BELOW
 
-__all__ = ["batched_cg", "batched_pcg", "partial_eigh_backward", "partial_eigh_factor"]
+__all__ = ["ImplicitGrad", "batched_cg", "partial_eigh_backward", "partial_eigh_factor"]
 
 
-def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
-    """Solve ``op(Y) = rhs`` column by column (SPD ``op``), all columns and matrices at once.
+def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None, preconditioner=None):
+    """Solve ``op(Y) = rhs`` column by column (SPD ``op``), all columns and matrices at
+    once, by conjugate gradients (Hestenes & Stiefel 1952), preconditioned where
+    ``preconditioner`` (``R -> T R``, ``T`` SPD ``~ op^-1``) is given.
 
     Returns ``(Y, iterations, max relative residual)``. A column stops when its residual
     is below ``tol`` relative to ``ref_norm`` (default: its right-hand side's norm), or
     when its curvature ``p^T op(p)`` is no longer positive (rounding at the end of
-    convergence). With a :class:`BatchedOperator`, matrices whose columns all stopped
-    leave the working set, so their products are no longer computed.
+    convergence). Without a preconditioner a step is one fused native op
+    (``diffeig::cg_step``); with one, its two halves around the preconditioner
+    (:func:`diffeig._reference.cg_advance`, :func:`~diffeig._reference.cg_direction`),
+    which ``cg_step``'s twin is made of, so both are one algorithm. With a
+    :class:`BatchedOperator` and no preconditioner, matrices whose columns all stopped
+    leave the working set, so their products are no longer computed; a preconditioner
+    covers the whole batch (a block-diagonal sparse operator), so it keeps every matrix.
     """
     batch, (n, c) = rhs.shape[:-2], rhs.shape[-2:]
     B = math.prod(batch)
-    compact = B > 1 and isinstance(op, BatchedOperator)
+    compact = B > 1 and isinstance(op, BatchedOperator) and preconditioner is None
     if compact:
         op = op.restrict()
         rhs = rhs.reshape(B, n, c)
@@ -43,8 +46,9 @@ def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
             ref_norm = ref_norm.expand(*batch, 1, c).reshape(B, 1, c)
     Y = torch.zeros_like(rhs)
     R = rhs.clone()
-    P = R.clone()
+    P = R.clone() if preconditioner is None else preconditioner(R)
     rr = (R * R).sum(-2)
+    rz = rr if preconditioner is None else (R * P).sum(-2)
     ref = rhs.norm(dim=-2) if ref_norm is None else ref_norm.squeeze(-2)
     stop = (tol * ref) ** 2
     active = rr > stop
@@ -66,8 +70,15 @@ def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
                 t.index_select(0, idx) for t in (Y, R, P, rr, stop, active)
             )
             op = op.restrict(idx)
-        # The vector updates of a step are one fused native op (diffeig::cg_step).
-        Y, R, P, rr, active = _ops.cg_step(Y, R, P, op(P), rr, stop, active)
+        if preconditioner is None:
+            Y, R, P, rr, active = _ops.cg_step(Y, R, P, op(P), rr, stop, active)
+            continue
+        Y, R, rr, active = _reference.cg_advance(Y, R, P, op(P), rz, rr, active)
+        active = active & (rr > stop)
+        Z = preconditioner(R)
+        rz_new = torch.where(active, (R * Z).sum(-2), rz)
+        P = _reference.cg_direction(P, Z, rz_new, rz, active)
+        rz = rz_new
     if out is not None:
         out[0].index_copy_(0, rows, Y)
         out[1].index_copy_(0, rows, rr)
@@ -75,44 +86,6 @@ def batched_cg(op, rhs, *, tol: float, max_iter: int, ref_norm=None):
     if compact:
         Y, rr, ref = Y.reshape(*batch, n, c), rr.reshape(*batch, c), ref.reshape(*batch, c)
     # Relative to the same reference as the stopping rule, so that rel <= tol is "converged".
-    rel = rr.sqrt() / ref.clamp_min(torch.finfo(rhs.dtype).tiny)
-    return Y, it, rel.amax().item() if rel.numel() else 0.0
-
-
-def batched_pcg(op, rhs, prec, *, tol: float, max_iter: int, ref_norm=None):
-    """Preconditioned CG for ``op(Y) = rhs`` (SPD ``op``, SPD ``prec ~ op^-1``), all
-    columns and matrices at once; stopping as :func:`batched_cg`, whose return it shares.
-
-    For operators that cover the whole batch in one product (a block-diagonal sparse
-    matrix), so no matrix leaves the working set; stopped columns keep their values.
-    """
-    Y = torch.zeros_like(rhs)
-    R = rhs.clone()
-    Z = prec(R)
-    P = Z.clone()
-    rz = (R * Z).sum(-2)
-    rr = (R * R).sum(-2)
-    ref = rhs.norm(dim=-2) if ref_norm is None else ref_norm.squeeze(-2)
-    stop = (tol * ref) ** 2
-    active = rr > stop
-    it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007
-        if not bool(active.any()):
-            break
-        AP = op(P)
-        pAp = (P * AP).sum(-2)
-        # a column whose curvature is no longer positive has reached rounding: it stops
-        ok = active & (pAp > 0)
-        alpha = torch.where(ok, rz / torch.where(ok, pAp, 1), 0).unsqueeze(-2)
-        Y = Y + alpha * P
-        R = R - alpha * AP
-        rr = torch.where(ok, (R * R).sum(-2), rr)
-        active = ok & (rr > stop)
-        Z = prec(R)
-        rz_new = (R * Z).sum(-2)
-        beta = torch.where(active, rz_new / torch.where(rz != 0, rz, 1), 0).unsqueeze(-2)
-        P = torch.where(active.unsqueeze(-2), Z + beta * P, 0)
-        rz = rz_new
     rel = rr.sqrt() / ref.clamp_min(torch.finfo(rhs.dtype).tiny)
     return Y, it, rel.amax().item() if rel.numel() else 0.0
 
@@ -177,7 +150,7 @@ def partial_eigh_factor(
         X64 = torch.linalg.qr(X.to(wide)).Q
 
         if not callable(A):
-            A = BatchedOperator(_matmul, Symmetric(A), batch_shape=A.shape[:-2])
+            A = BatchedOperator(matrix_times, Symmetric(A), batch_shape=A.shape[:-2])
         dtype = X.dtype
         # Isolated nodes (zero diagonal) keep a unit scale: their rows of A - l are -l
         # there, and 1 / sqrt(0) would blow the system up.
@@ -190,11 +163,11 @@ def partial_eigh_factor(
             # With sc: split Jacobi, sc (I - Q Q^T)(A - th)(I - Q Q^T) sc.
             Y = Y if sc is None else sc * Y
             AY = A(Y.to(dtype)).to(wide)
-            Y = s * _project(AY - Y * th.unsqueeze(-2), Q)
+            Y = s * project(AY - Y * th.unsqueeze(-2), Q)
             return Y if sc is None else sc * Y
 
         g64 = grad_X.to(wide)
-        rhs = s * _project(g64, X64)
+        rhs = s * project(g64, X64)
         rhs = rhs if sc is None else sc * rhs
         # Tolerance relative to the cotangent itself: when g_j lies in span(X) the
         # projected right-hand side is rounding noise, and there is nothing to solve.
@@ -214,16 +187,17 @@ def partial_eigh_factor(
             def op(Y):
                 return shifted(Y, A, th64, X64, sc)
 
+        prec = None
         if preconditioner is not None:
 
             def prec(R):
-                return _project(preconditioner(R.to(dtype)).to(wide), X64)
+                return project(preconditioner(R.to(dtype)).to(wide), X64)
 
-            Y, it, rel = batched_pcg(op, rhs, prec, tol=cg_tol, max_iter=cg_max_iter, ref_norm=ref)
-        else:
-            Y, it, rel = batched_cg(op, rhs, tol=cg_tol, max_iter=cg_max_iter, ref_norm=ref)
+        Y, it, rel = batched_cg(
+            op, rhs, tol=cg_tol, max_iter=cg_max_iter, ref_norm=ref, preconditioner=prec
+        )
         if sc is not None:
-            Y = _project(sc * Y, X64)
+            Y = project(sc * Y, X64)
         if cols is not None:
             Y = torch.zeros_like(g64).index_copy_(-1, cols, Y)
         if not rel <= cg_tol:
@@ -244,3 +218,32 @@ def partial_eigh_backward(A, theta, X, grad_theta, grad_X, gap_rtol, gap_atol, *
     P = partial_eigh_factor(A, theta, X, grad_theta, grad_X, gap_rtol, gap_atol, **kw)
     gA = P @ X.mT
     return 0.5 * (gA + gA.mT)
+
+
+class ImplicitGrad(torch.autograd.Function):
+    """``dL/dA`` of a partial eigensolver's pairs, ``grad_fn(*tensors, args)``, as a Function
+    of its own: the one shape behind the backward of :func:`diffeig.eigsh` and of every
+    iterative NCut path. Its vmap rule runs the batched backward under
+    ``vmap(grad(f))``; it has no derivative itself (the shifted solves stop on data).
+    ``args``: the solver's :class:`~diffeig._tolerances.SolverOptions` and flags, passed
+    whole to ``grad_fn``."""
+
+    @staticmethod
+    def forward(grad_fn, args, *tensors):
+        return grad_fn(*tensors, args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(
+            "the iterative solvers (diffeig.eigsh, sym_eigh_ncut(method='lobpcg'), sparse W, "
+            "ncut_operator) do not support double backward; use method='dense'"
+        )
+
+    @staticmethod
+    def vmap(info, in_dims, grad_fn, args, *tensors):
+        tensors = _ops._batched_first(info, in_dims[2:], tensors)
+        return ImplicitGrad.apply(grad_fn, args, *tensors), 0

@@ -15,102 +15,41 @@ of per-matrix control flow.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from diffeig import _ops
-from diffeig._checks import check_not_meta
-from diffeig._reference import torch_eigh
+from diffeig._checks import check_not_meta, report_failure
+from diffeig._operators import (
+    BatchedOperator,
+    Symmetric,
+    dense_pairs,
+    materialize,
+    matrix_times,
+    project,
+    scaled_operators,
+    spectral_bound,
+)
+from diffeig._rayleigh_ritz import orthonormalize, rayleigh_ritz, safe_norm
+from diffeig._tolerances import (
+    CERTIFY_GAP_FRACTION,
+    COMPACT_BELOW,
+    DENSE_BELOW,
+    MAX_FALLBACK_N,
+    default_tol,
+    eigenvalue_converged,
+    stall_floor,
+)
 
 __all__ = [
-    "BatchedOperator",
-    "Symmetric",
     "LobpcgInfo",
+    "Unconverged",
     "default_block",
-    "default_tol",
-    "resolved_gap_rtol",
     "initial_block",
     "lobpcg",
     "run_lobpcg",
-    "report_failure",
-    "spectral_bound",
 ]
-
-
-class BatchedOperator:
-    """``Y -> fn(Y, *data)`` for a batch of operators, restrictable to some of them.
-
-    Every tensor in ``data`` has the batch's leading dimensions ``batch_shape`` (or
-    broadcasts to them); an entry may also be another :class:`BatchedOperator` (an
-    operator built on one), a :class:`Symmetric` batch of matrices, or ``None``.
-    :meth:`restrict` indexes them all, so the iterative solvers can drop matrices that
-    converged and stop paying for their products: a batch costs the sum of its matrices'
-    iterations, not its slowest matrix's iterations times its size.
-    """
-
-    def __init__(self, fn, *data, batch_shape):
-        self.fn, self.data, self.batch_shape = fn, data, tuple(batch_shape)
-
-    def __call__(self, Y):
-        return self.fn(Y, *self.data)
-
-    def restrict(self, index: torch.Tensor | None = None) -> BatchedOperator:
-        """The same operators with the batch flattened to one dimension and, given a 1-D
-        ``index`` into it, only those matrices. Tensors are indexed (copied: they are
-        small); a :class:`Symmetric` batch is not copied, only its index changes."""
-        nb = len(self.batch_shape)
-
-        def take(t):
-            if t is None:
-                return None
-            if isinstance(t, (BatchedOperator, Symmetric)):
-                return t.restrict(index)
-            t = t.expand(*self.batch_shape, *t.shape[nb:])
-            t = t.reshape(-1, *t.shape[nb:])
-            return t if index is None else t.index_select(0, index)
-
-        size = math.prod(self.batch_shape) if index is None else index.numel()
-        return BatchedOperator(self.fn, *(take(t) for t in self.data), batch_shape=(size,))
-
-
-class Symmetric:
-    """A batch of symmetric matrices ``(*, N, N)`` for products ``S @ Y``, ``Y (*, N, m)``.
-
-    Products go through ``diffeig::sym_matmul``: on CPU from N = 512 on it reads each
-    matrix's lower triangle only (half of its bytes; the solvers' products are
-    bandwidth-bound), and after :meth:`restrict` it multiplies the selected matrices in
-    place, never copying them. The matrices must be symmetric (the callers check it): from
-    N = 512 on the upper triangle is not read, as in ``torch.linalg.eigh``.
-    """
-
-    def __init__(self, A: torch.Tensor, index: torch.Tensor | None = None):
-        self.base = A.reshape(-1, *A.shape[-2:]).contiguous()  # the batch, flattened
-        self.index = index
-
-    def restrict(self, index: torch.Tensor | None = None) -> Symmetric:
-        """Matrices ``index`` (1-D, into the flattened batch, or into the current
-        selection once restricted)."""
-        if index is None:
-            return self
-        return Symmetric(self.base, index if self.index is None else self.index[index])
-
-    def __matmul__(self, Y: torch.Tensor) -> torch.Tensor:
-        out = _ops.sym_matmul(self.base, Y.reshape(-1, *Y.shape[-2:]), self.index)
-        return out.reshape(Y.shape)
-
-
-def _restrictable(*ops) -> bool:
-    return all(op is None or isinstance(op, BatchedOperator) for op in ops)
-
-
-# A working set is compacted when at most this share of its matrices is still iterating.
-# Compacting is cheap (the matrices themselves are never copied: Symmetric batches only
-# change their index), so it happens as soon as a twentieth of them converged: at 0.5 the
-# recipe's batches paid 8 - 12 % more time (benchmarks/README.md).
-COMPACT_BELOW = 0.95
 
 
 @dataclass
@@ -143,87 +82,6 @@ class LobpcgInfo:
     certified: torch.Tensor | None = None
 
 
-def resolved_gap_rtol(gap_rtol: float, tol: float | None, dtype: torch.dtype) -> float:
-    """The tie threshold (relative to the spectrum's bound) of a backward from LOBPCG's
-    pairs: Ritz values lie within their residual (``tol`` times the bound) of eigenvalues
-    of A, so two of them closer than twice that may be one tied eigenvalue, and ``1 / gap``
-    would divide the solver's error. Masked, the gradient is that of a tie, as the dense
-    path gives where the eigenvalues tie (LOBPCG gave |dL/dW| of 1e13 - 1e15 there)."""
-    return max(gap_rtol, 2 * (default_tol(dtype) if tol is None else tol))
-
-
-def default_tol(dtype: torch.dtype) -> float:
-    """Relative residual tolerance: ``eps ** 0.6``, at least 1e-9.
-
-    In float32 that is 7e-5: eigenvector errors ``tol / gap`` stay near 1e-5 in cosine for
-    NCut gaps of a few 1e-2. In float64 the Gram-matrix Rayleigh-Ritz stalls near 1e-10,
-    so 1e-9 is the floor.
-    """
-    return max(torch.finfo(dtype).eps ** 0.6, 1e-9)
-
-
-def _safe_norm(Y):
-    """Column norms, with 1 for (numerically) zero columns so that they stay zero."""
-    n = Y.norm(dim=-2, keepdim=True)
-    return torch.where(n > torch.finfo(Y.dtype).eps * n.amax(-1, keepdim=True).clamp_min(1), n, 1)
-
-
-def _orthonormalize(X):
-    """``X L^-T`` with ``L L^T = X^T X`` (Cholesky): orthonormal columns spanning X. A
-    matrix whose factorization fails keeps its X."""
-    L, info = torch.linalg.cholesky_ex(X.mT @ X)
-    ok = (info == 0)[..., None, None]
-    L = torch.where(ok, L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device))
-    return torch.where(ok, torch.linalg.solve_triangular(L, X.mT, upper=False).mT, X)
-
-
-def _matmul(Y, A):
-    return A @ Y
-
-
-def _project(Y, C):
-    """Remove from Y its components along the orthonormal columns of C."""
-    if C is None:
-        return Y
-    if C.shape[-1] == 1:  # one vector (the NCut's trivial one): element-wise beats bmm
-        return Y - C * (C * Y).sum(-2, keepdim=True)
-    return Y - C @ (C.mT @ Y)
-
-
-def _rayleigh_ritz(S, AS, m):
-    """The m smallest Ritz pairs of ``A`` on the basis ``S`` (``AS = A S``), batched.
-
-    The Gram matrix of the raw basis is whitened through its eigendecomposition, so that
-    directions which became linearly dependent are dropped per matrix by a mask. Returns
-    ``(theta (*, m), C (*, s, m), ill (*))``: the Ritz values, the coefficients of the
-    Ritz vectors ``S C``, and whether the basis was ill-conditioned.
-    """
-    dtype = S.dtype
-    G = S.mT @ S
-    H = S.mT @ AS
-    H = 0.5 * (H + H.mT)
-    e, U = torch.linalg.eigh(0.5 * (G + G.mT))
-    # Directions whose Gram eigenvalue is below eps^(3/4) of the largest carry H with
-    # a relative error above eps^(1/4): kept, they feed rounding noise back into the
-    # basis, and a near-disconnected graph then diverges once its residual stalls.
-    floor = max(S.shape[-1] * torch.finfo(dtype).eps * 10, torch.finfo(dtype).eps ** 0.75)
-    keep = e > e[..., -1:] * floor
-    T = U * torch.where(keep, e.clamp_min(torch.finfo(dtype).tiny).rsqrt(), 0).unsqueeze(-2)
-    Hs = T.mT @ H @ T
-    # Dropped directions get a Ritz value above every real one (Gershgorin), so they
-    # are never selected.
-    big = Hs.abs().sum(-1).amax(-1, keepdim=True) * 2 + 1
-    Hs = Hs + torch.diag_embed(torch.where(keep, 0, big))
-    th, C = torch.linalg.eigh(0.5 * (Hs + Hs.mT))
-    # How much the whitening amplifies rounding: the implicit updates AX = AS C carry
-    # AS's error times 1 / sqrt(smallest kept Gram eigenvalue), every iteration. Past
-    # eps^-1/4 (a Gram ratio below sqrt(eps)) a matrix whose residual also stopped
-    # falling is restarted.
-    smallest = torch.where(keep, e, e[..., -1:]).amin(-1)
-    ill = smallest < e[..., -1] * torch.finfo(dtype).eps ** 0.5
-    return th[..., :m], T @ C[..., :m], ill
-
-
 class _Iterate:
     """LOBPCG's state for a batch: the Ritz block ``X`` (and ``A X``), its values, the
     search directions ``P`` (and ``A P``), and per matrix the restart bookkeeping and
@@ -234,10 +92,10 @@ class _Iterate:
         self.k, self.scale, self.constraints = k, scale, constraints
         self.tol, self.eigenvalue_rtol = tol, eigenvalue_rtol
         m = X0.shape[-1]
-        X = _project(X0, constraints)
+        X = project(X0, constraints)
         X = torch.linalg.qr(X).Q
         AX = op(X)
-        theta, C, _ = _rayleigh_ritz(X, AX, m)
+        theta, C, _ = rayleigh_ritz(X, AX, m)
         self.X, self.AX, self.theta = X @ C, AX @ C, theta
         self.P = self.AP = None
         shape, dev = X.shape[:-2], X.device
@@ -262,9 +120,9 @@ class _Iterate:
 
     def done(self, rel, R, certify: bool):
         """Per matrix: every wanted pair converged, and with ``certify`` the first guard
-        pair too, or at least to 1 % of its gap above the k-th pair: an unconverged guard
-        Ritz value bounds the (k+1)-th eigenvalue from above only, and says nothing of a
-        tie below it."""
+        pair too, or to a tenth of its gap above the k-th pair (CERTIFY_GAP_FRACTION):
+        an unconverged guard Ritz value bounds the (k+1)-th eigenvalue from above only,
+        and says nothing of a tie below it."""
         done = (rel <= self.tol).all(-1)
         if self.eigenvalue_rtol:
             done = done & self.small_converged(rel)
@@ -284,15 +142,14 @@ class _Iterate:
         gap = (th[..., 1 : k + 1] - th[..., :k]).clamp_min(0)
         if gap.shape[-1] < k:  # no guard: the gap to the spectrum's bound (1 on A / scale)
             gap = torch.cat([gap, (1 - th[..., k - 1 : k]).clamp_min(0)], -1)
-        floor = self.tol ** (4 / 3)
-        ok = (rel * rel <= self.tol * th[..., :k].abs() * gap) | (rel <= floor)
+        ok = eigenvalue_converged(rel, th[..., :k].abs(), gap, self.tol, stall_floor(self.tol))
         return ok.all(-1)
 
     def certified(self, R):
         k = self.k
         rg = self.relative(R[..., k : k + 1], self.theta[..., k : k + 1])[..., 0]
         gap = self.theta[..., k] - self.theta[..., k - 1]
-        return (rg <= self.tol) | (rg <= 0.1 * gap)
+        return (rg <= self.tol) | (rg <= CERTIFY_GAP_FRACTION * gap)
 
     def note_stalls(self, rel):
         """A matrix whose basis was ill-conditioned and whose residual stopped falling is
@@ -310,7 +167,7 @@ class _Iterate:
         each iteration until the Ritz values leave the spectrum (the divergence on
         TokenCut-like graphs). Returns the number restarted."""
         pending = self.pending
-        X2 = _orthonormalize(self.X)
+        X2 = orthonormalize(self.X)
         AX2 = op(X2)
         bad = pending[..., None, None]
         self.X, self.AX = torch.where(bad, X2, self.X), torch.where(bad, AX2, self.AX)
@@ -365,7 +222,7 @@ class _Iterate:
         self.iters = self.iters + (~done).long()
         keep = done[..., None, None]
         X_old, AX_old, theta_old = self.X, self.AX, self.theta
-        Wb = _project(R if prec is None else prec(R), self.constraints)
+        Wb = project(R if prec is None else prec(R), self.constraints)
         # Without its components along X (twice: one pass of classical Gram-Schmidt
         # leaves rounding-level ones). A strong preconditioner (T ~ A^-1) amplifies the
         # directions of the smallest converged pairs in every column of T R (an island's
@@ -373,22 +230,22 @@ class _Iterate:
         # noise and LOBPCG stalled (no convergence in 1000 iterations where 12 suffice).
         for _ in range(2):
             Wb = Wb - X_old @ (X_old.mT @ Wb)
-        Wb = Wb / _safe_norm(Wb)
+        Wb = Wb / safe_norm(Wb)
         AW = op(Wb)
         if self.P is None:
             S, AS = torch.cat([self.X, Wb], -1), torch.cat([self.AX, AW], -1)
         else:
-            nP = _safe_norm(self.P)
+            nP = safe_norm(self.P)
             S = torch.cat([self.X, Wb, self.P / nP], -1)
             AS = torch.cat([self.AX, AW, self.AP / nP], -1)
-        theta, C, self.ill = _rayleigh_ritz(S, AS, m)
+        theta, C, self.ill = rayleigh_ritz(S, AS, m)
         X, AX = S @ C, AS @ C
         P, AP = S[..., m:] @ C[..., m:, :], AS[..., m:] @ C[..., m:, :]
         self.X, self.AX = torch.where(keep, X_old, X), torch.where(keep, AX_old, AX)
         self.theta = torch.where(done.unsqueeze(-1), theta_old, theta)
         self.P, self.AP = torch.where(keep, 0, P), torch.where(keep, 0, AP)
         if self.constraints is not None:  # keep rounding from leaking into the deflated space
-            self.X = _project(self.X, self.constraints)
+            self.X = project(self.X, self.constraints)
 
     # -- result --------------------------------------------------------------------------
 
@@ -402,38 +259,6 @@ class _Iterate:
         else:
             inside = (self.theta[..., :k].abs() <= 1 + 100 * tol).all(-1)
         return ~((res <= tol).all(-1) & inside & torch.isfinite(self.theta[..., :k]).all(-1))
-
-
-def _scaled_operators(matmul, preconditioner, X0, constraints, largest, scale):
-    """The operator LOBPCG iterates on, ``Y -> sign A Y / scale`` (smallest eigenvalues of
-    it are the wanted ones, its spectrum in [-1, 1] when ``scale`` bounds A), and the
-    preconditioner; with a :class:`BatchedOperator` (and a restrictable preconditioner)
-    on a flat batch ``(B, N, m)``, so that converged matrices can leave it.
-
-    Returns ``(op, prec, X0, constraints, compact)``."""
-    batch, (n, m) = X0.shape[:-2], X0.shape[-2:]
-    inv = None
-    if scale is not None:
-        # On A / scale the residual test and the Gram matrices are the same at any scale
-        # of A (at 1e-200 the squared residuals of A itself underflow to 0 and a random
-        # block "converges").
-        scale = scale.detach().to(X0.dtype)
-        inv = torch.where(scale > 0, 1 / scale, 1.0)[..., None, None]
-
-    def signed_scaled(Y, A, inv):
-        AY = A(Y)
-        AY = -AY if largest else AY
-        return AY if inv is None else AY * inv
-
-    B = math.prod(batch)
-    compact = B > 1 and isinstance(matmul, BatchedOperator) and _restrictable(preconditioner)
-    if not compact:
-        return (lambda Y: signed_scaled(Y, matmul, inv)), preconditioner, X0, constraints, False
-    op = BatchedOperator(signed_scaled, matmul, inv, batch_shape=batch).restrict()
-    prec = None if preconditioner is None else preconditioner.restrict()
-    if constraints is not None:
-        constraints = constraints.expand(*batch, n, constraints.shape[-1]).reshape(B, n, -1)
-    return op, prec, X0.reshape(B, n, m), constraints, True
 
 
 def lobpcg(
@@ -476,7 +301,7 @@ def lobpcg(
             iterations (default: 1 on CPU, 4 on CUDA, where each read is a synchronization;
             per-matrix freezing keeps converged matrices unchanged in between).
         certify: iterate each matrix also until its first guard pair (``m > k`` needed)
-            converged to ``tol``, or to 1 % of its gap above the k-th pair, so that
+            converged to ``tol``, or to a tenth of its gap above the k-th pair, so that
             ``LobpcgInfo.next_eigenvalue`` and ``residuals`` bound the gap after the k-th
             eigenvalue (``method='auto'`` uses it to decide whether LOBPCG's k-th vector
             is the dense solve's).
@@ -494,7 +319,7 @@ def lobpcg(
     if tol is None:
         tol = default_tol(dtype)
     batch, (n, m) = X0.shape[:-2], X0.shape[-2:]
-    op, prec, X0, constraints, compact = _scaled_operators(
+    op, prec, X0, constraints, compact = scaled_operators(
         matmul, preconditioner, X0, constraints, largest, scale
     )
     state = _Iterate(op, X0, constraints, k, scale, tol, eigenvalue_rtol and scale is not None)
@@ -540,24 +365,6 @@ def lobpcg(
     return sign * theta[..., :k], X[..., :k], info
 
 
-def report_failure(msg: str, on_fail: str, stacklevel: int = 3) -> None:
-    """Raise ``RuntimeError`` (``on_fail='raise'``) or warn (``'warn'``) about a solver
-    that stopped short of its tolerance: one rule for the forward and the backward."""
-    if on_fail == "raise":
-        raise RuntimeError(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)
-
-
-def spectral_bound(A: torch.Tensor) -> torch.Tensor:
-    """``(*)`` largest absolute row sum of each ``(*, N, N)`` matrix: Gershgorin's bound
-    of its spectral radius, from one read of A (chunked so that the ``|A|`` temporary is
-    recycled rather than page-faulted anew)."""
-    flat = A.detach().reshape(-1, *A.shape[-2:])
-    if flat.shape[0] == 0 or A.shape[-1] == 0:
-        return A.new_zeros(A.shape[:-2])
-    return torch.cat([c.abs().sum(-1).amax(-1) for c in flat.split(32)]).reshape(A.shape[:-2])
-
-
 # ------------------------------------------------------------------------- the driver
 
 
@@ -574,7 +381,7 @@ def initial_block(shape, dtype, device, seed: int = 0, start=None, constraints=N
     X = torch.randn(shape, generator=g, dtype=dtype).to(device)
     if start is not None:
         s = start.to(dtype).expand(*shape[:-1], start.shape[-1])
-        sp = _project(s, constraints)
+        sp = project(s, constraints)
         norm = sp.norm(dim=-2, keepdim=True)
         ok = norm > torch.finfo(dtype).eps ** 0.5 * s.norm(dim=-2, keepdim=True)
         r = s.shape[-1]
@@ -621,7 +428,7 @@ def run_lobpcg(
     if n - r <= DENSE_BELOW * m:
         # The iteration would cost about as much as a dense solve, and Rayleigh-Ritz on a
         # basis that nearly spans the space is fragile (a 26 x 26 matrix diverged).
-        lam, V = _dense_pairs(_materialize(A, like), k, largest, constraints)
+        lam, V = dense_pairs(materialize(A, like), k, largest, constraints)
         return lam, V, LobpcgInfo(iterations=0, max_residual=0.0, converged=True)
     if start is not None:
         start = start[..., : m - 1]  # at least one random column
@@ -631,7 +438,7 @@ def run_lobpcg(
     if scale is None:  # Gershgorin: an upper bound of |A|_2, so tol is relative to A
         scale = spectral_bound(A)
     theta, X, info = lobpcg(
-        BatchedOperator(_matmul, Symmetric(A), batch_shape=A.shape[:-2]) if dense else A,
+        BatchedOperator(matrix_times, Symmetric(A), batch_shape=A.shape[:-2]) if dense else A,
         X0,
         k,
         largest=largest,
@@ -654,9 +461,9 @@ def run_lobpcg(
         if on_fail == "defer":
             raise Unconverged(msg)
         if fallback and (dense or n <= MAX_FALLBACK_N):
-            Ad = A[failed] if dense else _materialize(A, like)[failed]
+            Ad = A[failed] if dense else materialize(A, like)[failed]
             C = None if constraints is None else constraints[failed]
-            lam, V = _dense_pairs(Ad, k, largest, C)
+            lam, V = dense_pairs(Ad, k, largest, C)
             theta, X = theta.clone(), X.clone()
             theta[failed], X[failed] = lam.to(theta.dtype), V.to(X.dtype)
             info.fallbacks = count
@@ -672,39 +479,3 @@ def run_lobpcg(
 class Unconverged(RuntimeError):
     """LOBPCG stopped short on some matrices, with ``on_fail='defer'`` (the caller
     decides: ``method='auto'`` solves them densely instead)."""
-
-
-# Use the dense solve when N (less the deflated constraints) is at most this many times
-# the LOBPCG block.
-DENSE_BELOW = 5
-# Matrix-free operators are materialized for a dense fallback only up to this N.
-MAX_FALLBACK_N = 8192
-
-
-def _materialize(A, like):
-    """``A`` as a dense ``(*, N, N)`` tensor (a function is applied to the identity)."""
-    if not callable(A):
-        return A
-    n = like.shape[-1]
-    eye = torch.eye(n, dtype=like.dtype, device=like.device).expand(*like.shape[:-1], n, n)
-    M = A(eye.contiguous())
-    return 0.5 * (M + M.mT)
-
-
-def _dense_pairs(A, k, largest, constraints):
-    """The k extreme pairs of dense symmetric ``A`` orthogonal to the orthonormal
-    ``constraints`` (an invariant subspace of A, e.g. known eigenvectors): they are the
-    extreme pairs of ``A + s C C^T`` with the constraints shifted past the spectrum, so a
-    degenerate eigenspace that meets them still gives vectors orthogonal to them."""
-    if constraints is not None:
-        shift = 2 * spectral_bound(A) + 1
-        shift = -shift if largest else shift
-        A = A + shift[..., None, None] * (constraints @ constraints.mT)
-    return _dense(A, k, largest)
-
-
-def _dense(A, k, largest):
-    lam, V = torch_eigh(A)
-    if largest:
-        return lam[..., -k:].flip(-1), V[..., -k:].flip(-1)
-    return lam[..., :k], V[..., :k]

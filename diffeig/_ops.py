@@ -62,12 +62,14 @@ def sym_matmul(W, Y, index=None):
     return _reference.sym_matmul(W, Y, index)
 
 
-def ncut_lanczos(W, dis, u1, v0, tol: float, max_steps: int):
+def ncut_lanczos(W, dis, u1, v0, tol: float, floor: float, max_steps: int):
     """The Fiedler pair of one normalized cut by Lanczos (``diffeig::ncut_lanczos``):
     the native kernel on CPU, the twin elsewhere. Returns ``(x, info)``."""
     if _extension.native_for(W.device) and W.device.type == "cpu":
-        return torch.ops.diffeig.ncut_lanczos(W, dis, u1, v0, float(tol), int(max_steps))
-    return _reference.ncut_lanczos(W, dis, u1, v0, tol, max_steps)
+        return torch.ops.diffeig.ncut_lanczos(
+            W, dis, u1, v0, float(tol), float(floor), int(max_steps)
+        )
+    return _reference.ncut_lanczos(W, dis, u1, v0, tol, floor, max_steps)
 
 
 def ncut_grad_assemble(P, V, scale, diag_term):
@@ -119,7 +121,7 @@ def _fake_symmetry_stats(W):
     return W.new_empty(3, dtype=torch.float64)
 
 
-def _fake_ncut_lanczos(W, dis, u1, v0, tol, max_steps):
+def _fake_ncut_lanczos(W, dis, u1, v0, tol, floor, max_steps):
     return W.new_empty(W.shape[-1]), W.new_empty(5, dtype=torch.float64)
 
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from diffeig._tolerances import eigenvalue_converged
+
 # torch's own solvers, kept before diffeig.patch_torch can replace them: every dense
 # solve in diffeig goes through these, so diffeig never calls itself.
 torch_eigh = torch.linalg.eigh
@@ -27,6 +29,8 @@ __all__ = [
     "laplacian_backward",
     "ncut_grad_assemble",
     "ncut_backward",
+    "cg_advance",
+    "cg_direction",
     "cg_step",
     "sym_matmul",
     "ncut_lanczos",
@@ -185,22 +189,41 @@ def ncut_backward(
     return assemble(P, Vk, torch.ones_like(degree), (P * Vk).sum(-1))
 
 
+def cg_advance(Y, R, P, AP, rz, rr, active):
+    """The first half of a (preconditioned) conjugate-gradient step on every column of
+    ``(*, n, k)`` blocks: for each active column ``alpha = rz / (p . Ap)``,
+    ``Y += alpha P``, ``R -= alpha AP``, ``rr' = R . R``; a column whose curvature
+    ``p . Ap`` is no longer positive (rounding at the end of convergence) stops.
+    ``rz``: ``r . z`` with ``z`` the preconditioned residual (``rr`` without one).
+    Returns ``(Y, R, rr', active)``."""
+    pAp = (P * AP).sum(-2)
+    active = active & (pAp > 0)
+    alpha = torch.where(active, rz / torch.where(active, pAp, 1), 0).unsqueeze(-2)
+    Y = Y + alpha * P
+    R = R - alpha * AP
+    rr_new = torch.where(active, (R * R).sum(-2), rr)
+    return Y, R, rr_new, active
+
+
+def cg_direction(P, Z, rz_new, rz, active):
+    """The second half: ``P = Z + (rz' / rz) P`` on the active columns (``Z`` the
+    preconditioned residual, ``R`` itself without a preconditioner)."""
+    beta = torch.where(active, rz_new / torch.where(active, rz, 1), 0).unsqueeze(-2)
+    return torch.where(active.unsqueeze(-2), Z + beta * P, P)
+
+
 def cg_step(Y, R, P, AP, rr, stop, active):
-    """One conjugate-gradient step on every column of ``(*, n, k)`` blocks.
+    """One conjugate-gradient step on every column of ``(*, n, k)`` blocks: the twin of
+    ``diffeig::cg_step``, :func:`cg_advance` then :func:`cg_direction` with ``Z = R``
+    (so that the preconditioned step is the same algorithm).
 
     For each active column: ``alpha = rr / (p . Ap)``, ``Y += alpha P``,
     ``R -= alpha AP``, ``rr' = R . R``, ``P = R + (rr' / rr) P``; it stays active while
     ``p . Ap > 0`` and ``rr' > stop``. Inactive columns come back unchanged.
     ``rr``, ``stop``, ``active``: ``(*, k)``. Returns ``(Y, R, P, rr, active)``.
     """
-    pAp = (P * AP).sum(-2)
-    active = active & (pAp > 0)
-    alpha = torch.where(active, rr / torch.where(active, pAp, 1), 0).unsqueeze(-2)
-    Y = Y + alpha * P
-    R = R - alpha * AP
-    rr_new = torch.where(active, (R * R).sum(-2), rr)
-    beta = torch.where(active, rr_new / torch.where(active, rr, 1), 0).unsqueeze(-2)
-    P = torch.where(active.unsqueeze(-2), R + beta * P, P)
+    Y, R, rr_new, active = cg_advance(Y, R, P, AP, rr, rr, active)
+    P = cg_direction(P, R, rr_new, rr, active)
     return Y, R, P, rr_new, active & (rr_new > stop)
 
 
@@ -256,14 +279,6 @@ def sym_matmul(W: torch.Tensor, Y: torch.Tensor, index: torch.Tensor | None = No
     return torch.stack([W[i] @ y for i, y in zip(index.tolist(), Y)]) if len(Y) else Y.clone()
 
 
-def _lanczos_converged(theta: float, nxt: float, res: float, tol: float) -> bool:
-    """LOBPCG's test with ``eigenvalue_rtol`` on ``L / 2 = (I - M) / 2``: the residual
-    within ``tol`` of the bound, and l2 within ``tol`` of itself (``r^2 / gap``)."""
-    rel, l2 = res / 2, (1 - theta) / 2
-    gap = (1 + theta) / 2 if math.isnan(nxt) else (theta - nxt) / 2
-    return rel <= tol and (rel * rel <= tol * l2 * gap or rel <= tol ** (4 / 3))
-
-
 def _steps_to_next_check(res, last_res, spacing: int, steps: int, target: float) -> int:
     """As the kernel's: at most an eighth of the steps taken apart, sooner where the
     residual's decay says it reaches ``target``."""
@@ -284,11 +299,14 @@ def _tridiagonal(alpha: list[float], beta: list[float]) -> torch.Tensor:
     return T
 
 
-def ncut_lanczos(W, dis, u1, v0, tol: float, max_steps: int):
+def ncut_lanczos(W, dis, u1, v0, tol: float, floor: float, max_steps: int):
     """Reference of ``diffeig::ncut_lanczos``: the Fiedler pair of one normalized cut by
     Lanczos with full reorthogonalization on ``M = dis W dis`` (largest, ``u1``
-    deflated), the convergence test at the kernel's steps. Returns ``(x (n,), info (5,) float64)``:
-    ``[theta, next Ritz value (NaN after one step), residual, steps, converged]``."""
+    deflated), the convergence test at the kernel's steps: LOBPCG's with
+    ``eigenvalue_rtol`` on ``L / 2 = (I - M) / 2``
+    (:func:`diffeig._tolerances.eigenvalue_converged`). Returns ``(x (n,), info (5,)
+    float64)``: ``[theta, next Ritz value (NaN after one step), residual, steps,
+    converged]``."""
     n = W.shape[-1]
     m = min(max_steps, n - 1)
     Q = W.new_empty(m + 1, n)
@@ -317,7 +335,9 @@ def ncut_lanczos(W, dis, u1, v0, tol: float, max_steps: int):
             th, S = torch.linalg.eigh(_tridiagonal(alpha, beta))
             theta, nxt = float(th[-1]), float(th[-2]) if j > 0 else math.nan
             res = abs(b * float(S[-1, -1]))
-            done = invariant or _lanczos_converged(theta, nxt, res, tol)
+            rel, l2 = res / 2, (1 - theta) / 2
+            gap = (1 + theta) / 2 if math.isnan(nxt) else (theta - nxt) / 2
+            done = invariant or (rel <= tol and eigenvalue_converged(rel, l2, gap, tol, floor))
             if done or steps == m:
                 break
             check = steps + _steps_to_next_check(res, last_res, steps - last_check, steps, 2 * tol)

@@ -54,7 +54,7 @@ def test_ncut_is_invariant_to_the_scale_of_W(dtype, s, rtol, method, laplacian):
 
 
 def test_unit_scale_is_a_power_and_leaves_ordinary_inputs_alone():
-    from diffeig._checks import scale2, unit_scale
+    from diffeig._scaling import scale2, unit_scale
 
     assert unit_scale(1.0) == unit_scale(1e5) == unit_scale(None) == unit_scale(0.0) == 0
     assert unit_scale(1e300) == round(math.log2(1e300))

@@ -11,7 +11,8 @@ from torch.autograd import gradcheck
 
 import diffeig
 from diffeig import _extension, _ops, _reference
-from diffeig.ncut import _iterative, affinity, sym_eigh_ncut
+from diffeig._tolerances import stall_floor
+from diffeig.ncut import _choice, _lanczos, affinity, sym_eigh_ncut
 
 needs_ext = pytest.mark.skipif(
     not _extension._LOADED, reason=f"native extension not built: {diffeig.load_error()}"
@@ -88,8 +89,8 @@ GRAPHS = {
 def test_native_equals_reference(kind, dtype):
     args = lanczos_args(GRAPHS[kind]().to(dtype))
     tol = 1e-9 if dtype == torch.float64 else 1e-4
-    x, info = torch.ops.diffeig.ncut_lanczos(*args, tol, 256)
-    xr, info_r = _reference.ncut_lanczos(*args, tol, 256)
+    x, info = torch.ops.diffeig.ncut_lanczos(*args, tol, stall_floor(tol), 256)
+    xr, info_r = _reference.ncut_lanczos(*args, tol, stall_floor(tol), 256)
     assert info[4] == 1 and info_r[4] == 1  # converged
     assert abs(info[3] - info_r[3]) <= 2  # steps: the tests are spaced by rounding-level residuals
     rtol = 1e-12 if dtype == torch.float64 else 1e-6
@@ -176,12 +177,12 @@ def test_not_converged_falls_back_to_lobpcg(monkeypatch):
     # on from the Ritz vector, and the result is the dense path's
     W = unclustered(300)
     calls = []
-    orig = _iterative.lobpcg_ncut_pairs
+    orig = _lanczos.lobpcg_ncut_pairs
     monkeypatch.setattr(  # a spy on the function, which runs unchanged
-        _iterative, "lobpcg_ncut_pairs", lambda *a, **kw: calls.append(kw) or orig(*a, **kw)
+        _lanczos, "lobpcg_ncut_pairs", lambda *a, **kw: calls.append(kw) or orig(*a, **kw)
     )
     d = W.sum(-1)
-    lam, _, Z = _iterative.lanczos_ncut_pairs(W, d, "max", None, 1000, "warn", max_steps=3)
+    lam, _, Z = _lanczos.lanczos_ncut_pairs(W, d, "max", None, 1000, "warn", max_steps=3)
     assert len(calls) == 1 and calls[0]["start"].shape == (300, 1)
     assert_same_pair(W, lam, Z)
 
@@ -205,36 +206,38 @@ def test_backward_matches_dense_and_gradcheck():
         lam, Z = sym_eigh_ncut(0.5 * (W + W.T), 2, method="lobpcg", tol=1e-12)
         return lam, Z[:, 1] ** 2
 
-    assert _iterative.uses_lanczos(W, 2, True, None)
+    assert _choice.uses_lanczos(W, 2, True, None)
     assert gradcheck(fn, (W,), eps=1e-5, atol=1e-6, rtol=1e-4)
 
 
 def test_which_calls_take_lanczos():
     W = clustered(64)
-    assert _iterative.uses_lanczos(W, 2, True, None)
-    assert not _iterative.uses_lanczos(W[None], 2, True, None)  # a batch: LOBPCG
-    assert not _iterative.uses_lanczos(W, 3, True, None)  # several pairs: LOBPCG
-    assert not _iterative.uses_lanczos(W, 2, False, None)  # D - W: Jacobi-LOBPCG
-    assert not _iterative.uses_lanczos(W, 2, True, 1e-8)  # 'auto' certifies the gap
-    assert not _iterative.uses_lanczos(W[:20, :20], 2, True, None)  # dense cut-off
+    assert _choice.uses_lanczos(W, 2, True, None)
+    assert not _choice.uses_lanczos(W[None], 2, True, None)  # a batch: LOBPCG
+    assert not _choice.uses_lanczos(W, 3, True, None)  # several pairs: LOBPCG
+    assert not _choice.uses_lanczos(W, 2, False, None)  # D - W: Jacobi-LOBPCG
+    assert not _choice.uses_lanczos(W, 2, True, 1e-8)  # 'auto' certifies the gap
+    assert not _choice.uses_lanczos(W[:20, :20], 2, True, None)  # dense cut-off
 
 
 @needs_ext
 def test_op_contract():
     W, dis, u1, v0 = lanczos_args(clustered(40))
     op = torch.ops.diffeig.ncut_lanczos
-    torch.library.opcheck(op.default, (W, dis, u1, v0, 1e-9, 50))
+    torch.library.opcheck(op.default, (W, dis, u1, v0, 1e-9, stall_floor(1e-9), 50))
     with pytest.raises(RuntimeError, match="W must be one square matrix"):
-        op(W[None], dis, u1, v0, 1e-9, 50)
+        op(W[None], dis, u1, v0, 1e-9, 1e-12, 50)
     with pytest.raises(RuntimeError, match=r"dis must have shape \(40\)"):
-        op(W, dis[:-1], u1, v0, 1e-9, 50)
+        op(W, dis[:-1], u1, v0, 1e-9, 1e-12, 50)
     with pytest.raises(RuntimeError, match="u1 must be Double"):
-        op(W, dis, u1.float(), v0, 1e-9, 50)
+        op(W, dis, u1.float(), v0, 1e-9, 1e-12, 50)
     with pytest.raises(RuntimeError, match="tol must be positive"):
-        op(W, dis, u1, v0, 0.0, 50)
+        op(W, dis, u1, v0, 0.0, 1e-12, 50)
+    with pytest.raises(RuntimeError, match="floor must be non-negative"):
+        op(W, dis, u1, v0, 1e-9, -1.0, 50)
     with pytest.raises(RuntimeError, match="max_steps must be >= 1"):
-        op(W, dis, u1, v0, 1e-9, 0)
-    x, info = op(W, dis, u1, v0, 1e-30, 5)  # steps exhausted: reported, not converged
+        op(W, dis, u1, v0, 1e-9, 1e-12, 0)
+    x, info = op(W, dis, u1, v0, 1e-30, 1e-12, 5)  # steps exhausted: reported, not converged
     assert info[3] == 5 and info[4] == 0 and x.shape == (40,)
 
 

@@ -104,9 +104,13 @@ def test_no_import_circles():
 
 
 def test_checks_is_the_floor_under_ops():
-    assert GRAPH["diffeig._checks"] <= {"diffeig._extension", "diffeig._reference"}
+    floor0 = {"diffeig._extension", "diffeig._reference", "diffeig._scaling", "diffeig._tolerances"}
+    assert GRAPH["diffeig._checks"] <= floor0
     assert GRAPH["diffeig._extension"] <= {"diffeig._build_info"}  # written by setup.py
-    assert GRAPH["diffeig._reference"] == set()
+    # the numbers every solver and twin share, and exact rescaling, import nothing
+    assert GRAPH["diffeig._tolerances"] == set()
+    assert GRAPH["diffeig._scaling"] == set()
+    assert GRAPH["diffeig._reference"] <= {"diffeig._tolerances"}
 
 
 def test_the_library_never_imports_the_recipe():
@@ -123,12 +127,18 @@ def test_recipe_rooms_do_not_import_each_other(room, other):
             assert bad == [], (m, bad)
 
 
-# Op-contract mirrors (the reference twins' checks of csrc/checks.h) and the extension's
-# build-time torch check are not argument checks of public functions.
-NOT_ARGUMENT_CHECKS = {"diffeig._checks", "diffeig._reference", "diffeig._extension"}
+# The floor of checks (the dense and the sparse half); op-contract mirrors (the reference
+# twins' checks of csrc/checks.h) and the extension's build-time torch check are not
+# argument checks of public functions.
+NOT_ARGUMENT_CHECKS = {
+    "diffeig._checks",
+    "diffeig._sparse_checks",
+    "diffeig._reference",
+    "diffeig._extension",
+}
 
 
-def test_argument_checks_live_in_one_module():
+def test_argument_checks_live_in_the_floor_of_checks():
     offenders = []
     for m, path in MODULES.items():
         if m.startswith("diffeig.dncut") or m in NOT_ARGUMENT_CHECKS:

@@ -483,7 +483,7 @@ def four_clusters() -> torch.Tensor:
 
 def test_auto_never_iterates_longer_than_a_dense_solve(monkeypatch):
     import diffeig._lobpcg as lobpcg_module
-    from diffeig.ncut._iterative import auto_budget
+    from diffeig.ncut._choice import auto_budget
 
     W = four_clusters()
     iterations = []
@@ -541,7 +541,7 @@ def test_an_ill_conditioned_gradient_is_said():
 
 
 def test_a_boundary_tie_is_said_and_a_resolved_one_is_not():
-    from diffeig.ncut._iterative import UnresolvedPair
+    from diffeig.ncut._lobpcg_pairs import UnresolvedPair
 
     W = three_blobs(1e-5)[None]  # l2 and l3 2e-13 apart: z2 is any vector of their span
     with pytest.warns(UnresolvedPair, match="not resolved from the"):
@@ -617,7 +617,7 @@ def test_a_sparse_solve_that_does_not_converge_never_forms_n_by_n(monkeypatch):
     def refuse(*args, **kwargs):  # the dense fallback's first step
         raise AssertionError("a sparse W was materialized densely")
 
-    monkeypatch.setattr(lobpcg_module, "_materialize", refuse)
+    monkeypatch.setattr(lobpcg_module, "materialize", refuse)
     img = torch.rand(3, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     W = diffeig.ncut.pixel_affinity(img, radius=2, sigma_color=0.5)
     with pytest.warns(RuntimeWarning, match="last iterate") as record:

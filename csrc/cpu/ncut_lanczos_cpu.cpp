@@ -13,10 +13,12 @@
 // BLAS torch ships, its threads); Gram-Schmidt and the scaling are plain loops (an ATen
 // call each cost more than their arithmetic); the scalars stay on the host.
 //
-// The stopping rule is LOBPCG's with eigenvalue_rtol on L / 2 = (I - M) / 2 (see
-// diffeig/_reference.py: ncut_lanczos, the twin this kernel matches step for step):
-// r / 2 <= tol, and (r / 2)^2 <= tol (l2 / 2) (gap / 2) or r / 2 <= tol^(4/3), with
-// r = |beta_j s_j| the residual of the Ritz pair, l2 = 1 - theta, gap = theta - theta_2.
+// The stopping rule is LOBPCG's with eigenvalue_rtol on L / 2 = (I - M) / 2
+// (diffeig._tolerances.eigenvalue_converged; diffeig/_reference.py: ncut_lanczos is the
+// twin this kernel matches step for step): r / 2 <= tol, and (r / 2)^2 <= tol (l2 / 2)
+// (gap / 2) or r / 2 <= floor, with r = |beta_j s_j| the residual of the Ritz pair,
+// l2 = 1 - theta, gap = theta - theta_2. tol and floor are arguments: the caller's
+// tolerances (diffeig._tolerances.stall_floor), never re-derived here.
 
 #include <torch/library.h>
 
@@ -149,10 +151,10 @@ int64_t steps_to_next_check(double res, double last_res, int64_t spacing, int64_
   return std::max<int64_t>(1, std::min<int64_t>(cap, soon));
 }
 
-bool converged(double theta, double next, double res, double tol) {
+bool converged(double theta, double next, double res, double tol, double floor) {
   const double rel = res / 2, l2 = (1 - theta) / 2;
   const double gap = std::isnan(next) ? (1 + theta) / 2 : (theta - next) / 2;
-  return rel <= tol && (rel * rel <= tol * l2 * gap || rel <= std::pow(tol, 4.0 / 3.0));
+  return rel <= tol && (rel * rel <= tol * l2 * gap || rel <= floor);
 }
 
 // The vector kernels of a step, on raw rows (one graph: single-threaded; the rows are
@@ -215,7 +217,8 @@ Vectors<T> vectors() {
 // The iteration (see the top of this file); x and info as the schema says.
 template <typename T>
 void lanczos(const at::Tensor& W, const at::Tensor& dis, const at::Tensor& u1,
-             const at::Tensor& v0, double tol, int64_t m, const Vectors<T>& vec, at::Tensor& x,
+             const at::Tensor& v0, double tol, double floor, int64_t m, const Vectors<T>& vec,
+             at::Tensor& x,
              double* info) {
   const int64_t n = W.size(0);
   const T* s = dis.const_data_ptr<T>();
@@ -262,7 +265,7 @@ void lanczos(const at::Tensor& W, const at::Tensor& dis, const at::Tensor& u1,
     if (steps >= check || invariant || steps == m) {
       ritz = top_ritz(alpha, beta);
       res = std::abs(b * ritz.last);
-      done = ritz.ok && (invariant || converged(ritz.theta, ritz.next, res, tol));
+      done = ritz.ok && (invariant || converged(ritz.theta, ritz.next, res, tol, floor));
       if (done || steps == m) break;
       check = steps + steps_to_next_check(res, last_res, steps - last_check, steps, 2 * tol);
       last_res = res;
@@ -292,7 +295,8 @@ void lanczos(const at::Tensor& W, const at::Tensor& dis, const at::Tensor& u1,
 
 std::tuple<at::Tensor, at::Tensor> ncut_lanczos_cpu(const at::Tensor& W, const at::Tensor& dis,
                                                     const at::Tensor& u1, const at::Tensor& v0,
-                                                    double tol, int64_t max_steps) {
+                                                    double tol, double floor,
+                                                    int64_t max_steps) {
   check_floating(W, "W");
   TORCH_CHECK(W.dim() == 2 && W.size(0) == W.size(1), "W must be one square matrix (n, n), got ",
               W.sizes());
@@ -307,6 +311,7 @@ std::tuple<at::Tensor, at::Tensor> ncut_lanczos_cpu(const at::Tensor& W, const a
     check_same_device(W, t, "W", name);
   }
   TORCH_CHECK(tol > 0, "tol must be positive, got ", tol);
+  TORCH_CHECK(floor >= 0, "floor must be non-negative, got ", floor);
   TORCH_CHECK(max_steps >= 1, "max_steps must be >= 1, got ", max_steps);
 
   const auto w = W.contiguous();
@@ -315,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor> ncut_lanczos_cpu(const at::Tensor& W, const a
   auto info = at::empty({5}, W.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "ncut_lanczos_cpu", [&] {
     Vectors<scalar_t> vec = vectors<scalar_t>();
-    lanczos<scalar_t>(w, dis.contiguous(), u1.contiguous(), v0.contiguous(), tol, m, vec, x,
+    lanczos<scalar_t>(w, dis.contiguous(), u1.contiguous(), v0.contiguous(), tol, floor, m, vec, x,
                       info.mutable_data_ptr<double>());
   });
   return {x, info};

@@ -22,19 +22,20 @@ from diffeig._checks import (
     LAPLACIANS,
     SIGN_RULES,
     check_affinity,
-    check_info_for_sparse,
     check_k,
     check_method,
     check_ncut_options,
     check_solver_options,
-    check_sparse_layout,
-    check_sparse_method,
-    is_sparse,
-    scale2,
-    unit_scale,
 )
 from diffeig._eigh import gap_tolerances
 from diffeig._reference import max_asymmetry
+from diffeig._scaling import scale2, unit_scale
+from diffeig._sparse_checks import (
+    check_info_for_sparse,
+    check_sparse_layout,
+    check_sparse_method,
+    is_sparse,
+)
 from diffeig.ncut._common import unscaled_pairs
 from diffeig.ncut._cuts import bipartition, seed
 from diffeig.ncut._dense import solve_dense
@@ -74,7 +75,7 @@ def sym_eigh_ncut(
 ):
     r"""The k smallest eigenpairs of a graph's normalized cut, with a cheap exact backward.
 
-    ``laplacian='ncut'`` solves the generalized problem of Shi & Malik,
+    ``laplacian='ncut'`` solves the generalized problem of Shi & Malik (2000),
     :math:`(D - W) z = \lambda D z` with :math:`D = \operatorname{diag}(W 1)`, through
     :math:`L_{sym} = I - D^{-1/2} W D^{-1/2}` and :math:`z = D^{-1/2} u`; the vectors
     are D-orthonormal (:math:`z^T D z = 1`, as ``scipy.linalg.eigh(D - W, D)``).

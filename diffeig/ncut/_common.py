@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from diffeig._checks import check_scaled_back, scale2, values_readable
+from diffeig._checks import check_scaled_back, values_readable
+from diffeig._scaling import scale2
+from diffeig._tolerances import SMALL_EIGENVALUE
 
 __all__ = [
     "far_trivial",
@@ -138,16 +140,6 @@ def far_trivial(lam: torch.Tensor) -> torch.Tensor:
 def sym_outer_sum(gd: torch.Tensor) -> torch.Tensor:
     """``sym(gd 1^T)``: the symmetric dL/dW of a cotangent ``gd`` of the degrees."""
     return 0.5 * (gd.unsqueeze(-1) + gd.unsqueeze(-2))
-
-
-# Eigenvalues below this share of the spectrum's bound are recomputed from the edge form.
-# Above it the solvers' own are accurate enough: their absolute error is a few eps of
-# the bound, so relative to l it grows as 1 / l; measured on two clusters joined by weak
-# edges (N = 400, before / without the edge form): l2 = 1.9e-3: dense 1.6e-12, Lanczos
-# 1.7e-13; l2 = 1.9e-4: 1.8e-11, 2.8e-12; l2 = 1.9e-5: 1.4e-10, 4.4e-11. The edge form
-# costs 8x a product with W (an N x N temporary a chunk), so it is kept for where it
-# counts (it was 1e-3: TokenCut's graph at N = 3,600, l2 = 1.9e-3, spent 20 ms in it).
-SMALL_EIGENVALUE = 1e-4
 
 
 def refine_small_eigenvalues(lam, Z, W, d, normalized: bool):

@@ -16,22 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["island_start", "missed_pairs"]
+from diffeig._tolerances import ISLAND_EIGENVALUE, ISLAND_RTOL, MAX_COMPONENTS
 
-# An edge is weak when its weight is at most this share of the larger of its two degrees
-# (a pixel unlike all its neighbours has a tiny degree, and its edges would otherwise join
-# everything around it): the components of the other edges are the near-islands. 1e-2 rather than a
-# smaller share: the quotient's pairs only start the search, and islands joined by weights
-# of 1e-4 .. 1e-2 of their degree held the pairs missed on noisy 20 x 20 images.
-ISLAND_RTOL = 1e-2
-# The quotient graph is solved densely up to this many components per graph (beyond it,
-# no start is made: a graph that falls apart into more pieces than that is left to LOBPCG).
-MAX_COMPONENTS = 1024
-# Only the quotient's pairs below this share of the spectrum's bound are kept: a start
-# from the degrees finds the larger ones (the quokka's one 4-pixel island, 2.9e-3 of the
-# bound above its l2 of 7e-5, only cost LOBPCG iterations); noisy graphs' near-islands lie
-# at 1e-20 .. 1e-9.
-ISLAND_EIGENVALUE = 1e-6
+__all__ = ["island_start", "missed_pairs"]
 
 
 def island_start(graphs, values, d, normalized: bool, count: int):

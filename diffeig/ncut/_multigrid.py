@@ -30,20 +30,17 @@ import warnings
 
 import torch
 
-__all__ = ["Multigrid"]
+from diffeig._tolerances import (
+    COARSEST,
+    MAX_DEPTH,
+    MAX_LEVELS,
+    MIN_SHRINK,
+    OMEGA,
+    OVER_CORRECTION,
+    SWEEPS,
+)
 
-# Aggregation stops at this many nodes per graph; the rest is a dense pseudo-inverse.
-COARSEST = 256
-# Levels at most (each shrinks the graph several-fold; 20 is never reached in practice).
-MAX_LEVELS = 20
-# Pointer-tree depth kept in one aggregate (larger trees are cut: their nodes farther than
-# this from the root become roots).
-MAX_DEPTH = 4
-# Jacobi damping and sweeps before / after the coarse correction.
-OMEGA = 2.0 / 3.0
-SWEEPS = 1
-# Unsmoothed aggregation's coarse correction is too small; this scales it.
-OVER_CORRECTION = 1.6
+__all__ = ["Multigrid"]
 
 
 def csr(crow, col, values, n):
@@ -173,7 +170,7 @@ class Multigrid:
         if int(counts.max()) <= self.coarsest:
             return None
         agg, nc = _aggregate(row, col, val, lv.d, self.max_depth)
-        if nc > 0.9 * lv.n:  # no longer shrinking (e.g. nodes without edges)
+        if nc > MIN_SHRINK * lv.n:  # no longer shrinking (e.g. nodes without edges)
             return None
         lv.agg, lv.n_coarse = agg, nc
         owner_c = torch.zeros(nc, dtype=torch.int64, device=dev).index_copy_(0, agg, lv.owner)

@@ -23,16 +23,17 @@ from diffeig._checks import (
     check_solver_options,
 )
 from diffeig._eigh import gap_tolerances
-from diffeig._lobpcg import default_tol, resolved_gap_rtol
-from diffeig.ncut._iterative import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
+from diffeig._tolerances import SolverOptions, resolved_gap_rtol
+from diffeig.ncut._backward import ncut_factors
+from diffeig.ncut._lobpcg_pairs import laplacian_operator, lobpcg_ncut_pairs
 
 __all__ = ["ncut_operator"]
 
 
 class _NCutOperator(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, raw_matmul, shape, k, normalized, sign, gaps, solver, *params):
-        tol, max_iter, on_fail, cg_tol = solver
+    def forward(ctx, raw_matmul, shape, k, normalized, sign, options, *params):
+        o = options
         like = params[0]
         ones = torch.ones(*shape, 1, dtype=like.dtype, device=like.device)
         d = raw_matmul(ones, *params)
@@ -41,9 +42,9 @@ class _NCutOperator(torch.autograd.Function):
         check_not_meta(d, "ncut_operator")
         check_degrees(d, normalized=normalized)
         lap = laplacian_operator(lambda X: raw_matmul(X, *params), d, normalized)
-        lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, tol, max_iter, on_fail)
+        lam, U, Z = lobpcg_ncut_pairs(lap, d, k, normalized, sign, o.tol, o.max_iter, o.on_fail)
         ctx.raw_matmul, ctx.lap = raw_matmul, lap
-        ctx.args = (normalized, gaps, cg_tol, max_iter, on_fail)
+        ctx.normalized, ctx.options = normalized, options
         ctx.save_for_backward(d, lam, U, *params)
         ctx.set_materialize_grads(False)
         return lam, Z
@@ -52,7 +53,7 @@ class _NCutOperator(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lam, grad_Z):
         d, lam, U, *params = ctx.saved_tensors
-        P, c, g = lobpcg_ncut_factors(ctx.lap, d, lam, U, grad_lam, grad_Z, *ctx.args)
+        P, c, g = ncut_factors(ctx.lap, d, lam, U, grad_lam, grad_Z, ctx.normalized, ctx.options)
         c = c.unsqueeze(-1)
         A = torch.cat([-(c * P), g.unsqueeze(-1)], -1)
         B = torch.cat([c * U, torch.ones_like(g).unsqueeze(-1)], -1)
@@ -62,7 +63,7 @@ class _NCutOperator(torch.autograd.Function):
             out = ctx.raw_matmul(B, *leaves)
             wanted = [p for p in leaves if p.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad_outputs=A, allow_unused=True))
-        return (None,) * 7 + tuple(next(grads) if p.requires_grad else None for p in leaves)
+        return (None,) * 6 + tuple(next(grads) if p.requires_grad else None for p in leaves)
 
 
 def ncut_operator(
@@ -98,8 +99,11 @@ def ncut_operator(
     k = check_k(k, shape[-1])
     dtype = params[0].dtype
     gap_rtol, gap_atol = gap_tolerances(gap_eps, shape[-1], dtype)
-    gaps = (resolved_gap_rtol(gap_rtol, tol, dtype), gap_atol)
-    cg_tol = default_tol(dtype) if tol is None else tol
-    return _NCutOperator.apply(
-        matmul, shape, k, laplacian == "ncut", sign, gaps, (tol, max_iter, on_fail, cg_tol), *params
+    options = SolverOptions(
+        tol=tol,
+        max_iter=max_iter,
+        on_fail=on_fail,
+        gap_rtol=resolved_gap_rtol(gap_rtol, tol, dtype),
+        gap_atol=gap_atol,
     )
+    return _NCutOperator.apply(matmul, shape, k, laplacian == "ncut", sign, options, *params)

@@ -17,25 +17,22 @@ import warnings
 
 import torch
 
-from diffeig._checks import (
+from diffeig._checks import check_degrees, check_k, check_not_meta, check_solver_options
+from diffeig._scaling import scale2, unit_scale
+from diffeig._sparse_checks import (
     COMPRESSED_LAYOUTS,
     SPARSE_BYTES_PER_ENTRY,
     SPARSE_BYTES_PER_NODE_PAIR,
-    check_degrees,
     check_fits,
-    check_k,
-    check_not_meta,
-    check_solver_options,
     check_sparse_entries,
     check_sparse_layout,
     check_sparse_values,
-    scale2,
-    unit_scale,
 )
-from diffeig._lobpcg import default_tol, resolved_gap_rtol
+from diffeig._tolerances import SMALL_EIGENVALUE, SolverOptions, default_tol, resolved_gap_rtol
 from diffeig.ncut import _common
+from diffeig.ncut._backward import ASSEMBLY_CHUNK, assemble_at_edges, ncut_factors
 from diffeig.ncut._islands import island_start, missed_pairs
-from diffeig.ncut._iterative import laplacian_operator, lobpcg_ncut_factors, lobpcg_ncut_pairs
+from diffeig.ncut._lobpcg_pairs import laplacian_operator, lobpcg_ncut_pairs
 from diffeig.ncut._multigrid import Multigrid, csr
 
 __all__ = ["SparseGraphs", "SparseInfo", "solve_sparse"]
@@ -54,10 +51,6 @@ class SparseInfo:
     backward_calls: int = 0
     levels: list[int] = dataclasses.field(default_factory=list)
     operator_complexity: float = 0.0
-
-
-# Entries per chunk of the gradient's assembly (bounds its (chunk, k) temporaries).
-ASSEMBLY_CHUNK = 1 << 22
 
 
 class SparseGraphs:
@@ -146,9 +139,9 @@ def _edge_rayleigh(graphs, values, lam, Z, d, normalized):
     (``diffeig.ncut._common.refine_small_eigenvalues``), over the stored entries."""
     if lam.shape[-1] < 2:
         return lam
-    small = lam[..., 1:] < _common.SMALL_EIGENVALUE * _common.ncut_spectral_bound(
-        d, normalized
-    ).unsqueeze(-1)
+    small = lam[..., 1:] < SMALL_EIGENVALUE * _common.ncut_spectral_bound(d, normalized).unsqueeze(
+        -1
+    )
     if not bool(small.any()):
         return lam
     k = Z.shape[-1]
@@ -204,8 +197,8 @@ class _SparseNCut(torch.autograd.Function):
     """The k smallest NCut pairs of a batch of sparse graphs; gradient on the values."""
 
     @staticmethod
-    def forward(ctx, values, graphs, k, normalized, sign, gaps, solver, info):
-        tol, max_iter, on_fail, cg_tol, block = solver
+    def forward(ctx, values, graphs, k, normalized, sign, options, info):
+        o = options
         v = values.detach()
         d = graphs.degrees(v)
         check_degrees(d, normalized=normalized, sparse=True)
@@ -228,11 +221,11 @@ class _SparseNCut(torch.autograd.Function):
             k,
             normalized,
             sign,
-            tol,
-            max_iter,
-            on_fail,
+            o.tol,
+            o.max_iter,
+            o.on_fail,
             preconditioner=prec,
-            block=block,
+            block=o.block,
             fallback=False,
         )
         lam, U, Z = solve(start=start)
@@ -240,7 +233,7 @@ class _SparseNCut(torch.autograd.Function):
         if islands is not None and k > 1:
             lam, U, Z = _recheck(solve, lap, graphs, v, d, normalized, lam, U, Z, islands)
         ctx.graphs, ctx.prec = graphs, prec
-        ctx.args = (normalized, gaps, cg_tol, max_iter, on_fail)
+        ctx.normalized, ctx.options = normalized, options
         ctx.save_for_backward(d, lam, U)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(U)
@@ -250,28 +243,23 @@ class _SparseNCut(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lam, grad_Z, _):
         if grad_lam is None and grad_Z is None:
-            return (None,) * 8
+            return (None,) * 7
         d, lam, U = ctx.saved_tensors
-        _common.warn_ill_conditioned(lam, d, ctx.args[0], ctx.args[1][0])
+        _common.warn_ill_conditioned(lam, d, ctx.normalized, ctx.options.gap_rtol)
         grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
         grad_Z = torch.zeros_like(U) if grad_Z is None else grad_Z
-        P, c, g = lobpcg_ncut_factors(
-            ctx.lap_backward, d, lam, U, grad_lam, grad_Z, *ctx.args, preconditioner=ctx.prec
+        P, c, g = ncut_factors(
+            ctx.lap_backward,
+            d,
+            lam,
+            U,
+            grad_lam,
+            grad_Z,
+            ctx.normalized,
+            ctx.options,
+            preconditioner=ctx.prec,
         )
-        return (_assemble(ctx.graphs, P, U, c, g),) + (None,) * 7
-
-
-def _assemble(graphs, P, U, c, g):
-    """``dL/dW`` at the stored entries: ``-c_i c_j (P_i . U_j + P_j . U_i) / 2 +
-    (g_i + g_j) / 2`` (``diffeig._reference.ncut_grad_assemble`` on the pattern)."""
-    k = U.shape[-1]
-    P, U, c, g = P.reshape(-1, k), U.reshape(-1, k), c.reshape(-1), g.reshape(-1)
-    out = torch.empty(graphs.row.numel(), dtype=U.dtype, device=U.device)
-    for s in range(0, out.numel(), ASSEMBLY_CHUNK):
-        r, q = graphs.row[s : s + ASSEMBLY_CHUNK], graphs.col[s : s + ASSEMBLY_CHUNK]
-        pu = (P[r] * U[q]).sum(-1) + (P[q] * U[r]).sum(-1)
-        out[s : s + ASSEMBLY_CHUNK] = -0.5 * c[r] * c[q] * pu + 0.5 * (g[r] + g[q])
-    return out
+        return (assemble_at_edges(ctx.graphs.row, ctx.graphs.col, P, U, c, g),) + (None,) * 6
 
 
 def solve_sparse(
@@ -314,7 +302,6 @@ def solve_sparse(
     check_solver_options(tol, max_iter, on_fail)
     gap_rtol = resolved_gap_rtol(gap_rtol, tol, W.dtype)
     tol = default_tol(W.dtype) if tol is None else tol  # W's dtype, also when upcast below
-    cg_tol = tol
     # solved at unit scale and scaled back exactly, as the dense path (sym_eigh_ncut)
     e = unit_scale(graphs.max_value, power=4)
     values = scale2(graphs.values, -e)
@@ -333,8 +320,14 @@ def solve_sparse(
         k,
         normalized,
         sign,
-        (gap_rtol, gap_atol),
-        (tol, max_iter, on_fail, cg_tol, block),
+        SolverOptions(
+            tol=tol,
+            max_iter=max_iter,
+            on_fail=on_fail,
+            gap_rtol=gap_rtol,
+            gap_atol=gap_atol,
+            block=block,
+        ),
         SparseInfo() if info is None else info,
     )
     lam, Z = lam.to(out_dtype), Z.to(out_dtype)

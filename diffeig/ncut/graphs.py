@@ -7,14 +7,13 @@ from __future__ import annotations
 import torch
 
 from diffeig._checks import (
-    SPARSE_BYTES_PER_ENTRY,
     check_choice,
     check_features,
-    check_fits,
     check_gaussian,
     check_pixel_affinity,
     values_readable,
 )
+from diffeig._sparse_checks import SPARSE_BYTES_PER_ENTRY, check_fits
 
 __all__ = ["affinity", "gaussian_affinity", "pixel_affinity", "squared_distances"]
 

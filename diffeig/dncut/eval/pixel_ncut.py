@@ -34,8 +34,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from diffeig._checks import SPARSE_BYTES_PER_ENTRY, check_fits
 from diffeig._eigh import gap_tolerances
+from diffeig._sparse_checks import SPARSE_BYTES_PER_ENTRY, check_fits
 from diffeig.ncut import pixel_affinity
 from diffeig.ncut._sparse import solve_sparse
 from diffeig.ncut.graphs import _offsets

@@ -1,4 +1,10 @@
-"""Shared pieces of the benchmark scripts: inputs, the three methods, timing, metadata."""
+"""Shared pieces of the benchmark scripts: inputs, the methods, timing, metadata, and the
+fairness contract every comparison with another solver keeps (benchmarks/README.md,
+"The fairness contract"): the same problem and stopping rule, one residual measured
+after every solver (:func:`ncut_residual`), the same seeded random start and never one at
+or near an eigenvector (:func:`seeded_vector`), the same warm-up and repeats with the
+median for everyone (:func:`median_timing`), the same threads (:func:`thread_env`), and
+the load average recorded (:func:`load_average`)."""
 
 from __future__ import annotations
 
@@ -75,8 +81,19 @@ def lobpcg_ncut(W: torch.Tensor, k: int = 2, *, laplacian: str = "ncut"):
     return diffeig.sym_eigh_ncut(W, k, laplacian=laplacian, method="lobpcg")
 
 
+def strongest_pinv_ncut(W: torch.Tensor, k: int = 2, *, laplacian: str = "ncut"):
+    """The pseudo-inverse backward at its strongest: eigh-based (``hermitian=True``) and
+    only for the eigenvectors the loss uses (z2 here, not the trivial vector)."""
+    return sym_eigh_ncut_pinv(W, k, laplacian=laplacian, hermitian=True, used_only=True)
+
+
+# Table 3's rows. "Pseudo-inverse" is the paper's variant (what its Table 3 measures: an
+# SVD pseudo-inverse for every returned eigenvector); "Pseudo-inverse, strongest" is the
+# fairest form of the same formula.
+PINV_METHODS = ("Pseudo-inverse", "Pseudo-inverse, strongest")
 METHODS: dict[str, Callable] = {
     "Pseudo-inverse": sym_eigh_ncut_pinv,
+    "Pseudo-inverse, strongest": strongest_pinv_ncut,
     "Ours": diffeig.sym_eigh_ncut,
     "torch.linalg.eigh autograd": torch_autograd_ncut,
     "Ours, LOBPCG forward": lobpcg_ncut,
@@ -108,6 +125,58 @@ def run_once(method: Callable, W: torch.Tensor, laplacian: str):
     sync(W.device)
     t3 = time.perf_counter()
     return t1 - t0, t3 - t2, Wr.grad
+
+
+def ncut_residual(M, d, lam: float, z) -> float:
+    """``||(D - W) z - l D z|| / ||D z||`` for a scipy sparse (or dense) ``W`` = ``M`` with
+    degrees ``d`` and a pair ``(l, z)`` of the normalized cut: the one residual the tables
+    report for every solver, whatever its own stopping test measures."""
+    import numpy as np
+
+    z = np.asarray(z, dtype=np.float64).ravel()
+    Dz = d * z
+    r = Dz - M @ z - lam * Dz
+    return float(np.linalg.norm(r) / max(np.linalg.norm(Dz), np.finfo(np.float64).tiny))
+
+
+def seeded_vector(n: int, columns: int = 0, seed: int = 0):
+    """The random start every Krylov solver of a comparison gets: standard normal, from
+    one seed (``(n,)``, or ``(n, columns)``); never at or near an eigenvector."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(n) if columns == 0 else rng.standard_normal((n, columns))
+
+
+def thread_env(threads: int) -> dict:
+    """The environment of a child process that runs a solver on ``threads`` threads: the
+    same for every solver (OpenMP for torch, and the BLAS libraries scipy may use)."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env["DIFFEIG_BENCH_THREADS"] = str(threads)
+    return env
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (other processes on the machine)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def median_timing(fn: Callable, *, warmup: int, repeats: int):
+    """``fn()`` run ``warmup`` times untimed, then ``repeats`` times timed: ``(summary,
+    last output)``; every solver of a comparison is timed by this, with the same counts."""
+    for _ in range(warmup):
+        fn()
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return summarize(times), out
 
 
 def summarize(samples: list[float]) -> dict:
@@ -181,6 +250,10 @@ def metadata(device) -> dict:
         "native_ops": diffeig.has_ops(),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # other processes' load when the run started: a loaded machine slows every solver,
+        # multi-threaded ones most (benchmarks/README.md, "Threads and load")
+        "load_average": load_average(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         # how this file was made, for the README's "produced by" lines (benchmarks/report.py)

@@ -17,6 +17,7 @@ import math
 import torch
 from _common import (
     METHODS,
+    PINV_METHODS,
     make_affinity,
     metadata,
     run_once,
@@ -68,6 +69,7 @@ def plot(results, path):
     styles = {
         "Ours": "C0",
         "Pseudo-inverse": "C3",
+        "Pseudo-inverse, strongest": "C4",
         "torch.linalg.eigh autograd": "C2",
         "Ours, LOBPCG forward": "C1",
     }
@@ -105,7 +107,7 @@ def main(argv=None):
         W = make_affinity(synthetic_features(args.batch, side, dtype=dtype, device=args.device))
         row = {"N": N, "batch": args.batch, "methods": {}}
         for m, fn in METHODS.items():
-            if m == "Pseudo-inverse" and N > args.pinv_max_n:
+            if m in PINV_METHODS and N > args.pinv_max_n:
                 continue
             run_once(fn, W, args.laplacian)  # warm-up
             fwd, bwd = zip(*[run_once(fn, W, args.laplacian)[:2] for _ in range(args.repeats)])

@@ -186,7 +186,12 @@ def main(argv=None) -> int:
         print(f"solver {solver}:", flush=True)
         results[solver] = run(one)
         print(table(results[solver]))
-    result = {"solvers": results, "metadata": metadata(torch.device(args.device))}
+    result = {
+        "benchmark": "train_step",
+        "args": vars(args),
+        "metadata": metadata(torch.device(args.device)),
+        "solvers": results,
+    }
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")

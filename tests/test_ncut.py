@@ -161,6 +161,28 @@ def test_backward_equals_full_spectrum_formula_and_pinv(laplacian, k, backend):
     torch.testing.assert_close(grads[0], grads[2], rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("laplacian", ["ncut", "unnormalized"])
+def test_the_strongest_pinv_baseline_gives_the_same_gradient(laplacian, monkeypatch):
+    # hermitian pseudo-inverses of only the vectors the loss uses: what a fair baseline
+    # runs; on a loss of z2 alone it inverts one shifted matrix, not k
+    W0 = graphs()["weighted"]
+    calls = []
+    pinv = torch.linalg.pinv
+    monkeypatch.setattr(torch.linalg, "pinv", lambda A, **kw: calls.append(kw) or pinv(A, **kw))
+    grads = []
+    for kw in ({}, {"hermitian": True, "used_only": True}):
+        W = W0.clone().requires_grad_()
+        _, Z = sym_eigh_ncut_pinv(W, 3, laplacian=laplacian, **kw)
+        (Z[..., 1] ** 3).sum().backward()
+        grads.append(W.grad)
+    assert [c.get("hermitian") for c in calls] == [False] * 3 + [True]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-8, atol=1e-10)
+    W = W0.clone().requires_grad_()  # no vector used: a zero gradient, no inverse
+    lam, _ = sym_eigh_ncut_pinv(W, 2, laplacian=laplacian, hermitian=True, used_only=True)
+    lam.sum().backward()
+    assert len(calls) == 4 and bool(torch.isfinite(W.grad).all())
+
+
 def test_binary_graph_where_torch_gives_nan():
     # Two cliques in a binary graph: many exactly tied eigenvalues inside each clique.
     N = 10

@@ -42,11 +42,31 @@ def test_readme_quotes_its_tables_through_the_script():
             # what a reader needs to trust a figure: machine, torch, threads, date, command
             for key in ("device", "torch", "threads", "date", "command"):
                 assert md.get(key), f"{p}: metadata lacks {key}"
-    # every Markdown table of timings in the README sits inside a generated block
-    outside = report.BLOCK.sub("", text)
-    assert not re.search(r"^\| .*\| \d+\.\d+ s? ?\|", outside, re.M), (
-        "a timing table outside a block"
-    )
+
+
+# A table row with a figure in seconds, milliseconds, a ratio or gigabytes.
+FIGURE_ROW = re.compile(r"^\|.*\|\s*\**~?\d+(\.\d+)?\s*(s|ms|x|GB)\**\s*(\(.*?\))?\s*\|", re.M)
+
+
+@pytest.mark.parametrize("doc", report.DOCUMENTS)
+def test_no_table_of_figures_is_typed_by_hand(doc):
+    outside = report.BLOCK.sub("", (ROOT / doc).read_text())
+    rows = [m[0] for m in FIGURE_ROW.finditer(outside)]
+    assert rows == [], f"{doc}: table rows of figures outside a generated block: {rows[:3]}"
+
+
+def test_the_row_rule_sees_a_hand_typed_figure():
+    assert FIGURE_ROW.search("| 784 (64) | 3.790 + 0.134 s | **11.1x** |")
+    assert FIGURE_ROW.search("| a | 0.25 s |")
+    assert not FIGURE_ROW.search("| name | value | where it comes from |")
+
+
+def test_every_recorded_result_renders_and_names_its_command():
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        d = report.load(path.relative_to(ROOT))
+        assert d.get("benchmark") in report.RENDER, f"{path.name}: no renderer"
+        assert d["metadata"].get("command"), f"{path.name}: metadata lacks the command"
+        report.render(d["benchmark"], [str(path.relative_to(ROOT))])
 
 
 def test_a_hand_edit_is_caught(tmp_path):

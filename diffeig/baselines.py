@@ -17,7 +17,7 @@ import torch
 
 from diffeig import _reference
 from diffeig._checks import check_affinity, check_columns, check_k, check_ncut_options
-from diffeig.ncut._common import ncut_grad_inputs
+from diffeig._implicit.ncut import ncut_grad_inputs
 from diffeig.ncut._dense import ncut_forward
 
 __all__ = ["pinv_eigh_backward", "sym_eigh_ncut_pinv"]

@@ -519,7 +519,7 @@ def test_sparse_near_islands_find_the_dense_pairs(seed):
 
 
 def test_an_ill_conditioned_gradient_is_said():
-    from diffeig.ncut._common import IllConditionedGradient
+    from diffeig._implicit.ncut import IllConditionedGradient
 
     g = torch.Generator().manual_seed(0)
     img = torch.rand(3, 20, 20, generator=g, dtype=torch.float64)

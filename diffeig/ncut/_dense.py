@@ -6,6 +6,12 @@ from __future__ import annotations
 import torch
 
 from diffeig import _ops
+from diffeig._implicit.ncut import (
+    far_trivial,
+    sym_outer_sum,
+    trivial_pair_cotangents,
+    warn_ill_conditioned,
+)
 from diffeig._reference import torch_eigh
 from diffeig.ncut import _common
 
@@ -62,18 +68,16 @@ class _NCut(torch.autograd.Function):
     def backward(ctx, grad_lam, grad_Z, *_):
         lam, V, d = ctx.saved_tensors
         k, normalized, gap_rtol, gap_atol = ctx.args
-        _common.warn_ill_conditioned(lam[..., :k], d, normalized, gap_rtol)
+        warn_ill_conditioned(lam[..., :k], d, normalized, gap_rtol)
         if grad_Z is None:
             grad_Z = V.new_zeros((*V.shape[:-1], k))
         if grad_lam is None:
             grad_lam = lam.new_zeros((*lam.shape[:-1], k))
-        grad_lam, grad_Z, gd = _common.trivial_pair_cotangents(
-            grad_lam, grad_Z, V[..., :k], d, normalized
-        )
-        lam = _common.far_trivial(lam)
+        grad_lam, grad_Z, gd = trivial_pair_cotangents(grad_lam, grad_Z, V[..., :k], d, normalized)
+        lam = far_trivial(lam)
         gW = _ops.ncut_backward(V, lam, d, grad_Z, grad_lam, normalized, gap_rtol, gap_atol)
         if gd is not None:
-            gW = gW + _common.sym_outer_sum(gd)
+            gW = gW + sym_outer_sum(gd)
         return gW, None, None, None, None, None
 
 

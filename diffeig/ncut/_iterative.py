@@ -2,20 +2,19 @@
 Fiedler pair by Lanczos (:mod:`~diffeig.ncut._lanczos`) and everything else by LOBPCG
 (:mod:`~diffeig.ncut._lobpcg_pairs`), as :mod:`~diffeig.ncut._choice` rules; the
 backward is :class:`diffeig._implicit.ImplicitGrad` running
-:func:`diffeig.ncut._backward.dense_ncut_grad`."""
+the NCut terms of :func:`diffeig._implicit.ncut.dense_ncut_grad`."""
 
 from __future__ import annotations
 
 import torch
 
 from diffeig._checks import check_solver_options
-from diffeig._implicit import ImplicitGrad
+from diffeig._implicit import ImplicitGrad, dense_ncut_grad, laplacian_operator
 from diffeig._tolerances import SolverOptions, resolved_gap_rtol
 from diffeig.ncut import _common
-from diffeig.ncut._backward import dense_ncut_grad
 from diffeig.ncut._choice import TiedSpectrum, choose_method, uses_lanczos
 from diffeig.ncut._lanczos import lanczos_ncut_pairs
-from diffeig.ncut._lobpcg_pairs import laplacian_operator, lobpcg_ncut_pairs
+from diffeig.ncut._lobpcg_pairs import lobpcg_ncut_pairs
 
 __all__ = ["TiedSpectrum", "choose_method", "solve_lobpcg"]
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 
 from diffeig import _ops
+from diffeig._implicit import laplacian_operator
 from diffeig._tolerances import LANCZOS_MAX_STEPS, LANCZOS_NOISE, default_tol, stall_floor
 from diffeig.ncut import _common
-from diffeig.ncut._lobpcg_pairs import laplacian_operator, lobpcg_ncut_pairs, signed_pairs
+from diffeig.ncut._lobpcg_pairs import lobpcg_ncut_pairs, signed_pairs
 
 __all__ = ["fiedler_resolved", "lanczos_ncut_pairs"]
 

@@ -11,14 +11,13 @@ import torch
 
 from diffeig._checks import values_readable
 from diffeig._lobpcg import Unconverged, default_block, run_lobpcg
-from diffeig._operators import BatchedOperator, Symmetric
+from diffeig._operators import BatchedOperator
 from diffeig._tolerances import NCUT_BLOCK, UNRESOLVED
 from diffeig.ncut import _common
 from diffeig.ncut._choice import TiedSpectrum, auto_budget
 
 __all__ = [
     "UnresolvedPair",
-    "laplacian_operator",
     "lobpcg_ncut_pairs",
     "signed_pairs",
     "warn_unresolved_boundary",
@@ -176,25 +175,3 @@ def signed_pairs(lam, U, d, normalized, sign):
     U = U * _common.sign_flips(U * dis.unsqueeze(-1) if normalized else U, sign)
     Z = U * dis.unsqueeze(-1) if normalized else U.clone()
     return lam, U, Z
-
-
-def _normalized_laplacian(X, W, dis):
-    return X - dis * (W(dis * X) if callable(W) else W @ (dis * X))
-
-
-def _unnormalized_laplacian(X, W, d):
-    return d * X - (W(X) if callable(W) else W @ X)
-
-
-def laplacian_operator(W, d: torch.Tensor, normalized: bool):
-    """``X -> L @ X`` from ``W`` (a tensor, or a function ``X -> W @ X``) and its degrees,
-    without forming ``L``: one product with W per application. For a tensor W it is a
-    :class:`diffeig._lobpcg.BatchedOperator`, which the solvers restrict to the matrices
-    still iterating."""
-    if normalized:
-        fn, vec = _normalized_laplacian, d.rsqrt().unsqueeze(-1)
-    else:
-        fn, vec = _unnormalized_laplacian, d.unsqueeze(-1)
-    if callable(W):
-        return lambda X: fn(X, W, vec)
-    return BatchedOperator(fn, Symmetric(W), vec, batch_shape=d.shape[:-1])

@@ -23,9 +23,9 @@ from diffeig._checks import (
     check_solver_options,
 )
 from diffeig._eigh import gap_tolerances
+from diffeig._implicit import laplacian_operator, ncut_factors
 from diffeig._tolerances import SolverOptions, resolved_gap_rtol
-from diffeig.ncut._backward import ncut_factors
-from diffeig.ncut._lobpcg_pairs import laplacian_operator, lobpcg_ncut_pairs
+from diffeig.ncut._lobpcg_pairs import lobpcg_ncut_pairs
 
 __all__ = ["ncut_operator"]
 

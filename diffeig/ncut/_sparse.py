@@ -18,6 +18,13 @@ import warnings
 import torch
 
 from diffeig._checks import check_degrees, check_k, check_not_meta, check_solver_options
+from diffeig._implicit.ncut import (
+    ASSEMBLY_CHUNK,
+    assemble_at_edges,
+    laplacian_operator,
+    ncut_factors,
+    warn_ill_conditioned,
+)
 from diffeig._scaling import scale2, unit_scale
 from diffeig._sparse_checks import (
     COMPRESSED_LAYOUTS,
@@ -30,9 +37,8 @@ from diffeig._sparse_checks import (
 )
 from diffeig._tolerances import SMALL_EIGENVALUE, SolverOptions, default_tol, resolved_gap_rtol
 from diffeig.ncut import _common
-from diffeig.ncut._backward import ASSEMBLY_CHUNK, assemble_at_edges, ncut_factors
 from diffeig.ncut._islands import island_start, missed_pairs
-from diffeig.ncut._lobpcg_pairs import laplacian_operator, lobpcg_ncut_pairs
+from diffeig.ncut._lobpcg_pairs import lobpcg_ncut_pairs
 from diffeig.ncut._multigrid import Multigrid, csr
 
 __all__ = ["SparseGraphs", "SparseInfo", "solve_sparse"]
@@ -245,7 +251,7 @@ class _SparseNCut(torch.autograd.Function):
         if grad_lam is None and grad_Z is None:
             return (None,) * 7
         d, lam, U = ctx.saved_tensors
-        _common.warn_ill_conditioned(lam, d, ctx.normalized, ctx.options.gap_rtol)
+        warn_ill_conditioned(lam, d, ctx.normalized, ctx.options.gap_rtol)
         grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
         grad_Z = torch.zeros_like(U) if grad_Z is None else grad_Z
         P, c, g = ncut_factors(

@@ -62,7 +62,8 @@ bench: $(VENV)/.ext
 	@echo "To quote these figures: copy bench-results/*.json over the files benchmarks/results/ and the README's blocks name, then make readme."
 
 # Pixel-resolution NCut (sparse, 12k - 200k pixels) against scipy's ARPACK and the other
-# sparse eigensolvers, on the quokka photo (about 3 minutes; benchmarks/README.md).
+# sparse eigensolvers, on the quokka photo, each at 1 and at all threads (about 35 minutes
+# on 2 cores; benchmarks/README.md).
 bench-sparse: $(VENV)/.ext
 	$(PY) benchmarks/sparse_ncut.py --json bench-results/sparse_ncut.json
 

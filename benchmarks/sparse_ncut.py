@@ -55,6 +55,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import (  # noqa: E402
+    load_average,
+    median_timing,
+    metadata,
+    ncut_residual,
+    seeded_vector,
+    summarize,
+    thread_env,
+    write_json,
+)
+
 
 def quokka(side: int, dtype) -> torch.Tensor:
     from PIL import Image
@@ -96,7 +107,6 @@ def arpack(M, d, tol, projected: bool = False):
     """The Fiedler pair by ARPACK on ``D^-1/2 W D^-1/2`` (largest), from the seeded random
     vector; ``projected``: with the trivial vector projected out, k = 1."""
     import scipy.sparse as sp
-    from _common import seeded_vector
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     s = 1 / np.sqrt(d)
@@ -120,7 +130,6 @@ def scipy_lobpcg(M, d, tol, amg: bool):
     """The Fiedler pair by scipy's lobpcg on ``(D - W, D)``, the constant vector as a
     constraint, from diffeig's start (the degrees and seeded random columns)."""
     import scipy.sparse as sp
-    from _common import seeded_vector
     from scipy.sparse.linalg import lobpcg
 
     L = (sp.diags(d) - M).tocsr()
@@ -150,8 +159,6 @@ def scipy_lobpcg(M, d, tol, amg: bool):
 
 
 def torch_lobpcg(W, tol):
-    from _common import seeded_vector
-
     Wc = W.coalesce()
     d = torch.sparse.sum(Wc, 1).to_dense()
     n = d.numel()
@@ -181,8 +188,6 @@ def diffeig_solve(W, tol):
 def child(args) -> dict:
     """One solver at one size, batch and thread count in this process: the median of
     ``--repeats`` after ``--warmup`` runs, the residual of its pair, the peak RSS."""
-    from _common import load_average, median_timing, ncut_residual, summarize
-
     torch.set_num_threads(args.threads[0])
     name, batch = args.child_solver, args.child_batch
     dtype = getattr(torch, args.dtype) if name == "diffeig" else torch.float64
@@ -237,8 +242,6 @@ def child(args) -> dict:
 
 
 def run_child(side: int, batch: int, solver: str, threads: int, args) -> dict | None:
-    from _common import thread_env
-
     cmd = [sys.executable, __file__, "--child", str(side), "--child-batch", str(batch)]
     cmd += ["--child-solver", solver, "--threads", str(threads), "--tol", str(args.tol)]
     cmd += ["--dtype", args.dtype, "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
@@ -379,8 +382,6 @@ def main(argv=None):
     if args.child is not None:
         print(json.dumps(child(args)))
         return
-    from _common import metadata, write_json
-
     settings = [(s, 1) for s in args.sizes]
     if args.batch:
         s, b = (int(x) for x in args.batch.split(":"))
@@ -401,7 +402,7 @@ def main(argv=None):
             "benchmark": "sparse_ncut",
             "args": vars(args),
             "metadata": meta,
-            "load_average_end": __import__("_common").load_average(),
+            "load_average_end": load_average(),
             "results": results,
             "island": island,
         }

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from _common import (
     load_average,
+    median_timing,
     metadata,
     ncut_residual,
     seeded_vector,
@@ -155,15 +156,11 @@ def products(W, tol) -> int:
 
 
 def timed_runs(fn, repeats: int) -> tuple[float, object]:
-    """A rest, one warm-up, then ``repeats`` timed runs: ``(median seconds, last output)``."""
+    """A rest, then the contract's one warm-up and ``repeats`` timed runs:
+    ``(median seconds, last output)``."""
     time.sleep(SETTLE)
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
+    summary, out = median_timing(fn, warmup=1, repeats=repeats)
+    return summary["median"], out
 
 
 def measure(n: int, kind: str, args) -> dict:

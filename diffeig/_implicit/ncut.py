@@ -180,7 +180,7 @@ def _unnormalized_laplacian(X, W, d):
 def laplacian_operator(W, d: torch.Tensor, normalized: bool):
     """``X -> L @ X`` from ``W`` (a tensor, or a function ``X -> W @ X``) and its degrees,
     without forming ``L``: one product with W per application. For a tensor W it is a
-    :class:`diffeig._lobpcg.BatchedOperator`, which the solvers restrict to the matrices
+    :class:`diffeig._operators.BatchedOperator`, which the solvers restrict to the matrices
     still iterating."""
     if normalized:
         fn, vec = _normalized_laplacian, d.rsqrt().unsqueeze(-1)

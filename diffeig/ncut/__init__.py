@@ -117,7 +117,7 @@ def sym_eigh_ncut(
             LOBPCG takes over where it has not converged in 256 steps), with the same
             stopping rule and backward.
             ``'auto'``: whichever of the two is faster for this device, N and k
-            (:func:`diffeig.ncut._iterative.choose_method`: on CPU LOBPCG from N = 100
+            (:func:`diffeig.ncut._choice.choose_method`: on CPU LOBPCG from N = 100
             for k = 2).
             Both give the same float64 results to the solver tolerance; wherever a
             returned eigenvalue ties another or the (k+1)-th (a gap not certified larger

@@ -12,3 +12,12 @@ backbones), :mod:`~diffeig.dncut.config`, :mod:`~diffeig.dncut.checkpoint`,
 :mod:`~diffeig.dncut.images`, :mod:`~diffeig.dncut.figures`, and the command line
 :mod:`~diffeig.dncut.cli`.
 """
+
+
+def __getattr__(name: str):
+    # diffeig.dncut.maskcut without importing the recipe's modules (torch and scipy only)
+    if name in ("maskcut", "MaskCut"):
+        from diffeig.dncut.eval import maskcut as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -115,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-EXTRA = ("timm", "torchvision", "PIL", "tqdm", "yaml", "scipy")
+EXTRA = ("timm", "torchvision", "PIL", "tqdm", "yaml", "scipy", "pycocotools")
 
 
 def missing_extra() -> list[str]:

@@ -162,3 +162,102 @@ def write_synthetic(root: str | os.PathLike, n: int, size: int = 224, seed: int 
         mask.save(root / "masks" / f"{i:05d}.png")
         paths.append(str(root / "images" / f"{i:05d}.png"))
     return paths
+
+
+def multi_object_image(index: int, size: int = 224, seed: int = 0):
+    """A seeded image of two to four objects on a textured background, and their masks.
+
+    Each object is an ellipse, rectangle or triangle of its own colour (far from the
+    background's and the other objects' in RGB) with its own texture (plain, stripes or
+    dots); objects do not overlap. Returns ``(PIL RGB image, [PIL L mask per object])``,
+    a mask 255 on its object: the ground truth of the multi-object tests.
+    """
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = random.Random(f"multi:{seed}:{index}")
+    bg = tuple(rng.randrange(60, 196) for _ in range(3))
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    period = rng.randrange(8, 20)
+    tone = tuple(min(255, max(0, c + rng.randrange(-25, 26))) for c in bg)
+    for t in range(-size, 2 * size, period):
+        draw.line([(t, 0), (t + size // 2, size)], fill=tone, width=max(1, period // 4))
+    img = img.filter(ImageFilter.GaussianBlur(1))
+    draw = ImageDraw.Draw(img)
+    colours, boxes, masks = [bg], [], []
+    for _ in range(rng.randint(2, 4)):
+        for _try in range(50):
+            r = rng.uniform(0.1, 0.18) * size
+            cx, cy = rng.uniform(r + 2, size - r - 2), rng.uniform(r + 2, size - r - 2)
+            box = [cx - r, cy - r * rng.uniform(0.7, 1.0), cx + r, cy + r * rng.uniform(0.7, 1.0)]
+            apart = all(
+                box[2] + 6 < b[0] or b[2] + 6 < box[0] or box[3] + 6 < b[1] or b[3] + 6 < box[1]
+                for b in boxes
+            )
+            fg = tuple(rng.randrange(0, 256) for _ in range(3))
+            distinct = all(sum((a - b) ** 2 for a, b in zip(fg, c)) > 110**2 for c in colours)
+            if apart and distinct:
+                break
+        else:
+            continue  # no room left for another object
+        boxes.append(box)
+        colours.append(fg)
+        mask = Image.new("L", (size, size), 0)
+        kind = rng.choice(["ellipse", "rectangle", "triangle"])
+        shape = getattr(ImageDraw.Draw(mask), "polygon" if kind == "triangle" else kind)
+        triangle = [(box[0], box[3]), (box[2], box[3]), (cx, box[1])]
+        shape(triangle if kind == "triangle" else box, fill=255)
+        texture = Image.new("RGB", (size, size), fg)
+        tdraw = ImageDraw.Draw(texture)
+        dark = tuple(int(c * 0.8) for c in fg)
+        style = rng.choice(["plain", "stripes", "dots"])
+        step = rng.randrange(5, 9)
+        for t in range(0, size, step):
+            if style == "stripes":
+                tdraw.line([(0, t), (size, t)], fill=dark, width=2)
+            elif style == "dots":
+                for u in range(0, size, step):
+                    tdraw.ellipse([u, t, u + 2, t + 2], fill=dark)
+        img.paste(texture, (0, 0), mask)
+        masks.append(mask)
+    return img, masks
+
+
+def write_multi_object(root: str | os.PathLike, n: int, size: int = 224, seed: int = 0) -> Path:
+    """Write ``n`` images of :func:`multi_object_image` to ``root/images`` and their ground
+    truth as COCO instances (one class, RLE masks, boxes, areas) to
+    ``root/instances.json``; returns that file's path. Needs pycocotools."""
+    import json
+
+    import numpy as np
+    from pycocotools import mask as rle
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n):
+        img, masks = multi_object_image(i, size, seed)
+        name = f"{i:05d}.png"
+        img.save(root / "images" / name)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        for m in masks:
+            code = rle.encode(np.asfortranarray((np.asarray(m) > 127).astype(np.uint8)))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "area": float(rle.area(code)),
+                    "bbox": [float(v) for v in rle.toBbox(code)],
+                    "segmentation": {"size": code["size"], "counts": code["counts"].decode()},
+                }
+            )
+    gt = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+    }
+    out = root / "instances.json"
+    out.write_text(json.dumps(gt))
+    return out

@@ -9,7 +9,8 @@ live beside it, one concern a module (``docs/design.md``):
 - ``_iterative``: LOBPCG on the k pairs with the trivial pair deflated (Lanczos for one
   graph's Fiedler pair), backward by shifted solves, and the ``auto`` rule;
 - ``_operator``: the matrix-free variant (:func:`ncut_operator`);
-- ``graphs`` (:func:`affinity`) and ``_cuts`` (:func:`seed`, :func:`bipartition`).
+- ``graphs`` (:func:`affinity`), ``_cuts`` (:func:`seed`, :func:`bipartition`) and
+  ``_kway`` (:func:`kway`, k segments from k eigenvectors).
 
 ``docs/ncut.md`` has the math.
 """
@@ -40,6 +41,7 @@ from diffeig.ncut._common import unscaled_pairs
 from diffeig.ncut._cuts import bipartition, seed
 from diffeig.ncut._dense import solve_dense
 from diffeig.ncut._iterative import TiedSpectrum, choose_method, solve_lobpcg
+from diffeig.ncut._kway import kway
 from diffeig.ncut._operator import ncut_operator
 from diffeig.ncut._sparse import SparseInfo, solve_sparse
 from diffeig.ncut.graphs import affinity, gaussian_affinity, pixel_affinity
@@ -52,6 +54,7 @@ __all__ = [
     "pixel_affinity",
     "bipartition",
     "seed",
+    "kway",
     "check_affinity",
     "SparseInfo",
     "max_asymmetry",

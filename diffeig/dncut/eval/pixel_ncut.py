@@ -36,6 +36,7 @@ import torch
 
 from diffeig._eigh import gap_tolerances
 from diffeig._sparse_checks import SPARSE_BYTES_PER_ENTRY, check_fits
+from diffeig._tolerances import MASK_TOL
 from diffeig.ncut import pixel_affinity
 from diffeig.ncut._sparse import solve_sparse
 from diffeig.ncut.graphs import _offsets
@@ -65,9 +66,6 @@ DECISIVE = 0.5
 MIN_AGREEMENT = 0.5
 NOT_DECISIVE = "not decisive"
 DISAGREES = "disagrees with the token mask"
-# Relative residual of the pixel solve: a mask needs far less than float64's 1e-9
-# (18 instead of 39 products with W on a generated 320 px image).
-TOL = 1e-7
 SOFTNESS = 0.25
 # Token features are reduced to this many principal components before upsampling.
 FEATURE_DIMS = 8
@@ -179,7 +177,7 @@ def refine(
     k = min(3, h * w - 1)
     # forward only: the k - 1 pairs plus one guard vector suffice (solve_sparse's note)
     rtol, atol = gap_tolerances(None, h * w, Wg.dtype)
-    lam, z = solve_sparse(Wg, k, True, "max", rtol, atol, TOL, 1000, "warn", block=k)
+    lam, z = solve_sparse(Wg, k, True, "max", rtol, atol, MASK_TOL, 1000, "warn", block=k)
     ratio = float(lam[1] / lam[2]) if lam.numel() > 2 and lam[2] > 0 else 1.0
     if ratio > DECISIVE:
         soft = _fallback(image, prior)

@@ -246,7 +246,14 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack([L, a, b], 1)
 
 
-def build_backbone(arch: str, weights: str | None = None, *, patch_size: int | None = None):
+def build_backbone(
+    arch: str,
+    weights: str | None = None,
+    *,
+    patch_size: int | None = None,
+    color_sigma: float | None = None,
+    position_sigma: float | None = None,
+):
     """A feature extractor by name.
 
     Args:
@@ -256,11 +263,18 @@ def build_backbone(arch: str, weights: str | None = None, *, patch_size: int | N
             ``'random'`` (a ViT-S/16 with seeded random weights, for smoke tests).
         weights: a local checkpoint (DINO, MAE, MoCo v3, or one written by
             ``python -m diffeig.dncut export``) for the ViTs.
+        color_sigma, position_sigma: the ``color`` backbone's scales
+            (:class:`ColorFeatures`; default 28 and 0.15).
     """
+    scales = {"color_sigma": color_sigma, "position_sigma": position_sigma}
+    scales = {k: v for k, v in scales.items() if v is not None}
+    if scales and arch != "color":
+        flags = ", ".join("--" + k.replace("_", "-") for k in scales)
+        raise ValueError(f"{flags}: only the 'color' backbone has these scales, not {arch}")
     if arch == "color":
         if weights:
             raise ValueError("--weights: the 'color' backbone has no weights")
-        return ColorFeatures(patch_size or 16)
+        return ColorFeatures(patch_size or 16, **scales)
     if arch == "random":
         if weights:
             raise ValueError("--weights: the 'random' backbone has no weights")

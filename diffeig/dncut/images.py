@@ -21,14 +21,17 @@ __all__ = [
     "read_image",
     "synthetic_image",
     "write_synthetic",
+    "multi_object_image",
+    "write_multi_object",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
-def list_images(source: str | os.PathLike) -> list[str]:
+def list_images(source: str | os.PathLike, flag: str = "--data") -> list[str]:
     """Image paths from a folder (flat or ImageFolder layout, searched recursively) or
-    a text file with one path per line (relative paths are taken from the file's folder)."""
+    a text file with one path per line (relative paths are taken from the file's folder).
+    Errors name the option ``flag``."""
     src = Path(source)
     if src.is_dir():
         paths = sorted(
@@ -37,27 +40,27 @@ def list_images(source: str | os.PathLike) -> list[str]:
     elif src.is_file():
         if src.suffix.lower() in IMAGE_EXTENSIONS:
             raise ValueError(
-                f"--data {source} is one image; give a folder of images or a text file "
+                f"{flag} {source} is one image; give a folder of images or a text file "
                 "listing image paths, one a line"
             )
         try:
             lines = [ln.strip() for ln in src.read_text().splitlines()]
         except UnicodeDecodeError:
             raise ValueError(
-                f"--data {source} is neither a folder nor a text file listing image paths "
+                f"{flag} {source} is neither a folder nor a text file listing image paths "
                 "(it is not UTF-8 text)"
             ) from None
         paths = [str(p if Path(p).is_absolute() else src.parent / p) for p in lines if ln_ok(p)]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(
-                f"--data {source}: {len(missing)} listed files do not exist (or are not regular "
+                f"{flag} {source}: {len(missing)} listed files do not exist (or are not regular "
                 f"files), e.g. {missing[:5]}"
             )
     else:
-        raise FileNotFoundError(f"--data: no such folder or file list: {source}")
+        raise FileNotFoundError(f"{flag}: no such folder or file list: {source}")
     if not paths:
-        raise ValueError(f"--data {source}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise ValueError(f"{flag} {source}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return paths
 
 
@@ -230,7 +233,8 @@ def write_multi_object(root: str | os.PathLike, n: int, size: int = 224, seed: i
     import json
 
     import numpy as np
-    from pycocotools import mask as rle
+
+    from diffeig.dncut.coco import dataset, instance
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -241,23 +245,8 @@ def write_multi_object(root: str | os.PathLike, n: int, size: int = 224, seed: i
         img.save(root / "images" / name)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
         for m in masks:
-            code = rle.encode(np.asfortranarray((np.asarray(m) > 127).astype(np.uint8)))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": 1,
-                    "iscrowd": 0,
-                    "area": float(rle.area(code)),
-                    "bbox": [float(v) for v in rle.toBbox(code)],
-                    "segmentation": {"size": code["size"], "counts": code["counts"].decode()},
-                }
-            )
-    gt = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
-    }
+            mask = np.asarray(m) > 127
+            annotations.append(instance(mask, id=len(annotations) + 1, image_id=i + 1))
     out = root / "instances.json"
-    out.write_text(json.dumps(gt))
+    out.write_text(json.dumps(dataset(images, annotations, "generated multi-object images")))
     return out

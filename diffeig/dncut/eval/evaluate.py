@@ -268,7 +268,7 @@ def eval_discovery(args, data) -> dict:
 # ------------------------------------------------------------------------------ commands
 
 
-def _common(p, posts, default_post):
+def _common(p, posts=None, default_post=None):
     p.add_argument(
         "--arch",
         default=None,
@@ -285,11 +285,26 @@ def _common(p, posts, default_post):
         "--patch-size", type=int, default=None, help="patch of the color backbone (default: 16)"
     )
     p.add_argument(
-        "--post",
-        default=default_post,
-        choices=posts,
-        help=f"post-processing of the eigenvectors (default: {default_post}; docs/evaluation.md)",
+        "--color-sigma",
+        type=float,
+        default=None,
+        help="the color backbone's colour scale in Lab units (default: 28)",
     )
+    p.add_argument(
+        "--position-sigma",
+        type=float,
+        default=None,
+        help="the color backbone's position scale, a share of the image side (default: 0.15; "
+        "MaskCut: 0.5, docs/pseudo-masks.md)",
+    )
+    if posts:
+        p.add_argument(
+            "--post",
+            default=default_post,
+            choices=posts,
+            help=f"post-processing of the eigenvectors (default: {default_post}; "
+            "docs/evaluation.md)",
+        )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -344,6 +359,10 @@ def add_commands(sub) -> None:
             "--force", action="store_true", help="replace an existing --output (never an input)"
         )
         pixel_ncut.add_options(p)
+    from diffeig.dncut.eval import instances, pseudo_masks
+
+    pseudo_masks.add_command(sub, _common)
+    instances.add_command(sub)
     v = sub.add_parser("visualize", help="images, eigenvectors, mask and box side by side")
     v.add_argument("images", nargs="+", help="image files")
     _common(v, POSTS_VISUALIZE, "tokencut")
@@ -375,6 +394,8 @@ NUMERIC_OPTIONS = {
     "workers": dict(integer=True, lo=0),
     "max_side": dict(integer=True, lo=1, optional=True),
     "patch_size": dict(integer=True, lo=1, hi=1024, optional=True),
+    "color_sigma": dict(lo=0, lo_open=True, optional=True),
+    "position_sigma": dict(lo=0, lo_open=True, optional=True),
     "eigenvectors": dict(integer=True, lo=1, hi=64),
     "pixel_radius": dict(lo=1, hi=32),
     "pixel_sigma_color": dict(lo=0, lo_open=True),
@@ -423,9 +444,17 @@ def output_path(args, inputs) -> Path:
 
 
 def run(args) -> int:
+    if args.command == "eval-instances":
+        from diffeig.dncut.eval import instances
+
+        return instances.run(args)
     validate(args)
     args.device = device_of(args.device)
     args.arch = resolve_arch(args)
+    if args.command == "pseudo-masks":
+        from diffeig.dncut.eval import pseudo_masks
+
+        return pseudo_masks.run(args)
     if args.command == "visualize":
         from diffeig.dncut.eval.visualize import visualize
 

@@ -134,5 +134,11 @@ def extract(backbone, tensors: list[torch.Tensor], device) -> list[torch.Tensor]
 
 
 def load_backbone(args):
-    backbone = build_backbone(args.arch, args.weights, patch_size=args.patch_size)
+    backbone = build_backbone(
+        args.arch,
+        args.weights,
+        patch_size=args.patch_size,
+        color_sigma=getattr(args, "color_sigma", None),
+        position_sigma=getattr(args, "position_sigma", None),
+    )
     return backbone.to(args.device).eval()

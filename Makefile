@@ -11,7 +11,7 @@ EXTRAS ?= test,dncut,bench,dev
 CSRC   := $(shell find csrc -type f) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all install ext test test-slow test-all dist-check bench bench-sparse readme wheel gpu-check lint format demo clean
+.PHONY: all install ext test test-slow test-all dist-check bench bench-sparse bench-maskcut readme wheel gpu-check lint format demo clean
 
 all: test
 
@@ -66,6 +66,12 @@ bench: $(VENV)/.ext
 # on 2 cores; benchmarks/README.md).
 bench-sparse: $(VENV)/.ext
 	$(PY) benchmarks/sparse_ncut.py --json bench-results/sparse_ncut.json
+
+# MaskCut's cuts per image (N = 3600): CutLER's scipy solve, the strongest scipy and ARPACK
+# baselines, diffeig one image and a batch of 16; the pseudo-masks command's images/s
+# (about 8 minutes on 2 cores; docs/pseudo-masks.md).
+bench-maskcut: $(VENV)/.ext
+	$(PY) benchmarks/maskcut.py --json bench-results/maskcut.json
 
 # Rewrite every benchmark block of README.md and docs/ from the committed JSON
 # (benchmarks/report.py; tests/test_readme.py fails when a block is out of date).

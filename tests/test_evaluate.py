@@ -350,6 +350,32 @@ def test_visualize_shows_the_pixel_ncut_refinement(tmp_path):
     assert margin > 0 and fig.std() > 20
 
 
+def test_visualize_draws_k_way_segments(tmp_path, capsys):
+    from diffeig.dncut.backbone import ColorFeatures
+    from diffeig.dncut.eval.features import to_tensor
+    from diffeig.dncut.eval.visualize import panel
+    from diffeig.dncut.figures import PALETTE
+    from diffeig.dncut.images import multi_object_image
+
+    image = multi_object_image(2, 160)[0]
+    x = to_tensor(image)
+    with torch.no_grad():
+        f = ColorFeatures(8)(x[None])[0]
+    tiles, labels = panel(image, f, 8, "tokencut", 2, segments=4)
+    # image, z2, z3, z4, the segments, mask, box
+    assert len(tiles) == len(labels) == 7 and labels[4].startswith("4 segments")
+    seg = np.asarray(tiles[4]).reshape(-1, 3).astype(float)
+    # four segments, each a palette colour blended over the image
+    img = np.asarray(image).reshape(-1, 3).astype(float)
+    colours = np.array(PALETTE[:4], dtype=float)
+    nearest = np.abs((seg - 0.4 * img)[:, None] - 0.6 * colours[None]).sum(-1).argmin(1)
+    assert len(np.unique(nearest)) == 4
+    out = tmp_path / "fig.png"
+    argv = ["visualize", str(DATA / "quokka.jpg"), "--arch", "color", "--out", str(out)]
+    assert cli.main([*argv, "--segments", "1"]) == 2
+    assert "--segments" in capsys.readouterr().err
+
+
 def test_evaluation_errors_are_clear(tmp_path, capsys):
     argv = ["eval-saliency", "--dataset", "ecssd", "--root", str(tmp_path), "--arch", "color"]
     assert cli.main(argv) == 2

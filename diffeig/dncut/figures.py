@@ -75,6 +75,20 @@ def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.composite(Image.blend(image, tint, 0.35), dim, m)
 
 
+# Colours of segments 0, 1, ... (Okabe-Ito, distinguishable with colour blindness).
+PALETTE = [
+    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+    (213, 94, 0), (204, 121, 167), (120, 120, 120),
+]  # fmt: skip
+
+
+def segments(image: Image.Image, labels: np.ndarray) -> Image.Image:
+    """A label map ``(h, w)`` (ints) as colours over the image, blocks per token."""
+    colours = np.array([PALETTE[i % len(PALETTE)] for i in range(int(labels.max()) + 1)])
+    tiles = Image.fromarray(colours[labels].astype(np.uint8)).resize(image.size, Image.NEAREST)
+    return Image.blend(image, tiles, 0.6)
+
+
 def _wrap(draw, text: str, width: int, font=None) -> list[str]:
     """``text`` broken into lines no wider than ``width`` pixels (words kept whole)."""
     lines: list[str] = []

@@ -380,6 +380,13 @@ def add_commands(sub) -> None:
         "--eigenvectors", type=int, default=4, help="how many to show, z2, z3, ... (default: 4)"
     )
     v.add_argument(
+        "--segments",
+        type=int,
+        default=None,
+        help="also draw K segments from z1 ... zK (k-way rounding), beside z2 ... zK "
+        "(sets --eigenvectors to K - 1; default: none)",
+    )
+    v.add_argument(
         "--max-side",
         type=int,
         default=480,
@@ -397,6 +404,7 @@ NUMERIC_OPTIONS = {
     "color_sigma": dict(lo=0, lo_open=True, optional=True),
     "position_sigma": dict(lo=0, lo_open=True, optional=True),
     "eigenvectors": dict(integer=True, lo=1, hi=64),
+    "segments": dict(integer=True, lo=2, hi=16, optional=True),
     "pixel_radius": dict(lo=1, hi=32),
     "pixel_sigma_color": dict(lo=0, lo_open=True),
     "pixel_sigma_space": dict(lo=0, lo_open=True),

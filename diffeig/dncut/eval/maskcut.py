@@ -83,11 +83,11 @@ class MaskCut(NamedTuple):
 
 def similar(features: torch.Tensor, tau: float = TAU) -> torch.Tensor:
     """Which token pairs are alike: cosine similarity above ``tau``, ``(*, N, N)`` bool,
-    computed in the features' dtype as CutLER computes it (``get_affinity_matrix``),
-    symmetrized."""
+    computed in the features' dtype as CutLER computes it (``get_affinity_matrix``); a
+    pair is alike where both of its entries say so."""
     f = torch.nn.functional.normalize(features, dim=-1)
-    A = f @ f.mT
-    return (A + A.mT) > 2 * tau
+    alike = (f @ f.mT) > tau
+    return alike & alike.mT  # (a product f f^T can differ from its transpose by rounding)
 
 
 def binary_graph(
@@ -201,23 +201,41 @@ def maskcut(
     """
     h, w = _check(features, grid, max_objects, tau, eps, method)
     single = features.dim() == 2
-    feats = features[None] if single else features
+    out = cuts(features[None] if single else features, (h, w), max_objects, tau, eps,
+               fiedler_solver(method))  # fmt: skip
+    return MaskCut(*(t[0] for t in out)) if single else out
+
+
+def fiedler_solver(method: str | None = None):
+    """The Fiedler pairs of a batch of graphs ``(B, N, N)`` by :func:`diffeig.sym_eigh_ncut`
+    (all together, signed ``'max'``, to :data:`~diffeig._tolerances.MASK_TOL`):
+    ``W -> (l2 (B,), z2 (B, N))``."""
+
+    def solve(W: torch.Tensor):
+        lam, Z = diffeig.sym_eigh_ncut(W, 2, sign="max", method=method or "auto", tol=MASK_TOL)
+        return lam[..., 1], Z[..., 1]
+
+    return solve
+
+
+def cuts(feats: torch.Tensor, grid, max_objects: int, tau: float, eps: float, solve) -> MaskCut:
+    """MaskCut's loop on a batch ``(B, N, C)`` with the eigen solver ``solve``
+    (:func:`fiedler_solver`'s contract; the benchmark passes scipy's), unchecked."""
+    h, w = grid
     B, N, _ = feats.shape
     masks = np.zeros((B, max_objects, N), dtype=bool)
     vectors = torch.zeros(B, max_objects, N, dtype=torch.float64)
     values = torch.zeros(B, max_objects, dtype=torch.float64)
-    alike = similar(feats, tau)
     painting = torch.zeros(B, N, dtype=torch.bool, device=feats.device)
+    W = binary_graph(similar(feats, tau), painting, tau, eps)
     current = np.zeros((B, N), dtype=bool)  # the previous cut's mask, after the drop rule
     taken = np.zeros((B, N), dtype=bool)
     for i in range(max_objects):
         # a graph changes only where the previous cut's mask was kept
         todo = list(range(B)) if i == 0 else [b for b in range(B) if current[b].any()]
         if todo:
-            W = binary_graph(alike[todo], painting[todo], tau, eps)
-            lam, Z = diffeig.sym_eigh_ncut(W, 2, sign="max", method=method or "auto", tol=MASK_TOL)
-            vectors[todo, i] = Z[..., 1].cpu()
-            values[todo, i] = lam[..., 1].cpu()
+            lam, z = solve(W if len(todo) == B else W[todo])
+            vectors[todo, i], values[todo, i] = z.cpu().double(), lam.cpu().double()
         for b in range(B):
             if b not in todo:  # the same graph as the previous cut
                 vectors[b, i], values[b, i] = vectors[b, i - 1], values[b, i - 1]
@@ -227,10 +245,14 @@ def maskcut(
             current[b] = mask
             masks[b, i] = mask & ~taken[b]
             taken[b] |= mask
-        painting |= torch.from_numpy(current).to(painting.device)
-    out = MaskCut(
+        for b in range(B):  # binary_graph's masking, on the newly taken tokens only
+            new = torch.from_numpy(current[b]).to(W.device) & ~painting[b]
+            if new.any():
+                W[b, new] = 1.0 if 0 > tau else eps
+                W[b][:, new] = 1.0 if 0 > tau else eps
+                painting[b] |= new
+    return MaskCut(
         torch.from_numpy(masks).reshape(B, max_objects, h, w),
         vectors.reshape(B, max_objects, h, w),
         values,
     )
-    return MaskCut(*(t[0] for t in out)) if single else out

@@ -13,18 +13,29 @@ from diffeig.dncut.checkpoint import check_output
 from diffeig.dncut.eval import pixel_ncut, postprocess
 from diffeig.dncut.eval.features import check_memory, extract, load_backbone, resize_to_patch
 from diffeig.dncut.figures import compose, heat, overlay
+from diffeig.dncut.figures import segments as draw_segments
 from diffeig.dncut.images import read_image
+from diffeig.ncut import kway
 
 # What --out may end in for one figure (any other --out is a folder of figures).
 FIGURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def panel(
-    image: Image.Image, features: torch.Tensor, patch: int, post: str, count: int, pixel=None
+    image: Image.Image,
+    features: torch.Tensor,
+    patch: int,
+    post: str,
+    count: int,
+    pixel=None,
+    segments: int | None = None,
 ):
     """One row: image | z2 ... z_{count+1} | mask | box, all at the image's display size;
     with ``post='pixel-ncut'``: image | z... | token mask | pixel-ncut soft map | its
-    mask | its box."""
+    mask | its box. With ``segments = K``: z2 ... zK and, after them, the K segments of
+    :func:`diffeig.ncut.kway` on z1 ... zK (the paper's Fig. 4)."""
+    if segments:
+        count = segments - 1
     h, w = features.shape[1:]
     grid_size = (h * patch, w * patch)
     k = count + 1
@@ -44,6 +55,11 @@ def panel(
     Z = r["z"].numpy()
     for j in range(1, min(k, Z.shape[-1])):
         tiles.append(heat(Z[..., j], shown.size))
+    extra = []
+    if segments and Z.shape[-1] >= segments:
+        labels = kway(r["z"].reshape(h * w, -1), segments, start=0).reshape(h, w).numpy()
+        tiles.append(draw_segments(shown, labels))
+        extra = [f"{segments} segments of z1 ... z{segments} (Yu & Shi's rounding)"]
     tiles.append(overlay(shown, r["mask"].numpy().astype(np.float64)))
     if refined is not None:
         tiles.append(overlay(shown, refined.soft.numpy()))
@@ -55,8 +71,9 @@ def panel(
         ["image"]
         + [
             f"z{j + 1}: eigenvector {j + 1} (blue < 0 < red; scale: 98th percentile of |z|)"
-            for j in range(1, len(tiles) - (4 if refined is not None else 2))
+            for j in range(1, len(tiles) - len(extra) - (4 if refined is not None else 2))
         ]
+        + extra
         + (
             [
                 "token mask (tokencut)",
@@ -116,7 +133,17 @@ def visualize(args) -> list[str]:
     for image in images:
         x = resize_to_patch(image, patch, args.max_side)
         (f,) = extract(backbone, [x], args.device)
-        rows.append(panel(image, f, patch, args.post, args.eigenvectors, pixel_ncut.options(args)))
+        rows.append(
+            panel(
+                image,
+                f,
+                patch,
+                args.post,
+                args.eigenvectors,
+                pixel_ncut.options(args),
+                segments=args.segments,
+            )
+        )
     if not folder:
         out.parent.mkdir(parents=True, exist_ok=True)
         compose(rows, [Path(p).name for p in args.images]).save(out)

@@ -452,3 +452,27 @@ def report_failure(msg: str, on_fail: str, stacklevel: int = 3) -> None:
     if on_fail == "raise":
         raise RuntimeError(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def check_kway(Z, k, start, max_iter) -> int:
+    """:func:`diffeig.ncut.kway`'s arguments: ``Z`` a finite float ``(N, m)`` or
+    ``(B, N, m)``, ``2 <= k <= m``, ``start`` None or a node index, ``max_iter >= 1``;
+    returns ``k`` as an int."""
+    if not isinstance(Z, torch.Tensor) or Z.dim() not in (2, 3) or not Z.is_floating_point():
+        raise ValueError(
+            f"Z must be a float tensor (N, m) or (B, N, m), got "
+            f"{getattr(Z, 'shape', type(Z).__name__)}"
+        )
+    n, m = Z.shape[-2:]
+    k = check_k(k, m)
+    if k < 2:
+        raise ValueError(f"k must be at least 2 (segments), got {k}")
+    if start is not None and (
+        isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < n
+    ):
+        raise ValueError(f"start must be a node index in [0, {n}), got {start!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if not bool(torch.isfinite(Z[..., :k]).all()):
+        raise ValueError("Z must be finite, got NaN or inf entries")
+    return k

@@ -51,7 +51,9 @@ def test_ncut_doc_snippet_runs():
     assert namespace["fg"].shape == (4, 196) and namespace["mask"].shape == (4, 196)
 
 
-@pytest.mark.parametrize("module", ["diffeig._eigh", "diffeig.ncut"])
+@pytest.mark.parametrize(
+    "module", ["diffeig._eigh", "diffeig.ncut", "diffeig.ncut._kway", "diffeig.dncut.eval.maskcut"]
+)
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -114,6 +114,21 @@ def test_bad_images_are_skipped_and_counted(data, tmp_path, capsys):
     assert [im["file_name"] for im in coco["images"]] == ["sub/00000.png", "sub/00001.png"]
 
 
+def test_refine_pixel_ncut_keeps_the_objects(data, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("00000.png", "00001.png"):
+        (root / name).write_bytes((data[0] / name).read_bytes())
+    gt = json.loads(Path(data[1]).read_text())
+    gt["images"] = gt["images"][:2]
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] <= 2]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    out = tmp_path / "refined.json"
+    assert run(root, out, "--refine", "pixel-ncut") == 0
+    m = evaluate_instances(str(tmp_path / "gt.json"), str(out))
+    assert m["mask_recall"] >= 0.8
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [

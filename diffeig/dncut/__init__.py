@@ -1,7 +1,9 @@
 """DNCut: fine-tune a ViT with differentiable normalized cuts (Liu & Gould, ECCV 2024).
 
 The recipe and its evaluation, run as ``python -m diffeig.dncut {train,export,
-eval-saliency,eval-discovery,visualize}``. Needs the ``[dncut]`` extra (timm,
+eval-saliency,eval-discovery,visualize,pseudo-masks,eval-instances}``;
+:func:`maskcut` (``diffeig.dncut.maskcut``, torch and scipy only) is MaskCut's many
+objects per image (docs/pseudo-masks.md). Needs the ``[dncut]`` extra (timm,
 torchvision, pillow, tqdm, pyyaml). ``import diffeig`` never imports this package.
 
 Rooms (``docs/design.md``): :mod:`~diffeig.dncut.train` (model, losses, LARS, two-view

@@ -1,7 +1,8 @@
 """Fine-tune a ViT with differentiable normalized cuts (DNCut) and evaluate it.
 
-Commands: train, export, eval-saliency, eval-discovery, visualize. Run one with --help for
-its options; docs/dncut.md and docs/evaluation.md describe them.
+Commands: train, export, eval-saliency, eval-discovery, visualize, pseudo-masks,
+eval-instances. Run one with --help for its options; docs/dncut.md, docs/evaluation.md and
+docs/pseudo-masks.md describe them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from diffeig._checks import check_k
+from diffeig._checks import check_kway
 
 __all__ = ["kway"]
 
@@ -55,27 +55,13 @@ def kway(
         >>> diffeig.ncut.kway(Z, 3, start=0).reshape(3, 10)[:, 0].unique().numel()
         3
     """
-    if not isinstance(Z, torch.Tensor) or Z.dim() not in (2, 3) or not Z.is_floating_point():
-        raise ValueError(
-            f"Z must be a float tensor (N, m) or (B, N, m), got "
-            f"{getattr(Z, 'shape', type(Z).__name__)}"
-        )
-    n, m = Z.shape[-2:]
-    k = check_k(k, m)
-    if k < 2:
-        raise ValueError(f"k must be at least 2 (segments), got {k}")
-    if start is not None and (isinstance(start, bool) or not 0 <= int(start) < n):
-        raise ValueError(f"start must be a node index in [0, {n}), got {start!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-    if not bool(torch.isfinite(Z[..., :k]).all()):
-        raise ValueError("Z must be finite, got NaN or inf entries")
+    k = check_kway(Z, k, start, max_iter)
     if Z.dim() == 3:
         return torch.stack(
             [kway(z, k, start=start, generator=generator, max_iter=max_iter) for z in Z]
         )
     if start is None:
-        start = int(torch.randint(n, (), generator=generator))
+        start = int(torch.randint(Z.shape[0], (), generator=generator))
     return _round(Z[:, :k].detach().double().cpu(), int(start), max_iter).to(Z.device)
 
 

@@ -75,6 +75,29 @@ def test_eval_instances_scores_the_ground_truth_perfectly(data, tmp_path, capsys
     assert "| mask | 100.0 | 100.0 | 100.0 | 100.0 |" in capsys.readouterr().out
 
 
+def test_eval_instances_on_a_discovery_dataset_s_boxes(data, one_run, tmp_path, capsys):
+    gt = json.loads(Path(data[1]).read_text())
+    names = {im["id"]: im["file_name"] for im in gt["images"]}
+    table: dict = {}
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        table.setdefault(names[a["image_id"]], []).append([x, y, x + w, y + h])
+    root = tmp_path / "boxes"
+    (root / "images").mkdir(parents=True)
+    for name in table:
+        (root / "images" / name).write_bytes((data[0] / name).read_bytes())
+    (root / "boxes.json").write_text(json.dumps(table))
+    out = tmp_path / "m.json"
+    argv = ["eval-instances", "--dataset", "boxes", "--root", str(root), "--pred", str(one_run)]
+    assert cli.main([*argv, "--output", str(out)]) == 0
+    m, ref = json.loads(out.read_text()), evaluate_instances(str(data[1]), str(one_run))
+    for key in ("bbox_AP", "bbox_AP50", "bbox_AR100", "corloc", "detection_rate"):
+        assert m[key] == pytest.approx(ref[key]), key
+    assert m["segm_AP"] is None and m["mask_recall"] is None
+    assert "| mask | - | - | - | - |" in capsys.readouterr().out
+    assert cli.main(["eval-instances", "--dataset", "boxes", "--pred", str(one_run)]) == 2
+
+
 def test_resume_after_a_kill_gives_the_same_bytes(data, one_run, tmp_path, monkeypatch):
     out = tmp_path / "annotations.json"
     real, calls = pseudo_masks.cut_batch, []

@@ -12,6 +12,9 @@ Box and mask AP, AP50, AP75 and AR@100 by pycocotools' ``COCOeval`` with one cla
   NeurIPS 2021: multi-object discovery's recall);
 - ``mask_recall``: the same with masks (mask IoU >= 0.5).
 
+The ground truth is a COCO instances file (``--gt``) or an object-discovery dataset's
+boxes (``--dataset voc07|voc12|coco20k|boxes --root DIR``, the layouts of
+``eval-discovery``: box metrics, CorLoc and the detection rate; no masks).
 ``--pred`` is a COCO instances file (what ``pseudo-masks`` writes: its images are matched
 to the ground truth's by file name, or by base name where that is unique) or a COCO
 results list (``image_id`` already the ground truth's).
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_command", "run", "evaluate_instances", "HIT_IOU"]
+__all__ = ["add_command", "run", "evaluate_instances", "discovery_ground_truth", "HIT_IOU"]
 
 # An object is found at this IoU (CorLoc's and the detection rate's threshold).
 HIT_IOU = 0.5
@@ -35,8 +38,18 @@ STATS = {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 8}
 
 
 def add_command(sub) -> None:
+    from diffeig.dncut.eval.datasets import DISCOVERY
+
     p = sub.add_parser("eval-instances", help="class-agnostic AP / AR and multi-object CorLoc")
-    p.add_argument("--gt", required=True, help="ground truth, COCO instances JSON")
+    gt = p.add_mutually_exclusive_group(required=True)
+    gt.add_argument("--gt", help="ground truth, COCO instances JSON")
+    gt.add_argument(
+        "--dataset",
+        choices=DISCOVERY,
+        help="ground truth: an object-discovery dataset's boxes (with --root; box metrics "
+        "and CorLoc only)",
+    )
+    p.add_argument("--root", help="the --dataset's folder (layouts: docs/evaluation.md)")
     p.add_argument("--pred", required=True, help="predictions: COCO instances or results JSON")
     p.add_argument("--output", default=None, help="also write the metrics as JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --output")
@@ -82,6 +95,10 @@ def results(pred, gt) -> tuple[list[dict], int]:
     return out, unmatched
 
 
+def _percent(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
 def _iou_boxes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of ``[x, y, w, h]`` boxes, ``(len(a), len(b))``."""
     from pycocotools import mask as rle
@@ -123,22 +140,48 @@ def discovery(gt, dets: list[dict]) -> dict:
     }
 
 
-def evaluate_instances(gt_path: str, pred_path: str) -> dict:
-    """Every metric of the module docstring, as a dict (fractions, not percent)."""
+def discovery_ground_truth(name: str, root: str) -> dict:
+    """The boxes of an object-discovery dataset (VOC07 / VOC12 trainval, COCO20k, a
+    ``boxes`` folder; :class:`~diffeig.dncut.eval.datasets.DiscoveryDataset`) as a COCO
+    instances dict without masks; ``file_name`` is each image's base name."""
+    from PIL import Image
+
+    from diffeig.dncut.eval.datasets import DiscoveryDataset, parse_voc_xml
+
+    data = DiscoveryDataset(name, root)
+    images, annotations = [], []
+    for i, (_, path, (kind, payload)) in enumerate(data.all_items):
+        with Image.open(path) as im:  # the header only
+            width, height = im.size
+        boxes = parse_voc_xml(payload).tolist() if kind == "voc" else payload
+        images.append({"id": i + 1, "file_name": path.name, "width": width, "height": height})
+        for x1, y1, x2, y2 in boxes:
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)}
+            )  # fmt: skip
+    return {"images": images, "annotations": annotations}
+
+
+def evaluate_instances(gt_path: str | dict, pred_path: str) -> dict:
+    """Every metric of the module docstring, as a dict (fractions, not percent). ``gt_path``:
+    a COCO instances file, or such a dict. Where the ground truth has no masks, the mask
+    metrics are ``None``."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    raw = _load(gt_path, "--gt")
+    raw = gt_path if isinstance(gt_path, dict) else _load(gt_path, "--gt")
     if not isinstance(raw, dict) or not {"images", "annotations"} <= raw.keys():
         raise ValueError(f"--gt {gt_path} is not a COCO instances file (images, annotations)")
     raw.setdefault("categories", [{"id": 1, "name": "fg"}])
+    masks = all("segmentation" in a for a in raw["annotations"])
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = raw
         gt.createIndex()
     dets, unmatched = results(_load(pred_path, "--pred"), gt)
     out: dict = {"images": len(raw["images"]), "predictions": len(dets), "unmatched": unmatched}
-    for kind in ("bbox", "segm"):
+    for kind in ("bbox", "segm") if masks else ("bbox",):
         usable = [d for d in dets if ("segmentation" if kind == "segm" else "bbox") in d]
         if not usable:
             out.update({f"{kind}_{k}": 0.0 for k in STATS})
@@ -151,24 +194,33 @@ def evaluate_instances(gt_path: str, pred_path: str) -> dict:
             e.accumulate()
             e.summarize()
         out.update({f"{kind}_{k}": max(0.0, float(e.stats[i])) for k, i in STATS.items()})
-    out.update(discovery(gt, dets))
+    out.update(discovery(gt, dets if masks else [_boxes_only(d) for d in dets]))
+    if not masks:
+        out.update({f"segm_{k}": None for k in STATS}, mask_recall=None)
     return out
+
+
+def _boxes_only(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "segmentation"}
 
 
 def run(args) -> int:
     from diffeig.dncut.checkpoint import atomic_write, check_output
 
+    if args.dataset and not args.root:
+        raise ValueError(f"--dataset {args.dataset} needs --root, the dataset's folder")
     if args.output:
         check_output(args.output, [args.gt, args.pred], flag="--output", force=args.force)
-    m = evaluate_instances(args.gt, args.pred)
+    gt = args.gt or discovery_ground_truth(args.dataset, args.root)
+    m = evaluate_instances(gt, args.pred)
     print("\n| | AP | AP50 | AP75 | AR@100 |\n|---|---:|---:|---:|---:|")
     for kind, name in (("bbox", "box"), ("segm", "mask")):
-        vals = " | ".join(f"{100 * m[f'{kind}_{k}']:.1f}" for k in STATS)
+        vals = " | ".join(_percent(m[f"{kind}_{k}"]) for k in STATS)
         print(f"| {name} | {vals} |")
     print(
         f"\n{m['images']} images, {m['objects']} objects, {m['predictions']} predictions: "
-        f"CorLoc {100 * m['corloc']:.1f}, detection rate {100 * m['detection_rate']:.1f}, "
-        f"mask recall {100 * m['mask_recall']:.1f} (at IoU {HIT_IOU})"
+        f"CorLoc {_percent(m['corloc'])}, detection rate {_percent(m['detection_rate'])}, "
+        f"mask recall {_percent(m['mask_recall'])} (at IoU {HIT_IOU})"
     )
     if m["unmatched"]:
         print(f"warning: {m['unmatched']} predicted images are not in --gt (ignored)")

@@ -11,7 +11,7 @@ The documents hold blocks of the form
     <!-- end report -->
 
 KIND is the benchmark that wrote the JSON (``backward_timing``, ``ncut_speed``,
-``scaling``, ``sparse_ncut``, ``token_graph``, ``pixel_refine``, ``maskcut``). ``--update-readme`` replaces each block's body with what the
+``scaling``, ``sparse_ncut``, ``token_graph``, ``pixel_refine``, ``maskcut``, ``sparse_profile``). ``--update-readme`` replaces each block's body with what the
 JSON says, including the command that produced it and the machine it ran on;
 ``tests/test_readme.py`` fails when a block differs from that. To refresh a figure: rerun
 the command a block names (it writes the JSON), then ``make readme``.
@@ -373,6 +373,46 @@ def iterative(ds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sparse_profile(d: dict) -> str:
+    """The sparse NCut's seconds and peak memory by stage and size (sparse_profile.py)."""
+    res = d["results"]
+    stages = list(res[0]["seconds"])
+    lines = [
+        produced_by(d),
+        "Seconds per stage, one run each (the quokka at S x S, `pixel_affinity` radius 5, "
+        "k = 2, tol 1e-6, forward and a backward of a mask loss on z2), each size in its own "
+        "process. Products with W and V-cycles are also inside LOBPCG's and CG's seconds. "
+        f"Load average at the start {d['metadata'].get('load_average', '?')}, at the end "
+        f"{d.get('load_average_end', '?')}.",
+        "",
+        "| stage | " + " | ".join(f"{r['side']} px" for r in res) + " |",
+        "| --- |" + " ---: |" * len(res),
+        "| pixels / stored weights | "
+        + " | ".join(f"{r['pixels']:,} / {r['weights'] / 1e6:.1f}M" for r in res)
+        + " |",
+    ]
+    for st in stages:
+        lines.append(f"| {st} | " + " | ".join(f"{r['seconds'][st]:.2f} s" for r in res) + " |")
+    for part in ("affinity", "forward", "backward"):
+        lines.append(
+            f"| **{part}, total** | " + " | ".join(f"{r['total'][part]:.2f} s" for r in res) + " |"
+        )
+    lines.append(
+        "| iterations (forward / backward) | "
+        + " | ".join(f"{r['iterations']['forward']} / {r['iterations']['backward']}" for r in res)
+        + " |"
+    )
+    lines.append("| peak RSS | " + " | ".join(f"{r['peak_gb']:.2f} GB" for r in res) + " |")
+    lines.append(
+        "| peak RSS per stored weight | "
+        + " | ".join(
+            f"{(r['peak_gb'] - r['peak_gb_at_start']) * 2**30 / r['weights']:.0f} B" for r in res
+        )
+        + " |"
+    )
+    return "\n".join(lines)
+
+
 def maskcut(d: dict) -> str:
     """MaskCut's cuts per image by solver, and the pseudo-masks command's throughput
     (maskcut.py)."""
@@ -414,6 +454,7 @@ def maskcut(d: dict) -> str:
 
 RENDER = {
     "maskcut": lambda ds: "\n\n".join(maskcut(d) for d in ds),
+    "sparse_profile": lambda ds: "\n\n".join(sparse_profile(d) for d in ds),
     "train_step": train_step,
     "auto_crossover": lambda ds: "\n\n".join(auto_crossover(d) for d in ds),
     "iterative": iterative,

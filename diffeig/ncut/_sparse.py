@@ -238,7 +238,7 @@ class _SparseNCut(torch.autograd.Function):
         lam = _edge_rayleigh(graphs, v, lam, Z, d, normalized)
         if islands is not None and k > 1:
             lam, U, Z = _recheck(solve, lap, graphs, v, d, normalized, lam, U, Z, islands)
-        ctx.graphs, ctx.prec = graphs, prec
+        ctx.M, ctx.prec = M, prec
         ctx.normalized, ctx.options = normalized, options
         ctx.save_for_backward(d, lam, U)
         ctx.set_materialize_grads(False)
@@ -265,7 +265,7 @@ class _SparseNCut(torch.autograd.Function):
             ctx.options,
             preconditioner=ctx.prec,
         )
-        return (assemble_at_edges(ctx.graphs.row, ctx.graphs.col, P, U, c, g),) + (None,) * 6
+        return (assemble_at_edges(ctx.M, P, U, c, g),) + (None,) * 6
 
 
 def solve_sparse(

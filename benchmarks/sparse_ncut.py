@@ -257,7 +257,9 @@ def run_child(side: int, batch: int, solver: str, threads: int, args) -> dict | 
 def wanted(solver: str, side: int, batch: int, args) -> bool:
     n = side * side
     if solver == "diffeig":
-        return True
+        return True  # every ratio is against it
+    if solver not in getattr(args, "solvers", SOLVERS):
+        return False
     if args.no_baselines:
         return False
     if solver == "scipy lobpcg + pyamg":
@@ -371,6 +373,13 @@ def main(argv=None):
     )
     p.add_argument("--max-baseline-n", type=int, default=60000, help="scipy lobpcg up to this N")
     p.add_argument("--no-baselines", action="store_true", help="diffeig only")
+    p.add_argument(
+        "--solvers",
+        nargs="+",
+        default=list(SOLVERS),
+        choices=SOLVERS,
+        help="which baselines to run beside diffeig (default: all; the others' cells are '-')",
+    )
     p.add_argument(
         "--island", type=int, default=224, help="side of the 8-neighbour check (0: none)"
     )

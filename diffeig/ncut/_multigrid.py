@@ -81,7 +81,7 @@ def _jitter(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
     the strongest-neighbour choice of a uniform region must be broken irregularly, or
     pointers form long chains (golden-ratio sequences of the end points)."""
     a, b = torch.minimum(row, col).to(torch.float64), torch.maximum(row, col).to(torch.float64)
-    return torch.frac(a * 0.6180339887498949 + b * 0.4142135623730951)
+    return a.mul_(0.6180339887498949).add_(b.mul_(0.4142135623730951)).frac_()  # in place
 
 
 def _aggregate(row, col, val, d, max_depth: int = MAX_DEPTH):
@@ -89,9 +89,9 @@ def _aggregate(row, col, val, d, max_depth: int = MAX_DEPTH):
     trees are cut every ``max_depth`` levels."""
     n = d.shape[0]
     dev = d.device
-    s = val.to(torch.float64) / (d[row] * d[col]).to(torch.float64).clamp_min(1e-300).sqrt()
+    s = val.to(torch.float64) / (d[row] * d[col]).to(torch.float64).clamp_min(1e-300).sqrt_()
     # ties broken by a hash of the edge; relative 1e-6, far below any real difference
-    s = s * (1 + 1e-6 * _jitter(row, col))
+    s.mul_(_jitter(row, col).mul_(1e-6).add_(1))
     best = torch.full((n,), -1.0, dtype=torch.float64, device=dev)
     best.scatter_reduce_(0, row, s, "amax")
     cand = torch.where(s == best[row], col, n)
@@ -174,13 +174,12 @@ class Multigrid:
             return None
         lv.agg, lv.n_coarse = agg, nc
         owner_c = torch.zeros(nc, dtype=torch.int64, device=dev).index_copy_(0, agg, lv.owner)
-        # the coarse edges from the upper triangle (half the sort), then mirrored
-        upper = row < col
-        r, c, w = agg[row[upper]], agg[col[upper]], val[upper]
-        keep = r != c
-        r, c, w = r[keep], c[keep], w[keep]
-        lo, hi = torch.minimum(r, c), torch.maximum(r, c)
-        key, inv = torch.unique(lo * nc + hi, return_inverse=True)
+        # the coarse edges from one orientation (half the sort), then mirrored: of an edge's
+        # two entries between two aggregates, the one from the lower aggregate's side
+        r, c = agg[row], agg[col]
+        lower = r < c
+        key, inv = torch.unique(r[lower] * nc + c[lower], return_inverse=True)
+        w = val[lower]
         w = torch.zeros(key.numel(), dtype=val.dtype, device=dev).index_add_(0, inv, w)
         lo, hi = key // nc, key % nc
         row, col, val = torch.cat([lo, hi]), torch.cat([hi, lo]), torch.cat([w, w])

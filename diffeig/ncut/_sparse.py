@@ -108,11 +108,17 @@ class SparseGraphs:
         # The mirror of each entry: the entries ordered by (col, row) (a stable sort of
         # the columns of this row-sorted list) are the mirrors, in order, of the entries
         # ordered by (row, col), exactly when the pattern is symmetric.
+        # In chunks: a few temporaries of a chunk each, not of every stored weight.
         t = torch.argsort(self.col, stable=True)
-        found = (self.col[t] == self.row) & (self.row[t] == self.col)
         v = values.detach()
-        asym = float((v - v[t]).abs().max()) if v.numel() and bool(found.all()) else 0.0
-        self.max_value = check_sparse_values(v, int((~found).sum()), asym)
+        missing, asym = 0, 0.0
+        for s in range(0, t.numel(), ASSEMBLY_CHUNK):
+            e, m = min(s + ASSEMBLY_CHUNK, t.numel()), t[s : s + ASSEMBLY_CHUNK]
+            found = (self.col[m] == self.row[s:e]) & (self.row[m] == self.col[s:e])
+            missing += int((~found).sum())
+            if not missing:
+                asym = max(asym, float((v[s:e] - v[m]).abs().max()))
+        self.max_value = check_sparse_values(v, missing, asym if not missing else 0.0)
 
     @property
     def batch_shape(self) -> tuple[int, ...]:

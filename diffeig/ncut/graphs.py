@@ -146,6 +146,10 @@ def _chunks(n: int, size: int):
     return ((s, min(s + size, n)) for s in range(0, n, size))
 
 
+# Entries of one band of pixel rows in pixel_affinity (its temporaries: a few numbers each).
+AFFINITY_BAND = 1 << 21
+
+
 def _offsets(radius: float, height: int, width: int) -> torch.Tensor:
     """``(K, 2)`` offsets ``(dy, dx)``, ``0 < dy^2 + dx^2 <= radius^2``, ``|dy| < height``,
     ``|dx| < width`` (a radius that covers the image gives the complete graph), sorted by
@@ -205,34 +209,49 @@ def pixel_affinity(
         "neighbours a pixel)",
         "downscale the image or use a smaller radius",
     )
-    ys = torch.arange(H, device=dev).view(1, H, 1)
-    xs = torch.arange(Wd, device=dev).view(1, 1, Wd)
-    qy, qx = ys + off[:, 0].view(-1, 1, 1), xs + off[:, 1].view(-1, 1, 1)  # (K, H, W)
-    valid = (qy >= 0) & (qy < H) & (qx >= 0) & (qx < Wd)
-    # row-major over pixels, then offsets: (row, col) sorted, i.e. coalesced order
-    valid = valid.permute(1, 2, 0).reshape(-1)
-    q = (qy * Wd + qx).permute(1, 2, 0).reshape(-1)[valid]
-    p = torch.arange(N, device=dev).repeat_interleave(off.shape[0])[valid]
+    K = off.shape[0]
+    dy, dx = off[:, 0], off[:, 1]
+    nnz = int(((H - dy.abs()).clamp_min(0) * (Wd - dx.abs()).clamp_min(0)).sum())
     space = torch.exp(-(off * off).sum(-1).to(x.dtype) / sigma_space**2)  # (K,)
-    space = space.repeat(N)[valid]
-    # one shifted difference of the image per offset (strided slices, no gather): the
-    # squared distance to the neighbour at (dy, dx), 0 where it falls outside the image
-    dist2 = x.new_zeros(B, H, Wd, off.shape[0])
-    for k, (dy, dx) in enumerate(off.tolist()):
-        a_y, a_x = slice(max(0, -dy), H - max(0, dy)), slice(max(0, -dx), Wd - max(0, dx))
-        b_y = slice(max(0, dy), H + min(0, dy))
-        b_x = slice(max(0, dx), Wd + min(0, dx))
-        dist2[:, a_y, a_x, k] = (x[:, :, a_y, a_x] - x[:, :, b_y, b_x]).square().sum(1)
-    dist2 = dist2.reshape(B, -1)[:, valid]
-    values = torch.exp(-dist2 / sigma_color**2) * space
-    nnz = p.numel()
+    # Built a band of pixel rows at a time, straight into the output (row-major over
+    # pixels, then offsets: (row, col) sorted, i.e. coalesced order): the temporaries are
+    # those of one band, not K per pixel of the whole image.
+    idx = torch.empty(3 if not single else 2, B * nnz, dtype=torch.int64, device=dev)
+    values = x.new_empty(B, nnz)
+    xs = torch.arange(Wd, device=dev).view(1, Wd, 1)
+    rows = max(1, AFFINITY_BAND // (Wd * K))
+    pos = 0
+    for y0 in range(0, H, rows):
+        y1 = min(H, y0 + rows)
+        ys = torch.arange(y0, y1, device=dev).view(-1, 1, 1)
+        qy, qx = ys + dy.view(1, 1, K), xs + dx.view(1, 1, K)  # (h, 1, K), (1, W, K)
+        valid = (qy >= 0) & (qy < H) & (qx >= 0) & (qx < Wd)  # (h, W, K)
+        p = (ys * Wd + xs).expand(valid.shape)[valid]
+        q = (qy * Wd + qx)[valid]
+        # one shifted difference of the image per offset (strided slices, no gather): the
+        # squared distance to the neighbour at (dy, dx), 0 where it falls outside the image
+        dist2 = x.new_zeros(B, y1 - y0, Wd, K)
+        for k, (oy, ox) in enumerate(off.tolist()):
+            a0, a1 = max(y0, -oy), min(y1, H - oy)
+            if a0 >= a1:
+                continue
+            a_x, b_x = slice(max(0, -ox), Wd - max(0, ox)), slice(max(0, ox), Wd + min(0, ox))
+            diff = x[:, :, a0:a1, a_x] - x[:, :, a0 + oy : a1 + oy, b_x]
+            dist2[:, a0 - y0 : a1 - y0, a_x, k] = diff.square().sum(1)
+        n = p.numel()
+        values[:, pos : pos + n] = (
+            torch.exp(-dist2[:, valid] / sigma_color**2) * space.expand(valid.shape)[valid]
+        )
+        for b in range(B):
+            at = slice(b * nnz + pos, b * nnz + pos + n)
+            if not single:
+                idx[0, at] = b
+            idx[-2, at], idx[-1, at] = p, q
+        pos += n
     if single:
-        idx = torch.stack([p, q])
         return torch.sparse_coo_tensor(
             idx, values[0], (N, N), is_coalesced=True, check_invariants=False
         )
-    b = torch.arange(B, device=dev).repeat_interleave(nnz)
-    idx = torch.stack([b, p.repeat(B), q.repeat(B)])
     return torch.sparse_coo_tensor(
         idx, values.reshape(-1), (B, N, N), is_coalesced=True, check_invariants=False
     )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from diffeig._tolerances import ISLAND_EIGENVALUE, ISLAND_RTOL, MAX_COMPONENTS
+from diffeig.ncut._multigrid import edge_chunks
 
 __all__ = ["island_start", "missed_pairs"]
 
@@ -32,15 +33,19 @@ def island_start(graphs, values, d, normalized: bool, count: int):
 
     n_all = graphs.B * graphs.N
     row, col = graphs.row, graphs.col
-    flat = d.reshape(-1)
-    dmax = torch.maximum(flat.index_select(0, row), flat.index_select(0, col))
-    strong = values > ISLAND_RTOL * dmax
-    if bool(strong.all()) or count < 1:
+    if count < 1:
         return None
+    flat = d.reshape(-1)
+    # a chunk of edges at a time (the temporaries of a chunk, not of every edge)
+    strong = torch.empty(row.numel(), dtype=torch.bool, device=row.device)
     # the strong edges in CSR order already: no sort (graphs.crow holds the row starts)
-    per_row = torch.zeros(n_all, dtype=torch.int64, device=row.device).index_add_(
-        0, row, strong.to(torch.int64)
-    )
+    per_row = torch.zeros(n_all, dtype=torch.int64, device=row.device)
+    for e in edge_chunks(row.numel()):
+        dmax = torch.maximum(flat.index_select(0, row[e]), flat.index_select(0, col[e]))
+        strong[e] = values[e] > ISLAND_RTOL * dmax
+        per_row.index_add_(0, row[e], strong[e].to(torch.int64))
+    if bool(strong.all()):
+        return None
     index = torch.int32 if n_all < 2**31 - 1 and row.numel() < 2**31 - 1 else torch.int64
     indptr = torch.cat([per_row.new_zeros(1), per_row.cumsum(0)]).to(index).cpu().numpy()
     indices = col[strong].to(index).cpu().numpy()

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -257,7 +258,7 @@ def metadata(device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         # how this file was made, for the README's "produced by" lines (benchmarks/report.py)
-        "command": " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "command": shlex.join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         # the allocator decides whether a large new tensor page-faults (see README)
         "allocator_env": {
             k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"

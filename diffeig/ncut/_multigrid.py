@@ -63,9 +63,9 @@ class _Level:
     """One graph of the hierarchy: ``W`` (CSR, no self-loops), degrees ``d``, and the map
     ``agg`` of its nodes to the next level's (None on the coarsest)."""
 
-    def __init__(self, row, col, val, d, owner):
+    def __init__(self, row, col, val, d, owner, W=None):
         self.n = d.shape[0]
-        self.W = _csr(row, col, val, self.n)
+        self.W = _csr(row, col, val, self.n) if W is None else W
         self.d = d
         self.dinv = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0).unsqueeze(-1)
         self.owner = owner  # the graph of the batch each node belongs to
@@ -149,7 +149,8 @@ class Multigrid:
     keyword arguments (the module's constants are their defaults); setup runs in two named
     stages, :meth:`_coarsen` per level and :meth:`_coarsest_setup`; ``sizes`` and
     ``operator_complexity`` (stored weights of all levels over the finest's) describe the
-    hierarchy, and ``repr`` shows them.
+    hierarchy, and ``repr`` shows them. ``matrix``: the finest graph as a CSR tensor the
+    caller already holds (the same entries), used instead of building a second copy.
     """
 
     def __init__(
@@ -165,13 +166,15 @@ class Multigrid:
         omega: float = OMEGA,
         sweeps: int = SWEEPS,
         over_correction: float = OVER_CORRECTION,
+        matrix=None,
     ):
         B, N = d.shape
         self.batch, self.n = B, N
         self.coarsest, self.max_levels, self.max_depth = coarsest, max_levels, max_depth
         self.omega, self.sweeps, self.over_correction = omega, sweeps, over_correction
         owner = torch.arange(B, device=d.device).repeat_interleave(N)
-        self.levels = [_Level(row, col, val, d.reshape(-1), owner)]
+        # the finest level is the caller's CSR matrix where given (one copy of the pattern)
+        self.levels = [_Level(row, col, val, d.reshape(-1), owner, matrix)]
         edges = (row, col, val)
         while len(self.levels) < max_levels and edges is not None:
             edges = self._coarsen(*edges)

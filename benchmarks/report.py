@@ -206,6 +206,8 @@ def sparse_ncut(d: dict) -> str:
             + " |"
         )
         got = [(b, r["solvers"][b]["forward"]) for b in baselines if b in r["solvers"]]
+        if not got:
+            continue  # diffeig alone (--no-baselines): no ratio to give
         ratios.append(
             f"- {r['side']} px, batch {r['batch']}, {r['threads']} thread(s): "
             + ", ".join(
@@ -214,8 +216,9 @@ def sparse_ncut(d: dict) -> str:
                 for b, t in got
             )
         )
-    lines += ["", "Each baseline's forward time over diffeig's (same run, same threads):", ""]
-    lines += ratios
+    if ratios:
+        lines += ["", "Each baseline's forward time over diffeig's (same run, same threads):", ""]
+        lines += ratios
     isl = d.get("island")
     if isl:
         lines += [

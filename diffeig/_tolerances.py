@@ -71,6 +71,12 @@ def default_tol(dtype: torch.dtype) -> float:
     return max(torch.finfo(dtype).eps ** TOL_EXPONENT, TOL_FLOOR)
 
 
+# Edges per chunk of the sparse path's per-edge passes (pattern checks, multigrid setup,
+# island search, edge Rayleigh quotients): their temporaries are a few numbers per edge
+# of a chunk, not of every stored weight.
+EDGE_CHUNK = 1 << 22
+
+
 # Relative residual of a solve whose vectors are only thresholded into masks (pixel-ncut's
 # pixel graph, MaskCut's token graphs): far less than float64's 1e-9 suffices (an entry
 # moves by about tol / gap, and masks agree with the dense solve's to IoU >= 0.99; pixel

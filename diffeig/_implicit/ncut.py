@@ -21,7 +21,6 @@ from diffeig._implicit.factor import partial_eigh_factor
 from diffeig._operators import BatchedOperator, Symmetric
 
 __all__ = [
-    "ASSEMBLY_CHUNK",
     "IllConditionedGradient",
     "assemble_at_edges",
     "dense_ncut_grad",
@@ -237,11 +236,6 @@ def dense_ncut_grad(W, d, lam, U, grad_lam, grad_Z, args):
     lap = laplacian_operator(W, d, normalized)
     P, c, g = ncut_factors(lap, d, lam, U, grad_lam, grad_Z, normalized, options)
     return _ops.ncut_grad_assemble(P, U, c, g)
-
-
-# Edges per chunk of the sparse path's edge loops (their temporaries are a few floats per
-# edge).
-ASSEMBLY_CHUNK = 1 << 22
 
 
 def assemble_at_edges(M, P, U, c, g):

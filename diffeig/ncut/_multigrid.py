@@ -32,6 +32,7 @@ import torch
 
 from diffeig._tolerances import (
     COARSEST,
+    EDGE_CHUNK,
     MAX_DEPTH,
     MAX_LEVELS,
     MIN_SHRINK,
@@ -76,13 +77,11 @@ class _Level:
         return self.d.unsqueeze(-1) * X - self.W @ X
 
 
-# Edges a chunk of the setup's per-edge passes.
-EDGE_CHUNK = 1 << 22
-
-
-def edge_chunks(n: int) -> list[slice]:
-    """Slices of at most EDGE_CHUNK edges covering ``n``."""
-    return [slice(s, min(s + EDGE_CHUNK, n)) for s in range(0, n, EDGE_CHUNK)]
+def edge_chunks(n: int, start: int = 0) -> list[slice]:
+    """Slices of at most :data:`~diffeig._tolerances.EDGE_CHUNK` edges covering
+    ``start .. start + n``."""
+    end = start + n
+    return [slice(s, min(s + EDGE_CHUNK, end)) for s in range(start, end, EDGE_CHUNK)]
 
 
 def _jitter(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:

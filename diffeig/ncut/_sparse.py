@@ -19,7 +19,6 @@ import torch
 
 from diffeig._checks import check_degrees, check_k, check_not_meta, check_solver_options
 from diffeig._implicit.ncut import (
-    ASSEMBLY_CHUNK,
     assemble_at_edges,
     laplacian_operator,
     ncut_factors,
@@ -39,7 +38,7 @@ from diffeig._tolerances import SMALL_EIGENVALUE, SolverOptions, default_tol, re
 from diffeig.ncut import _common
 from diffeig.ncut._islands import island_start, missed_pairs
 from diffeig.ncut._lobpcg_pairs import lobpcg_ncut_pairs
-from diffeig.ncut._multigrid import Multigrid, csr
+from diffeig.ncut._multigrid import Multigrid, csr, edge_chunks
 
 __all__ = ["SparseGraphs", "SparseInfo", "solve_sparse"]
 
@@ -113,12 +112,12 @@ class SparseGraphs:
         t = torch.argsort(self.col.to(torch.int32) if narrow else self.col, stable=True)
         v = values.detach()
         missing, asym = 0, 0.0
-        for s in range(0, t.numel(), ASSEMBLY_CHUNK):
-            e, m = min(s + ASSEMBLY_CHUNK, t.numel()), t[s : s + ASSEMBLY_CHUNK]
-            found = (self.col[m] == self.row[s:e]) & (self.row[m] == self.col[s:e])
+        for e in edge_chunks(t.numel()):
+            m = t[e]
+            found = (self.col[m] == self.row[e]) & (self.row[m] == self.col[e])
             missing += int((~found).sum())
             if not missing:
-                asym = max(asym, float((v[s:e] - v[m]).abs().max()))
+                asym = max(asym, float((v[e] - v[m]).abs().max()))
         self.max_value = check_sparse_values(v, missing, asym if not missing else 0.0)
 
     @property
@@ -163,10 +162,9 @@ def _edge_rayleigh(graphs, values, lam, Z, d, normalized):
     bounds = graphs.crow[:: graphs.N].tolist()
     edge = Z.new_zeros(graphs.B, k - 1)
     for b in range(graphs.B):
-        for s in range(bounds[b], bounds[b + 1], ASSEMBLY_CHUNK):
-            e = min(s + ASSEMBLY_CHUNK, bounds[b + 1])
-            diff = Zf.index_select(0, graphs.row[s:e]).sub_(Zf.index_select(0, graphs.col[s:e]))
-            edge[b] += diff.square_().mul_(values[s:e, None]).sum(0)
+        for e in edge_chunks(bounds[b + 1] - bounds[b], start=bounds[b]):
+            diff = Zf.index_select(0, graphs.row[e]).sub_(Zf.index_select(0, graphs.col[e]))
+            edge[b] += diff.square_().mul_(values[e, None]).sum(0)
     weight = d.unsqueeze(-1) if normalized else 1.0
     Z3 = Z.reshape(graphs.B, graphs.N, k)[..., 1:]
     edge = 0.5 * edge / (Z3 * Z3 * weight).sum(-2)

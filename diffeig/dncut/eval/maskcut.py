@@ -50,6 +50,7 @@ __all__ = [
     "binary_graph",
     "foreground",
     "keep",
+    "iou",
     "MAX_OVERLAP",
     "MIN_COVER",
 ]
@@ -128,13 +129,17 @@ def foreground(z: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return labels == labels.flat[seed]
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks, as TokenCut's ``metric.IoU`` (an empty union counts as 0)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
 def keep(mask: np.ndarray, previous: np.ndarray) -> bool:
-    """Whether a later cut's mask is kept: its IoU with the previous cut's mask (empty if
-    that was dropped) at most :data:`MAX_OVERLAP`, and it covers more than
-    :data:`MIN_COVER` of the grid (TokenCut's ``metric.IoU``; an empty union counts as 0)."""
-    union = np.logical_or(mask, previous).sum()
-    iou = np.logical_and(mask, previous).sum() / union if union else 0.0
-    return iou <= MAX_OVERLAP and mask.mean() > MIN_COVER
+    """Whether a later cut's mask is kept: its :func:`iou` with the previous cut's mask
+    (empty if that was dropped) at most :data:`MAX_OVERLAP`, and it covers more than
+    :data:`MIN_COVER` of the grid."""
+    return iou(mask, previous) <= MAX_OVERLAP and mask.mean() > MIN_COVER
 
 
 def _check(features, grid, max_objects, tau, eps, method) -> tuple[int, int]:

@@ -217,8 +217,7 @@ def image_masks(args, cut, b, shown, size, features, patch) -> list[dict]:
             prior = postprocess.upsample(mask, up.shape)
             refined = pixel_ncut.refine(shown, prior, features, **pixel_ncut.options(args)).mask
             refined = ndimage.binary_fill_holes(refined.numpy())  # as CutLER after its CRF
-            inter, union = (refined & up).sum(), (refined | up).sum()
-            if union == 0 or inter / union < MIN_REFINED_IOU:
+            if mc.iou(refined, up) < MIN_REFINED_IOU:
                 continue
             up = refined
         full = to_image(up, size)

@@ -161,7 +161,8 @@ def scaling(d: dict) -> str:
 
 def sparse_ncut(d: dict) -> str:
     """Pixel graphs: diffeig's sparse NCut against ARPACK and the others (sparse_ncut.py),
-    every solver under the fairness contract, at each thread count."""
+    every solver under the fairness contract, at each thread count; where shift-invert ran,
+    whether each solver returned the right pair."""
     a = d["args"]
     baselines = [
         "ARPACK",
@@ -170,48 +171,70 @@ def sparse_ncut(d: dict) -> str:
         "scipy lobpcg + pyamg",
         "torch.lobpcg",
     ]
+    photos = a.get("photos", ["quokka"])
+    if "primme" in a.get("solvers", []):
+        baselines.append("primme")
+    checked = any("shift-invert" in r["solvers"] for r in d["results"])
     md = d["metadata"]
     lines = [
         produced_by(d),
-        f"The quokka at S x S px, `pixel_affinity` (radius 5), `(D - W) z = l D z`, k = 2, "
-        f"{a['dtype']}, tol {a['tol']:g} for every solver. Each solver in its own process "
-        f"at the thread count shown, {a['warmup']} warm-up and {a['repeats']} timed runs, "
-        "median; r: the relative residual `|(D - W) z - l D z| / |D z|` of its Fiedler pair, "
-        "measured after it. diffeig: forward + backward (forward, LOBPCG iterations); the "
-        f"others: forward only (iterations where known). Load average at the start "
-        f"{md.get('load_average', '?')}, at the end {d.get('load_average_end', '?')}.",
+        f"{', '.join(photos)} at S x S px, `pixel_affinity` (radius 5), `(D - W) z = l D z`, "
+        f"k = 2, {a['dtype']}, tol {a['tol']:g} for every solver. Each solver in its own "
+        f"process at the thread count shown, {a['warmup']} warm-up and {a['repeats']} timed "
+        "runs, median; r: the relative residual `|(D - W) z - l D z| / |D z|` of its Fiedler "
+        "pair, measured after it. diffeig: forward + backward (forward, LOBPCG iterations); "
+        "the others: forward only (iterations where known)"
+        + (
+            "; GB: the process's peak RSS; WRONG: its l2 is not the second smallest "
+            "eigenvalue (nearer shift-invert's l1 or l3 than its l2; shift-invert Lanczos, "
+            "an LU of `L - sigma D`, ran once per graph as the reference)"
+            if checked
+            else ""
+        )
+        + f". Load average at the start {md.get('load_average', '?')}, at the end "
+        f"{d.get('load_average_end', '?')}.",
         "",
-        "| S (N), batch | threads | diffeig | " + " | ".join(baselines) + " |",
+        "| photo, S (N), batch | threads | diffeig | " + " | ".join(baselines) + " |",
         "| --- | ---: |" + " ---: |" * (1 + len(baselines)),
     ]
+
+    def tail(x):
+        out = ""
+        if checked and "peak_rss_GB" in x:
+            out += f", {x['peak_rss_GB']:.1f} GB"
+        if x.get("right_pair") is False:
+            out += ", **WRONG pair**"
+        return out
 
     def cell(x):
         if x is None:
             return "-"
         it = f", {x['iterations']} it" if x.get("iterations") is not None else ""
         conv = "" if x.get("converged", True) else ", not converged"
-        return f"{x['forward']:.2f} s{it}{conv}, r {x['residual']:.0e}"
+        return f"{x['forward']:.2f} s{it}{conv}, r {x['residual']:.0e}{tail(x)}"
 
     ratios = []
     for r in d["results"]:
         f = r["solvers"]["diffeig"]
         ours = (
             f"{f['total']:.2f} s ({f['forward']:.2f} s, {f['iterations']} it), "
-            f"r {f['residual']:.0e}"
+            f"r {f['residual']:.0e}{tail(f)}"
         )
         cells = [cell(r["solvers"].get(b)) for b in baselines]
         lines.append(
-            f"| {r['side']} ({r['N']}), {r['batch']} | {r['threads']} | {ours} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {r.get('photo', 'quokka')}, {r['side']} ({r['N']}), {r['batch']} | "
+            f"{r['threads']} | {ours} | " + " | ".join(cells) + " |"
         )
         got = [(b, r["solvers"][b]["forward"]) for b in baselines if b in r["solvers"]]
         if not got:
             continue  # diffeig alone (--no-baselines): no ratio to give
+        fastest = min(got, key=lambda x: x[1])
         ratios.append(
-            f"- {r['side']} px, batch {r['batch']}, {r['threads']} thread(s): "
+            f"- {r.get('photo', 'quokka')}, {r['side']} px, batch {r['batch']}, {r['threads']} "
+            f"thread(s): fastest peer {fastest[0]}, its forward / diffeig's forward + backward "
+            f"**{fastest[1] / f['total']:.2f}x**; "
             + ", ".join(
-                f"{b} / diffeig forward **{t / f['forward']:.1f}x** "
+                f"{b} / diffeig forward {t / f['forward']:.1f}x "
                 f"(/ forward + backward {t / f['total']:.1f}x)"
                 for b, t in got
             )
@@ -219,21 +242,36 @@ def sparse_ncut(d: dict) -> str:
     if ratios:
         lines += ["", "Each baseline's forward time over diffeig's (same run, same threads):", ""]
         lines += ratios
+    if checked:
+        lines += ["", "Shift-invert's seconds and peak RSS (once per graph, the reference):", ""]
+        for r in d["results"]:
+            x = r["solvers"].get("shift-invert")
+            if x and r["threads"] == d["results"][0]["threads"]:
+                lines.append(
+                    f"- {r['photo']}, {r['side']} px: {x['forward']:.1f} s, "
+                    f"{x['peak_rss_GB']:.1f} GB, l2 {x['l2'][0]:.6e} (l1 {x['l1']:.1e}, "
+                    f"l3 {x['l3']:.6e})"
+                )
     isl = d.get("island")
-    if isl:
+    if isinstance(isl, dict):  # one photo (the quokka) before the photos were added
+        isl = [dict(isl, photo="quokka")]
+    for one in isl or ():
+        right = "right pair | " if "reference" in one else ""
         lines += [
             "",
-            f"No skipped pair: the 8-neighbour graph (radius 1.5) at {isl['side']} px, l2 "
-            "of each solver against shift-invert Lanczos (an LU of `L - sigma D`), and how "
-            "many pixels hold 90 % of z2's D-weighted mass (where known).",
+            f"No skipped pair: {one['photo']}'s 8-neighbour graph (radius 1.5) at "
+            f"{one['side']} px, l2 of each solver against shift-invert Lanczos (an LU of "
+            "`L - sigma D`), and how many pixels hold 90 % of z2's D-weighted mass.",
             "",
-            "| solver | l2 | relative difference | pixels of z2 |",
-            "| --- | ---: | ---: | ---: |",
+            f"| solver | l2 | relative difference | {right}pixels of z2 |",
+            "| --- | ---: | ---: |" + (" :---: |" if right else "") + " ---: |",
         ]
-        for name, r in isl.items():
-            if isinstance(r, dict):
+        for name, r in one.items():
+            if isinstance(r, dict) and "l2" in r and name != "reference":
+                ok = ("yes | " if r["right_pair"] else "**no** | ") if right else ""
                 lines.append(
-                    f"| {name} | {r['l2']:.6e} | {r['rel_diff']:.1e} | {r.get('pixels', '-')} |"
+                    f"| {name} | {r['l2']:.6e} | {r['rel_diff']:.1e} | {ok}"
+                    f"{r.get('pixels', '-')} |"
                 )
     return "\n".join(lines)
 

@@ -67,18 +67,34 @@ from _common import (  # noqa: E402
 )
 
 
-def quokka(side: int, dtype) -> torch.Tensor:
+# the quokka (tests/data) and the five photographs scikit-image bundles (the [bench] extra)
+PHOTOS = ("quokka", "astronaut", "coffee", "chelsea", "camera", "rocket")
+
+
+def photo(name: str, side: int, dtype) -> torch.Tensor:
+    """``(3, side, side)`` in [0, 1]: the photo resized (bicubic); grey ones as RGB."""
     from PIL import Image
 
-    img = Image.open(ROOT / "tests/data/quokka.jpg").convert("RGB")
-    img = img.resize((side, side), Image.BICUBIC)
+    if name == "quokka":
+        img = Image.open(ROOT / "tests/data/quokka.jpg")
+    else:
+        try:
+            import skimage.data
+        except ImportError:
+            sys.exit(f"--photos {name} needs scikit-image: pip install -e '.[bench]'")
+        img = Image.fromarray(getattr(skimage.data, name)())
+    img = img.convert("RGB").resize((side, side), Image.BICUBIC)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).to(dtype) / 255
 
 
-def graph(side: int, batch: int, dtype):
+def quokka(side: int, dtype) -> torch.Tensor:
+    return photo("quokka", side, dtype)
+
+
+def graph(name: str, side: int, batch: int, dtype):
     import diffeig
 
-    x = quokka(side, dtype)
+    x = photo(name, side, dtype)
     return diffeig.ncut.pixel_affinity(x if batch == 1 else x.expand(batch, -1, -1, -1))
 
 
@@ -89,7 +105,11 @@ SOLVERS = (
     "scipy lobpcg",
     "scipy lobpcg + pyamg",
     "torch.lobpcg",
+    "primme",
+    "shift-invert",
 )
+# baselines that are references rather than competitors: not in the ratios
+REFERENCE = "shift-invert"
 
 
 def scipy_matrix(W: torch.Tensor):
@@ -158,6 +178,48 @@ def scipy_lobpcg(M, d, tol, amg: bool):
     return float(lam[o]), Z[:, o], {"iterations": len(hist), "converged": len(hist) < 500}
 
 
+def primme_solve(M, d, tol):
+    """The Fiedler pair by PRIMME (its default method, GD+k / JDQMR chosen dynamically) on
+    the normalized Laplacian ``I - D^-1/2 W D^-1/2``, smallest, k = 1, the trivial vector
+    ``D^1/2 1`` locked (the structure diffeig uses), from the seeded random vector. PRIMME
+    stops at ``|A v - l v| < tol max|l|`` and ``max|l|`` is about 2 here, so it gets
+    ``tol / 2``; the residual measured after it is the contract's."""
+    import primme
+    import scipy.sparse as sp
+
+    n = len(d)
+    s = 1 / np.sqrt(d)
+    A = (sp.identity(n, format="csr") - sp.diags(s) @ M @ sp.diags(s)).tocsr()
+    u1 = np.sqrt(d) / np.linalg.norm(np.sqrt(d))
+    v0 = seeded_vector(n)
+    v0 -= u1 * (u1 @ v0)
+    lam, U, stats = primme.eigsh(
+        A, k=1, which="SA", tol=tol / 2, v0=v0[:, None], lock=u1[:, None], return_stats=True
+    )
+    info = {"iterations": int(stats["numOuterIterations"]), "matvecs": int(stats["numMatvecs"])}
+    return float(lam[0]), s * U[:, 0], info
+
+
+def shift_invert(M, d):
+    """The reference: the three smallest pairs of ``(L, D)`` by shift-invert Lanczos
+    (``eigsh(L, M=D, sigma=-1e-10)``, an LU of ``L - sigma D``), which no start vector
+    can mislead; its l1 and l3 bound the window a right l2 falls in."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+
+    L, D = (sp.diags(d) - M).tocsc(), sp.diags(d).tocsc()
+    mu, V = eigsh(L, k=3, M=D, sigma=-1e-10, which="LM", v0=seeded_vector(len(d)))
+    o = np.argsort(mu)
+    return float(mu[o[1]]), V[:, o[1]], {"l1": float(mu[o[0]]), "l3": float(mu[o[2]])}
+
+
+def right_pair(l2: float, ref: dict) -> bool:
+    """Whether ``l2`` is the second smallest eigenvalue: nearer the reference's l2 than
+    its l1 or l3 (the trivial pair and the next one are both wrong answers)."""
+    l1, r2, l3 = ref["l1"], ref["l2"][0], ref["l3"]
+    return (l1 + r2) / 2 < l2 < (r2 + l3) / 2
+
+
 def torch_lobpcg(W, tol):
     Wc = W.coalesce()
     d = torch.sparse.sum(Wc, 1).to_dense()
@@ -191,7 +253,7 @@ def child(args) -> dict:
     torch.set_num_threads(args.threads[0])
     name, batch = args.child_solver, args.child_batch
     dtype = getattr(torch, args.dtype) if name == "diffeig" else torch.float64
-    W = graph(args.child, batch if name == "diffeig" else 1, dtype)
+    W = graph(args.child_photo, args.child, batch if name == "diffeig" else 1, dtype)
     M, d = scipy_matrix(W if W.dim() == 2 else W[0])
     load = load_average()
     extra = {}
@@ -219,10 +281,13 @@ def child(args) -> dict:
             "scipy lobpcg": lambda: scipy_lobpcg(M, d, args.tol, amg=False),
             "scipy lobpcg + pyamg": lambda: scipy_lobpcg(M, d, args.tol, amg=True),
             "torch.lobpcg": lambda: torch_lobpcg(W, args.tol),
+            "primme": lambda: primme_solve(M, d, args.tol),
+            "shift-invert": lambda: shift_invert(M, d),
         }[name]
-        # a batch of B graphs is B solves
+        # a batch of B graphs is B solves; the reference (no competitor) runs once
+        counts = (0, 1) if name == REFERENCE else (args.warmup, args.repeats)
         fwd, out = median_timing(
-            lambda: [solve() for _ in range(batch)][-1], warmup=args.warmup, repeats=args.repeats
+            lambda: [solve() for _ in range(batch)][-1], warmup=counts[0], repeats=counts[1]
         )
         lam2, z2 = out[0], out[1]
         l2s = [lam2] * batch
@@ -241,14 +306,15 @@ def child(args) -> dict:
     }
 
 
-def run_child(side: int, batch: int, solver: str, threads: int, args) -> dict | None:
+def run_child(name: str, side: int, batch: int, solver: str, threads: int, args) -> dict | None:
     cmd = [sys.executable, __file__, "--child", str(side), "--child-batch", str(batch)]
+    cmd += ["--child-photo", name]
     cmd += ["--child-solver", solver, "--threads", str(threads), "--tol", str(args.tol)]
     cmd += ["--dtype", args.dtype, "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=thread_env(threads))
     if res.returncode:
         if solver == "diffeig":
-            sys.exit(f"diffeig at {side} px failed:\n{res.stderr[-3000:]}")
+            sys.exit(f"diffeig on {name} at {side} px failed:\n{res.stderr[-3000:]}")
         print(f"  {solver} failed: {res.stderr.strip().splitlines()[-1:]}", flush=True)
         return None
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -262,11 +328,16 @@ def wanted(solver: str, side: int, batch: int, args) -> bool:
         return False
     if args.no_baselines:
         return False
-    if solver == "scipy lobpcg + pyamg":
+    module = {"scipy lobpcg + pyamg": "pyamg", "primme": "primme"}.get(solver)
+    if module:
         try:
-            import pyamg  # noqa: F401
+            __import__(module)
         except ImportError:
             return False
+    if solver == REFERENCE:
+        return batch == 1 and n <= args.max_reference_n
+    if solver.startswith("ARPACK"):
+        return n <= args.max_arpack_n
     if solver == "scipy lobpcg":
         return batch == 1 and n <= args.max_baseline_n
     if solver == "torch.lobpcg":
@@ -286,57 +357,74 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
-def island_check(side: int, args) -> dict:
+def island_check(name: str, side: int, args) -> dict:
     """l2 on the 8-neighbour graph of every solver against shift-invert (see --island)."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import eigsh
-
     import diffeig
 
-    W = diffeig.ncut.pixel_affinity(quokka(side, torch.float64), radius=1.5)
+    W = diffeig.ncut.pixel_affinity(photo(name, side, torch.float64), radius=1.5)
     M, d = scipy_matrix(W)
-    L, D = (sp.diags(d) - M).tocsc(), sp.diags(d).tocsc()
-    t, (mu, V) = timed(lambda: eigsh(L, k=3, M=D, sigma=-1e-10, which="LM"))
-    o = np.argsort(mu)
-    ref = float(mu[o[1]])
-    out = {"side": side, "nnz": W._nnz(), "shift-invert": {"seconds": t, "l2": ref}}
-    out["shift-invert"]["pixels"] = concentration(V[:, o[1]], d)
+    t, (l2, v, ref) = timed(lambda: shift_invert(M, d))
+    ref["l2"] = [l2]
+    out = {"photo": name, "side": side, "nnz": W._nnz(), "reference": ref}
+    out["shift-invert"] = {"seconds": t, "l2": l2, "pixels": concentration(v, d)}
     t, (lam, z) = timed(lambda: diffeig.sym_eigh_ncut(W, 2, method="lobpcg", tol=args.tol))
     out["diffeig"] = {"seconds": t, "l2": float(lam[1]), "z": z[:, 1].numpy()}
     solvers = {
         "ARPACK": lambda: arpack(M, d, args.tol),
         "ARPACK, projected": lambda: arpack(M, d, args.tol, projected=True),
     }
-    try:
-        import pyamg  # noqa: F401
-
-        solvers["scipy lobpcg + pyamg"] = lambda: scipy_lobpcg(M, d, args.tol, amg=True)
-    except ImportError:
-        pass
+    for solver, module, solve in (
+        ("scipy lobpcg + pyamg", "pyamg", lambda: scipy_lobpcg(M, d, args.tol, amg=True)),
+        ("primme", "primme", lambda: primme_solve(M, d, args.tol)),
+    ):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        solvers[solver] = solve
     if side * side <= args.max_baseline_n:
         solvers["torch.lobpcg"] = lambda: torch_lobpcg(W, args.tol)
-    for name, solve in solvers.items():
-        t, r = timed(solve)
-        out[name] = {"seconds": t, "l2": r[0], "z": r[1]}
-    for name, r in out.items():
-        if isinstance(r, dict):
-            z = r.pop("z", None)
-            if z is not None:
-                r["pixels"] = concentration(np.asarray(z), d)
-            r["rel_diff"] = abs(r["l2"] - ref) / ref
-            print(f"  {name}: l2 {r['l2']:.6e} ({r['rel_diff']:.1e} from shift-invert)")
+    for solver, solve in solvers.items():
+        try:
+            t, r = timed(solve)
+        except Exception as e:  # a baseline that fails is a finding, not a crash
+            print(f"  {solver} failed: {type(e).__name__}: {e}", flush=True)
+            continue
+        out[solver] = {"seconds": t, "l2": r[0], "z": r[1]}
+    for solver, r in out.items():
+        if solver in ("photo", "side", "nnz", "reference"):
+            continue
+        z = r.pop("z", None)
+        if z is not None:
+            r["pixels"] = concentration(np.asarray(z), d)
+        r["rel_diff"] = abs(r["l2"] - l2) / l2
+        r["right_pair"] = right_pair(r["l2"], ref)
+        print(
+            f"  {solver}: l2 {r['l2']:.6e} ({r['rel_diff']:.1e} from shift-invert), "
+            f"{'right' if r['right_pair'] else 'WRONG'} pair, {r['pixels']} px hold 90 %",
+            flush=True,
+        )
     return out
 
 
-def measure(side: int, batch: int, threads: int, args) -> dict:
-    """Every wanted solver at one size, batch and thread count, each in its own process."""
+REFERENCES: dict = {}  # (photo, side, batch) -> the reference's result, run once
+
+
+def measure(name: str, side: int, batch: int, threads: int, args) -> dict:
+    """Every wanted solver on one photo at one size, batch and thread count, each in its
+    own process."""
     n = side * side
-    print(f"{side} px (N = {n}), batch {batch}, {threads} thread(s):", flush=True)
-    row = {"side": side, "N": n, "batch": batch, "threads": threads, "solvers": {}}
+    print(f"{name} at {side} px (N = {n}), batch {batch}, {threads} thread(s):", flush=True)
+    row = {"photo": name, "side": side, "N": n, "batch": batch, "threads": threads}
+    row["solvers"] = {}
     for solver in SOLVERS:
         if not wanted(solver, side, batch, args):
             continue
-        r = run_child(side, batch, solver, threads, args)
+        known = REFERENCES.get((name, side, batch))
+        if solver == REFERENCE and known:  # the pair does not depend on the threads
+            row["solvers"][solver] = known
+            continue
+        r = run_child(name, side, batch, solver, threads, args)
         if r is None:
             continue
         row["solvers"][solver] = r
@@ -351,6 +439,13 @@ def measure(side: int, batch: int, threads: int, args) -> dict:
     if ref:
         for r in row["solvers"].values():
             r["l2_rel_diff_vs_arpack"] = max(abs(x - ref["l2"][0]) / ref["l2"][0] for x in r["l2"])
+    ref = row["solvers"].get(REFERENCE)
+    if ref:
+        REFERENCES[name, side, batch] = ref
+        for solver, r in row["solvers"].items():
+            r["right_pair"] = all(right_pair(x, ref) for x in r["l2"])
+            if not r["right_pair"]:
+                print(f"  {solver}: WRONG pair (l2 {r['l2']} vs {ref['l2'][0]:.6e})", flush=True)
     return row
 
 
@@ -371,7 +466,23 @@ def main(argv=None):
         default=sorted({1, torch.get_num_threads()}),
         help="thread counts, each for every solver (default: 1 and this machine's)",
     )
+    p.add_argument(
+        "--photos",
+        nargs="+",
+        default=["quokka"],
+        choices=PHOTOS,
+        help="photos (all but the quokka need scikit-image, the [bench] extra)",
+    )
     p.add_argument("--max-baseline-n", type=int, default=60000, help="scipy lobpcg up to this N")
+    p.add_argument(
+        "--max-arpack-n", type=int, default=448 * 448, help="ARPACK (both) up to this N"
+    )
+    p.add_argument(
+        "--max-reference-n",
+        type=int,
+        default=224 * 224,
+        help="shift-invert (the right-pair reference, 1.6 GB at 224 px) up to this N",
+    )
     p.add_argument("--no-baselines", action="store_true", help="diffeig only")
     p.add_argument(
         "--solvers",
@@ -387,6 +498,7 @@ def main(argv=None):
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-batch", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--child-solver", default="diffeig", help=argparse.SUPPRESS)
+    p.add_argument("--child-photo", default="quokka", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
         print(json.dumps(child(args)))
@@ -396,16 +508,21 @@ def main(argv=None):
         s, b = (int(x) for x in args.batch.split(":"))
         settings.append((s, b))
     print(
-        f"Sparse NCut on the quokka, k = 2, {args.dtype}, tol {args.tol:g}, threads "
+        f"Sparse NCut on {', '.join(args.photos)}, k = 2, {args.dtype}, tol {args.tol:g}, threads "
         f"{args.threads}, {args.warmup} warm-up + {args.repeats} timed runs each",
         flush=True,
     )
     meta = metadata("cpu")
-    results = [measure(s, b, t, args) for t in args.threads for s, b in settings]
-    island = None
-    if args.island:
-        print(f"8-neighbour graph at {args.island} px: l2 against shift-invert", flush=True)
-        island = island_check(args.island, args)
+    results = [
+        measure(name, s, b, t, args)
+        for t in args.threads
+        for name in args.photos
+        for s, b in settings
+    ]
+    island = []
+    for name in args.photos if args.island else ():
+        print(f"{name}, 8-neighbour graph at {args.island} px: l2 against shift-invert")
+        island.append(island_check(name, args.island, args))
     if args.json:
         payload = {
             "benchmark": "sparse_ncut",

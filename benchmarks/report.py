@@ -270,8 +270,7 @@ def sparse_ncut(d: dict) -> str:
             if isinstance(r, dict) and "l2" in r and name != "reference":
                 ok = ("yes | " if r["right_pair"] else "**no** | ") if right else ""
                 lines.append(
-                    f"| {name} | {r['l2']:.6e} | {r['rel_diff']:.1e} | {ok}"
-                    f"{r.get('pixels', '-')} |"
+                    f"| {name} | {r['l2']:.6e} | {r['rel_diff']:.1e} | {ok}{r.get('pixels', '-')} |"
                 )
     return "\n".join(lines)
 

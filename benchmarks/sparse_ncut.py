@@ -66,7 +66,6 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-
 # the quokka (tests/data) and the five photographs scikit-image bundles (the [bench] extra)
 PHOTOS = ("quokka", "astronaut", "coffee", "chelsea", "camera", "rocket")
 
@@ -474,9 +473,7 @@ def main(argv=None):
         help="photos (all but the quokka need scikit-image, the [bench] extra)",
     )
     p.add_argument("--max-baseline-n", type=int, default=60000, help="scipy lobpcg up to this N")
-    p.add_argument(
-        "--max-arpack-n", type=int, default=448 * 448, help="ARPACK (both) up to this N"
-    )
+    p.add_argument("--max-arpack-n", type=int, default=448 * 448, help="ARPACK (both) up to this N")
     p.add_argument(
         "--max-reference-n",
         type=int,

@@ -540,6 +540,25 @@ def test_an_ill_conditioned_gradient_is_said():
             (z**2).sum().backward()
 
 
+def test_an_outlier_pixel_is_named_by_the_ill_conditioning_warning():
+    # a pixel unlike all its neighbours (degree ~1e-30 on a smooth image): z = D^-1/2 u
+    # divides by its root, and the warning says which node and what degree
+    from diffeig._implicit.ncut import IllConditionedGradient
+
+    img = torch.linspace(0, 0.2, 16, dtype=torch.float64).expand(3, 16, 16).clone()
+    img[:, 5, 9] = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    W = diffeig.ncut.pixel_affinity(img, radius=2, sigma_color=0.1).coalesce()
+    d = torch.sparse.sum(W, 1).to_dense()
+    assert int(d.argmin()) == 5 * 16 + 9 and float(d.min()) < 1e-20
+    for A in (W.to_dense(), W):
+        v = A.coalesce().values().clone().requires_grad_() if A.is_sparse else None
+        X = torch.sparse_coo_tensor(A.indices(), v, A.shape) if v is not None else A.clone()
+        X = X if v is not None else X.requires_grad_()
+        lam, z = diffeig.sym_eigh_ncut(X, 2)
+        with pytest.warns(IllConditionedGradient, match=r"smallest degree is .* at node 89,"):
+            (z[:, 1] ** 2 * torch.arange(256.0, dtype=z.dtype)).sum().backward()
+
+
 def test_a_boundary_tie_is_said_and_a_resolved_one_is_not():
     from diffeig.ncut._lobpcg_pairs import UnresolvedPair
 

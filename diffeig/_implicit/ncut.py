@@ -151,11 +151,16 @@ def warn_ill_conditioned(
 
     cond = gradient_condition(lam, d, normalized, gap_rtol)
     if cond > torch.finfo(lam.dtype).eps ** -0.5:
+        flat = d.detach().reshape(-1)
+        i = int(flat.argmin())
+        n = d.shape[-1]
+        where = f"node {i % n}" + (f" of graph {i // n}" if flat.numel() > n else "")
         warnings.warn(
             f"sym_eigh_ncut: dL/dW is ill-conditioned here (estimated amplification "
-            f"{cond:.1e}: eigenvalue gaps or degrees far below the spectrum's scale); "
-            "different solvers' gradients may disagree. Add a floor to the weights or "
-            "drop nodes of near-zero degree",
+            f"{cond:.1e}: eigenvalue gaps or degrees far below the spectrum's scale; the "
+            f"smallest degree is {float(flat[i]):.1e} at {where}, the largest "
+            f"{float(flat.max()):.1e}); different solvers' gradients may disagree. Add a "
+            "floor to the weights or drop nodes of near-zero degree",
             IllConditionedGradient,
             stacklevel=3,
         )

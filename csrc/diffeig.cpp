@@ -34,6 +34,11 @@ TORCH_LIBRARY(diffeig, m) {
   // float64; min and max are NaN when W holds a NaN. The input checks' one pass over W
   // (CPU kernel; elsewhere the same numbers from ATen reductions).
   m.def("symmetry_stats(Tensor W) -> Tensor");
+  // [missing, max |v_ij - v_ji|] (float64) of a sparse pattern in CSR form (crow (n + 1),
+  // col and values (nnz), sorted unique columns per row): how many stored (i, j) lack a
+  // stored (j, i), and the largest difference over the pairs that have both. The sparse
+  // path's symmetry check (CPU kernel, one pass; elsewhere its twin sorts the columns).
+  m.def("sparse_mirror_stats(Tensor crow, Tensor col, Tensor values) -> Tensor");
   // out[b] = W[index[b]] @ Y[b] (index None: W[b] @ Y[b]) for symmetric W (B, n, n) and
   // Y (b, n, m): the iterative solvers' products. From n = 512 on the CPU kernel reads
   // W's lower triangle only (as torch.linalg.eigh does), half of W's bytes, and whole rows

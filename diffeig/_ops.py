@@ -121,6 +121,10 @@ def _fake_symmetry_stats(W):
     return W.new_empty(3, dtype=torch.float64)
 
 
+def _fake_sparse_mirror_stats(crow, col, values):
+    return values.new_empty(2, dtype=torch.float64)
+
+
 def _fake_ncut_lanczos(W, dis, u1, v0, tol, floor, max_steps):
     return W.new_empty(W.shape[-1]), W.new_empty(5, dtype=torch.float64)
 
@@ -250,6 +254,7 @@ def _register() -> None:
     torch.library.register_fake("diffeig::eigh_backward_core")(_fake_core)
     torch.library.register_fake("diffeig::laplacian")(_fake_laplacian)
     torch.library.register_fake("diffeig::symmetry_stats")(_fake_symmetry_stats)
+    torch.library.register_fake("diffeig::sparse_mirror_stats")(_fake_sparse_mirror_stats)
     torch.library.register_fake("diffeig::sym_matmul")(_fake_sym_matmul)
     torch.library.register_fake("diffeig::ncut_lanczos")(_fake_ncut_lanczos)
     torch.library.register_fake("diffeig::ncut_grad_assemble")(_fake_assemble)

@@ -259,6 +259,41 @@ def symmetry_stats(W: torch.Tensor) -> torch.Tensor:
     return torch.tensor([lo.item(), hi.item(), asym], dtype=torch.float64, device=W.device)
 
 
+def sparse_mirror_stats(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Reference of ``diffeig::sparse_mirror_stats``: ``[missing, max |v_ij - v_ji|]``
+    (float64) of a CSR pattern (sorted unique columns per row). The entries ordered by
+    (col, row), a stable sort of the columns of this row-sorted list, are the mirrors, in
+    order, of the entries ordered by (row, col), exactly when the pattern is symmetric;
+    where it is not, an entry is counted missing when no stored entry is its mirror."""
+    from diffeig._tolerances import EDGE_CHUNK
+
+    n = crow.numel() - 1
+    crow, col = crow.to(torch.int64), col.to(torch.int64)
+    row = torch.repeat_interleave(torch.arange(n, device=col.device), crow[1:] - crow[:-1])
+    narrow = n < 2**31 - 1  # int32 keys sort faster (1.5 vs 2.1 s at 896 px)
+    t = torch.argsort(col.to(torch.int32) if narrow else col, stable=True)
+    v = values.detach()
+    found_all, asym = True, 0.0
+    for s in range(0, t.numel(), EDGE_CHUNK):  # a chunk's temporaries, not every edge's
+        e = slice(s, s + EDGE_CHUNK)
+        m = t[e]
+        found = (col[m] == row[e]) & (row[m] == col[e])
+        found_all = found_all and bool(found.all())
+        if found_all:
+            asym = max(asym, float((v[e] - v[m]).abs().max()))
+    missing = 0
+    if not found_all:  # each entry's mirror looked up among the keys (sorted: CSR order)
+        key = row * n + col
+        mirror = col * n + row
+        at = torch.searchsorted(key, mirror).clamp_max(key.numel() - 1)
+        has = key[at] == mirror
+        missing = int((~has).sum())
+        asym = float((v - v[at]).abs()[has].max()) if bool(has.any()) else 0.0
+    return torch.tensor([float(missing), asym], dtype=torch.float64, device=values.device)
+
+
 def sym_matmul(W: torch.Tensor, Y: torch.Tensor, index: torch.Tensor | None = None):
     """Reference of ``diffeig::sym_matmul``: ``W[index] @ Y`` (``W[b] @ Y[b]`` without an
     index), one product per selected matrix, so that the selection is never copied."""

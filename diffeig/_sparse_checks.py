@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from diffeig import _extension, _reference
 from diffeig._checks import FLOAT_DTYPES
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "check_sparse_values",
     "is_sparse",
     "physical_memory",
+    "sparse_mirror_stats",
 ]
 
 
@@ -68,6 +70,17 @@ def check_sparse_entries(duplicates: int, order_ok: bool) -> None:
             "W (sparse CSR) must have sorted, unique column indices in each row: convert it "
             "with W.to_sparse_coo().coalesce()"
         )
+
+
+def sparse_mirror_stats(crow, col, values) -> tuple[int, float]:
+    """``(missing, max |v_ij - v_ji|)`` of a CSR pattern: ``diffeig::sparse_mirror_stats``
+    on CPU (one pass, no sort), its pure-PyTorch twin elsewhere (a sort of the columns)."""
+    if _extension.native_for(values.device) and values.device.type == "cpu":
+        out = torch.ops.diffeig.sparse_mirror_stats(crow, col, values.detach())
+    else:
+        out = _reference.sparse_mirror_stats(crow, col, values.detach())
+    missing, asym = out.tolist()
+    return int(missing), asym
 
 
 def check_sparse_values(values: torch.Tensor, missing: int, asym: float) -> float:

@@ -145,6 +145,45 @@ def test_symmetry_stats_native_equals_reference(dtype):
     assert torch.ops.diffeig.symmetry_stats(W)[1] == float("inf")
 
 
+def _csr_of(dense: torch.Tensor):
+    S = dense.to_sparse_csr()
+    return S.crow_indices(), S.col_indices(), S.values()
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_mirror_stats_native_equals_reference(dtype):
+    # symmetric patterns, one or many entries without a mirror (first and last rows, the
+    # diagonal, empty rows), asymmetric values; int64 and int32 indices
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 40):
+        A = torch.rand(n, n, generator=g, dtype=dtype) * (torch.rand(n, n, generator=g) < 0.3)
+        S = A + A.mT
+        S[n // 2] = 0  # an empty row and column
+        S[:, n // 2] = 0
+        cases = [S, S + torch.eye(n, dtype=dtype)]
+        for i, j in [(0, n - 1), (n - 1, 0), (n // 2, 0), (0, n // 2)]:
+            if i != j:
+                W = S.clone()
+                W[i, j], W[j, i] = 1.5, 0.0  # (i, j) stored, (j, i) not
+                cases.append(W)
+        B = S.clone()
+        B[B > 0] += torch.rand(int((B > 0).sum()), generator=g, dtype=dtype)  # asymmetric
+        cases += [B, A]
+        for W in cases:
+            crow, col, val = _csr_of(W)
+            want = _reference.sparse_mirror_stats(crow, col, val)
+            for index in (torch.int64, torch.int32):
+                got = torch.ops.diffeig.sparse_mirror_stats(crow.to(index), col.to(index), val)
+                assert got.dtype == torch.float64 and torch.equal(got, want), (n, W)
+            present = W != 0
+            assert want[0] == int((present & ~present.mT).sum())
+            if want[0] == 0:
+                assert want[1] == (W - W.mT).abs().max().double()
+    with pytest.raises(RuntimeError, match="crow and col must both be int32 or both int64"):
+        torch.ops.diffeig.sparse_mirror_stats(crow.int(), col.long(), val)
+
+
 @needs_ext
 @pytest.mark.parametrize("n", [6, 67, 130])
 def test_symmetry_stats_sees_every_pair(n):

@@ -103,14 +103,23 @@ def _aggregate(row, col, val, d, max_depth: int = MAX_DEPTH):
     for e in edge_chunks(row.numel()):
         r, c = row[e], col[e]
         s[e] = val[e].to(torch.float64) / (d[r] * d[c]).to(torch.float64).clamp_min(1e-300).sqrt_()
-        # ties broken by a hash of the edge; relative 1e-6, far below any real difference
-        s[e].mul_(_jitter(r, c).mul_(1e-6).add_(1))
     best = torch.full((n,), -1.0, dtype=torch.float64, device=dev)
     best.scatter_reduce_(0, row, s, "amax")
-    ptr = torch.full((n,), n, dtype=torch.int64, device=dev)
+    # Ties are broken by a hash of the edge: each strength times 1 + 1e-6 h, h in [0, 1),
+    # far below any real difference. Only an edge within that factor of its row's
+    # strongest can win, so only those (a few per node) are hashed: the same pointers as
+    # hashing every edge, without a float64 hash of each stored weight.
+    near = []
     for e in edge_chunks(row.numel()):
-        cand = torch.where(s[e] == best[row[e]], col[e], n)
-        ptr.scatter_reduce_(0, row[e], cand, "amin")
+        (i,) = (s[e] * (1 + 2e-6) >= best[row[e]]).nonzero(as_tuple=True)
+        near.append(i + e.start)
+    near = torch.cat(near)
+    r, c = row[near], col[near]
+    sj = s[near].mul_(_jitter(r, c).mul_(1e-6).add_(1))
+    del s
+    best.fill_(-1.0).scatter_reduce_(0, r, sj, "amax")
+    ptr = torch.full((n,), n, dtype=torch.int64, device=dev)
+    ptr.scatter_reduce_(0, r, torch.where(sj == best[r], c, n), "amin")
     idx = torch.arange(n, device=dev)
     ptr = torch.where(ptr == n, idx, ptr)  # isolated nodes: their own root
     # mutual pairs: the smaller index is the root

@@ -35,6 +35,7 @@ from diffeig._sparse_checks import (
     check_sparse_values,
     sparse_mirror_stats,
 )
+from diffeig._threads import solve_threads
 from diffeig._tolerances import SMALL_EIGENVALUE, SolverOptions, default_tol, resolved_gap_rtol
 from diffeig.ncut import _common
 from diffeig.ncut._islands import island_start, missed_pairs
@@ -248,6 +249,11 @@ class _SparseNCut(torch.autograd.Function):
         warn_ill_conditioned(lam, d, ctx.normalized, ctx.options.gap_rtol)
         grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
         grad_Z = torch.zeros_like(U) if grad_Z is None else grad_Z
+        with solve_threads(ctx.M.values().numel()):
+            return _SparseNCut._backward(ctx, d, lam, U, grad_lam, grad_Z)
+
+    @staticmethod
+    def _backward(ctx, d, lam, U, grad_lam, grad_Z):
         P, c, g = ncut_factors(
             ctx.lap_backward,
             d,
@@ -298,6 +304,14 @@ def solve_sparse(
     )
     if batch == 0:
         return W.new_zeros(0, k, dtype=W.dtype), W.new_zeros(0, W.shape[-1], k, dtype=W.dtype)
+    # checks and forward on no more threads than free cores (diffeig/_threads.py)
+    with solve_threads(W._nnz()):
+        return _solve(
+            W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, block, info
+        )
+
+
+def _solve(W, k, normalized, sign, gap_rtol, gap_atol, tol, max_iter, on_fail, block, info):
     graphs = SparseGraphs(W)
     check_solver_options(tol, max_iter, on_fail)
     gap_rtol = resolved_gap_rtol(gap_rtol, tol, W.dtype)

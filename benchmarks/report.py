@@ -191,6 +191,13 @@ def sparse_ncut(d: dict) -> str:
             if checked
             else ""
         )
+        + (f"; {a['load']} busy-loop processes ran beside every solver" if a.get("load") else "")
+        + (f"; OMP_WAIT_POLICY={a['wait_policy']}" if a.get("wait_policy") else "")
+        + (
+            "; diffeig on a fixed thread count (DIFFEIG_ADAPTIVE_THREADS=0)"
+            if a.get("fixed_threads")
+            else ""
+        )
         + f". Load average at the start {md.get('load_average', '?')}, at the end "
         f"{d.get('load_average_end', '?')}.",
         "",

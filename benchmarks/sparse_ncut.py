@@ -40,6 +40,7 @@ can mislead), and how many pixels hold 90 % of each z2's ``D``-weighted mass.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -310,7 +311,12 @@ def run_child(name: str, side: int, batch: int, solver: str, threads: int, args)
     cmd += ["--child-photo", name]
     cmd += ["--child-solver", solver, "--threads", str(threads), "--tol", str(args.tol)]
     cmd += ["--dtype", args.dtype, "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=thread_env(threads))
+    env = thread_env(threads)
+    if args.wait_policy:
+        env["OMP_WAIT_POLICY"] = args.wait_policy
+    if args.fixed_threads:
+        env["DIFFEIG_ADAPTIVE_THREADS"] = "0"
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if res.returncode:
         if solver == "diffeig":
             sys.exit(f"diffeig on {name} at {side} px failed:\n{res.stderr[-3000:]}")
@@ -416,6 +422,13 @@ def measure(name: str, side: int, batch: int, threads: int, args) -> dict:
     print(f"{name} at {side} px (N = {n}), batch {batch}, {threads} thread(s):", flush=True)
     row = {"photo": name, "side": side, "N": n, "batch": batch, "threads": threads}
     row["solvers"] = {}
+    with busy_loops(args.load):
+        solve_all(row, args)
+    return row
+
+
+def solve_all(row: dict, args) -> None:
+    name, side, batch, threads = row["photo"], row["side"], row["batch"], row["threads"]
     for solver in SOLVERS:
         if not wanted(solver, side, batch, args):
             continue
@@ -445,7 +458,19 @@ def measure(name: str, side: int, batch: int, threads: int, args) -> dict:
             r["right_pair"] = all(right_pair(x, ref) for x in r["l2"])
             if not r["right_pair"]:
                 print(f"  {solver}: WRONG pair (l2 {r['l2']} vs {ref['l2'][0]:.6e})", flush=True)
-    return row
+
+
+@contextlib.contextmanager
+def busy_loops(count: int):
+    """``count`` processes spinning on a core each while the solvers run (``--load``):
+    the loaded machine of the thread-contention measurement, the same for every solver."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def main(argv=None):
@@ -490,6 +515,23 @@ def main(argv=None):
     )
     p.add_argument(
         "--island", type=int, default=224, help="side of the 8-neighbour check (0: none)"
+    )
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="busy-loop processes running beside every solver (a loaded machine)",
+    )
+    p.add_argument(
+        "--wait-policy",
+        default=None,
+        choices=["active", "passive"],
+        help="OMP_WAIT_POLICY of every solver's process (default: the runtime's own)",
+    )
+    p.add_argument(
+        "--fixed-threads",
+        action="store_true",
+        help="diffeig keeps the thread count on a loaded machine (DIFFEIG_ADAPTIVE_THREADS=0)",
     )
     p.add_argument("--json", default=None)
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)

@@ -454,6 +454,14 @@ def report_failure(msg: str, on_fail: str, stacklevel: int = 3) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel + 1)
 
 
+def _as_index(x) -> int | None:
+    """``x`` as an int where it is an integer (int, NumPy's, a 0-d integer tensor)."""
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
+
+
 def check_kway(Z, k, start, max_iter) -> int:
     """:func:`diffeig.ncut.kway`'s arguments: ``Z`` a finite float ``(N, m)`` or
     ``(B, N, m)``, ``2 <= k <= m``, ``start`` None or a node index, ``max_iter >= 1``;
@@ -468,7 +476,7 @@ def check_kway(Z, k, start, max_iter) -> int:
     if k < 2:
         raise ValueError(f"k must be at least 2 (segments), got {k}")
     if start is not None and (
-        isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < n
+        isinstance(start, bool) or _as_index(start) is None or not 0 <= _as_index(start) < n
     ):
         raise ValueError(f"start must be a node index in [0, {n}), got {start!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:

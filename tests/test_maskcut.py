@@ -170,3 +170,15 @@ def test_kway_rejects_bad_input(args, match):
         diffeig.ncut.kway(*args)
     with pytest.raises(ValueError, match="start"):
         diffeig.ncut.kway(torch.randn(10, 3), 2, start=10)
+
+
+def test_kway_takes_numpy_and_torch_integers_as_start():
+    import numpy as np
+
+    Z = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    want = diffeig.ncut.kway(Z, 3, start=4)
+    for start in (np.int64(4), np.int32(4), torch.tensor(4)):
+        assert torch.equal(diffeig.ncut.kway(Z, 3, start=start), want), type(start)
+    for bad in (np.float64(4.0), True, np.int64(10)):
+        with pytest.raises(ValueError, match="start must be a node index"):
+            diffeig.ncut.kway(Z, 3, start=bad)

@@ -11,7 +11,7 @@ EXTRAS ?= test,dncut,bench,dev
 CSRC   := $(shell find csrc -type f) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all install ext test test-slow test-all dist-check bench bench-sparse bench-maskcut readme wheel gpu-check lint format demo clean
+.PHONY: all install ext test test-slow test-all dist-check bench bench-sparse bench-sparse-photos bench-maskcut readme wheel gpu-check lint format demo clean
 
 all: test
 
@@ -66,6 +66,15 @@ bench: $(VENV)/.ext
 # on 2 cores; benchmarks/README.md).
 bench-sparse: $(VENV)/.ext
 	$(PY) benchmarks/sparse_ncut.py --json bench-results/sparse_ncut.json
+
+# Megapixel sparse cuts against primme, pyamg and ARPACK (issue #35): six photographs at
+# 224 px with the shift-invert reference, chelsea at 448 and 896 px, 1024 px for diffeig
+# alone, 1 and 2 threads (about 80 minutes on 2 cores; primme is optional,
+# benchmarks/README.md).
+bench-sparse-photos: $(VENV)/.ext
+	$(PY) benchmarks/sparse_ncut.py --sizes 448 896 --batch '' --photos chelsea --solvers ARPACK 'ARPACK, projected' 'scipy lobpcg + pyamg' primme --island 0 --threads 1 2 --warmup 1 --repeats 1 --json bench-results/sparse-ncut-photos-896.json
+	$(PY) benchmarks/sparse_ncut.py --sizes 1024 --batch '' --island 0 --repeats 1 --warmup 0 --threads 2 --no-baselines --json bench-results/sparse-ncut-1024.json
+	$(PY) benchmarks/sparse_ncut.py --sizes 224 --batch '' --photos quokka astronaut coffee chelsea camera rocket --solvers ARPACK 'ARPACK, projected' 'scipy lobpcg + pyamg' primme shift-invert --island 224 --threads 1 2 --warmup 1 --repeats 3 --json bench-results/sparse-ncut-photos-224.json
 
 # MaskCut's cuts per image (N = 3600): CutLER's scipy solve, the strongest scipy and ARPACK
 # baselines, diffeig one image and a batch of 16; the pseudo-masks command's images/s

@@ -4,10 +4,10 @@ backbone, batched extraction. Shared by the benchmarks (``evaluate``) and ``visu
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from diffeig._sparse_checks import physical_memory
 from diffeig.dncut.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from diffeig.dncut.images import UnreadableImage
 
@@ -45,10 +45,7 @@ def token_grid(height, width, patch: int, max_side: int | None, protocol: str):
 
 def memory_limit() -> int:
     """Half of this machine's memory, in bytes (what one image may take)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+    return physical_memory() // 2
 
 
 def check_memory(name, height, width, patch: int, max_side: int | None, protocol: str) -> None:

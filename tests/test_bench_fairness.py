@@ -63,6 +63,8 @@ def test_sparse_and_token_graph_comparisons_meet_one_residual_bound(tmp_path):
         assert r["residual"] < 10 * d["args"]["tol"], name
         assert r["l2_rel_diff_vs_arpack"] < 1e-4, name
     assert "ARPACK, projected" in report.render("sparse_ncut", [str(out)])
+    targets = report.render("sparse_targets", [str(out)])
+    assert "24 px, 1 thread(s): diffeig forward + backward <= the fastest peer's" in targets
 
     out = tmp_path / "token.json"
     cmd = [sys.executable, str(BENCH / "token_graph.py"), "--sizes", "64", "--repeats", "1"]

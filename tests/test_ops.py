@@ -182,6 +182,10 @@ def test_sparse_mirror_stats_native_equals_reference(dtype):
                 assert want[1] == (W - W.mT).abs().max().double()
     with pytest.raises(RuntimeError, match="crow and col must both be int32 or both int64"):
         torch.ops.diffeig.sparse_mirror_stats(crow.int(), col.long(), val)
+    with pytest.raises(RuntimeError, match=r"col must hold indices in \[0, 2\), got 5"):
+        torch.ops.diffeig.sparse_mirror_stats(
+            torch.tensor([0, 1, 1]), torch.tensor([5]), torch.ones(1, dtype=dtype)
+        )
 
 
 @needs_ext

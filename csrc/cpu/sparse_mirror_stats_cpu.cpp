@@ -25,6 +25,7 @@ void mirror_pass(const index_t* crow, const index_t* col, const scalar_t* v, int
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t e = crow[i]; e < crow[i + 1]; ++e) {
       const int64_t j = col[e];
+      TORCH_CHECK(j >= 0 && j < n, "col must hold indices in [0, ", n, "), got ", j);
       const int64_t end = crow[j + 1];
       int64_t p = cursor[j];
       while (p < end && col[p] < i) ++p;  // entries (j, c < i): their lookups are past
@@ -62,16 +63,14 @@ at::Tensor sparse_mirror_stats_cpu(const at::Tensor& crow, const at::Tensor& col
   int64_t missing = 0;
   double asym = 0.0;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "sparse_mirror_stats_cpu", [&] {
+    const auto run = [&](const auto* cr, const auto* cc) {
+      TORCH_CHECK(cr[0] == 0 && cr[n] == c.numel(), "crow must run from 0 to nnz");
+      mirror_pass(cr, cc, v.const_data_ptr<scalar_t>(), n, missing, asym);
+    };
     if (r.scalar_type() == at::kLong) {
-      const int64_t* cr = r.const_data_ptr<int64_t>();
-      TORCH_CHECK(cr[0] == 0 && cr[n] == c.numel(), "crow must run from 0 to nnz");
-      mirror_pass(cr, c.const_data_ptr<int64_t>(), v.const_data_ptr<scalar_t>(), n, missing,
-                  asym);
+      run(r.const_data_ptr<int64_t>(), c.const_data_ptr<int64_t>());
     } else {
-      const int32_t* cr = r.const_data_ptr<int32_t>();
-      TORCH_CHECK(cr[0] == 0 && cr[n] == c.numel(), "crow must run from 0 to nnz");
-      mirror_pass(cr, c.const_data_ptr<int32_t>(), v.const_data_ptr<scalar_t>(), n, missing,
-                  asym);
+      run(r.const_data_ptr<int32_t>(), c.const_data_ptr<int32_t>());
     }
   });
   auto out = at::empty({2}, values.options().dtype(at::kDouble));
